@@ -1,0 +1,1 @@
+"""Checkpoints: DeepSpeed states plus run metadata, atomic ``latest`` pointers."""

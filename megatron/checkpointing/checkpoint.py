@@ -1,0 +1,175 @@
+"""Save and load: DeepSpeed model/optimizer states plus our run metadata.
+
+Layout (Megatron-DeepSpeed's, which the seeds' tools expect)::
+
+    SAVE/global_step{N}/...                 DeepSpeed's files for step N
+    SAVE/latest                             "global_step{N}", written last
+    SAVE/latest_checkpointed_iteration.txt  "N", written last
+
+``global_step{N}/run_metadata.json`` (written by rank 0) holds the iteration, consumed samples,
+scheduler state, the resolved config and plan: readable by people and tools, and checked before
+any tensor is loaded. DeepSpeed's ``client_state`` holds what is per model-parallel rank (RNG
+states). Saves are atomic from a reader's point of view: the
+pointer files move (by rename) only after every rank has finished writing, so an interrupted
+save leaves the previous checkpoint as ``latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+LATEST_FILE = "latest"
+LATEST_ITERATION_FILE = "latest_checkpointed_iteration.txt"
+METADATA_FILE = "run_metadata.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
+
+
+def checkpoint_tag(iteration: int) -> str:
+    """Directory name of the checkpoint taken after ``iteration`` steps."""
+    return f"global_step{iteration}"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_latest_tag(load_dir: str) -> str | None:
+    """The tag ``latest`` points to, or None when the directory holds no checkpoint yet.
+
+    Raises:
+        CheckpointError: ``latest`` names a directory that is missing.
+    """
+    path = os.path.join(load_dir, LATEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        tag = f.read().strip()
+    if not os.path.isdir(os.path.join(load_dir, tag)):
+        raise CheckpointError(
+            f"--load: {path} names {tag!r}, which does not exist in {load_dir}; the checkpoint "
+            "was moved or deleted"
+        )
+    return tag
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) generator states."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(
+    engine: Any,
+    save_dir: str,
+    iteration: int,
+    metadata: dict[str, Any],
+    client_state: dict[str, Any],
+) -> str:
+    """Save on every rank; move the ``latest`` pointers after all ranks are done.
+
+    Args:
+        engine: The DeepSpeed engine.
+        save_dir: ``--save``.
+        iteration: Completed optimizer steps.
+        metadata: JSON-able run metadata (rank 0 writes it).
+        client_state: Per-rank extras stored in DeepSpeed's model-state files.
+
+    Returns:
+        The checkpoint directory.
+    """
+    tag = checkpoint_tag(iteration)
+    path = os.path.join(save_dir, tag)
+    engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
+    if dist.get_rank() == 0:
+        _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_atomic(os.path.join(save_dir, LATEST_FILE), tag)
+        _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
+    dist.barrier()
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def read_metadata(load_dir: str, tag: str) -> dict[str, Any]:
+    """The run metadata of checkpoint ``tag``.
+
+    Raises:
+        CheckpointError: Missing or unreadable (an incomplete or foreign checkpoint).
+    """
+    path = os.path.join(load_dir, tag, METADATA_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"--load: {path} is missing or unreadable ({e}); the checkpoint is incomplete or "
+            "was not written by this framework"
+        ) from None
+
+
+def load_engine_states(
+    engine: Any, load_dir: str, tag: str, *, weights_only: bool, load_optimizer: bool
+) -> dict[str, Any]:
+    """Load checkpoint ``tag`` of ``load_dir`` into ``engine``.
+
+    Args:
+        engine: The DeepSpeed engine.
+        load_dir: ``--load``.
+        tag: The checkpoint (``global_step{N}``).
+        weights_only: ``--finetune``: model weights only.
+        load_optimizer: Restore optimizer states (ignored with ``weights_only``).
+
+    Returns:
+        The DeepSpeed ``client_state`` of this rank.
+
+    Raises:
+        CheckpointError: DeepSpeed could not load it.
+    """
+    try:
+        path, client_state = engine.load_checkpoint(
+            load_dir,
+            tag=tag,
+            load_optimizer_states=load_optimizer and not weights_only,
+            load_lr_scheduler_states=False,
+            load_module_only=weights_only,
+        )
+    except (RuntimeError, OSError, KeyError, ValueError, EOFError) as e:
+        raise CheckpointError(f"--load: cannot load {os.path.join(load_dir, tag)}: {e}") from e
+    if path is None:
+        raise CheckpointError(f"--load: DeepSpeed found no checkpoint files in {load_dir}/{tag}")
+    log.info("loaded checkpoint %s", path)
+    return client_state or {}

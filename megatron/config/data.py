@@ -1,0 +1,53 @@
+"""Training data: data file lists, splits, tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron.config.fields import SECTION, ConfigError, require_positive
+
+
+@dataclass(**SECTION)
+class DataConfig:
+    """Where samples come from (SPEC section 6)."""
+
+    data_file_list: str | None = None
+    """File of 'weight prefix corpus' lines naming indexed datasets (.bin/.idx prefixes)."""
+    split: str = "98,1,1"
+    """Train/valid/test split of every dataset's documents, as relative weights."""
+    mock_data: bool = False
+    """Train on random tokens (no data files); for tests and benchmarks."""
+    tokenizer_type: str = "byte"
+    """Tokenizer, from the tokenizer registry."""
+    tokenizer_model: str | None = None
+    """Tokenizer model file (sentencepiece .model or Hugging Face tokenizer.json)."""
+    vocab_size: int | None = None
+    """Vocabulary size for --mock-data (real tokenizers report their own)."""
+
+    def __post_init__(self) -> None:
+        from megatron.data.tokenizers import TOKENIZERS
+
+        if self.tokenizer_type not in TOKENIZERS:
+            raise ConfigError(
+                f"--tokenizer-type: unknown tokenizer {self.tokenizer_type!r}; known: {sorted(TOKENIZERS)}"
+            )
+        require_positive(self, "vocab_size")
+        parts = self.split.replace("/", ",").split(",")
+        try:
+            weights = [float(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"--split: expected numbers like 98,1,1, got {self.split!r}") from None
+        if len(weights) > 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(
+                f"--split: expected up to three non-negative weights like 98,1,1, got {self.split!r}"
+            )
+        if self.mock_data and self.data_file_list is not None:
+            raise ConfigError("--mock-data: cannot be combined with --data-file-list")
+
+    @property
+    def split_ratios(self) -> tuple[float, float, float]:
+        """Normalized (train, valid, test) fractions."""
+        weights = [float(p) for p in self.split.replace("/", ",").split(",")]
+        weights += [0.0] * (3 - len(weights))
+        total = sum(weights)
+        return (weights[0] / total, weights[1] / total, weights[2] / total)

@@ -1,0 +1,97 @@
+"""The only place our Python code reads environment variables.
+
+Whichever launcher started the process (torchrun, mpiexec with PMI/PALS, OpenMPI, srun), its
+rank, local rank and world size are read here into a ``DistEnv``. Everything else receives
+values through the config and the plan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# launcher -> (rank var, world-size var, local-rank vars, local-size vars), in order of precedence.
+_LAUNCHER_VARS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("torchrun", "RANK", "WORLD_SIZE", ("LOCAL_RANK",), ("LOCAL_WORLD_SIZE",)),
+    (
+        "pmi",
+        "PMI_RANK",
+        "PMI_SIZE",
+        ("PALS_LOCAL_RANKID", "MPI_LOCALRANKID"),
+        ("PALS_LOCAL_SIZE", "MPI_LOCALNRANKS"),
+    ),
+    (
+        "openmpi",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        ("OMPI_COMM_WORLD_LOCAL_RANK",),
+        ("OMPI_COMM_WORLD_LOCAL_SIZE",),
+    ),
+    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", ("SLURM_LOCALID",), ("SLURM_NTASKS_PER_NODE",)),
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DistEnv:
+    """Process placement as the launcher reported it.
+
+    Attributes:
+        rank: Global rank.
+        local_rank: Rank on this node.
+        world_size: Number of processes.
+        local_world_size: Processes on this node.
+        master_addr: Rendezvous host (None: single process, a local port is picked).
+        master_port: Rendezvous port.
+        launcher: Which launcher's variables were found (``none`` for a plain ``python``).
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    launcher: str = "none"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
+        """Read the launcher's variables (``os.environ`` by default)."""
+        env = os.environ if environ is None else environ
+        for launcher, rank, size, locals_, local_sizes in _LAUNCHER_VARS:
+            if rank in env and size in env:
+                local_rank = _first_int(env, locals_)
+                local_world = _first_int(env, local_sizes)
+                return cls(
+                    rank=int(env[rank]),
+                    world_size=int(env[size]),
+                    local_rank=0 if local_rank is None else local_rank,
+                    local_world_size=local_world or int(env[size]),
+                    master_addr=env.get("MASTER_ADDR"),
+                    master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None,
+                    launcher=launcher,
+                )
+        return cls(
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None,
+        )
+
+    def export(self) -> None:
+        """Write RANK/LOCAL_RANK/WORLD_SIZE for libraries that read them (DeepSpeed asserts on
+        LOCAL_RANK) when another launcher than torchrun started us."""
+        os.environ["RANK"] = str(self.rank)
+        os.environ["LOCAL_RANK"] = str(self.local_rank)
+        os.environ["WORLD_SIZE"] = str(self.world_size)
+        os.environ["LOCAL_WORLD_SIZE"] = str(self.local_world_size)
+
+
+def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
+    """The first of ``names`` that is set, as an int."""
+    for name in names:
+        value = env.get(name)
+        if value:
+            # SLURM_NTASKS_PER_NODE may read "4(x2)" on heterogeneous allocations.
+            digits = value.split("(")[0].split(",")[0]
+            if digits.isdigit():
+                return int(digits)
+    return None

@@ -1,0 +1,126 @@
+"""Model shape, architecture options and initialization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron.config.fields import SECTION, knob, require, require_positive, require_ratio
+
+
+@dataclass(**SECTION)
+class ModelConfig:
+    """GPT architecture. Defaults are GPT-2 small with rotary positions."""
+
+    num_layers: int = 12
+    """Number of transformer layers."""
+    hidden_size: int = 768
+    """Transformer hidden size d."""
+    ffn_hidden_size: int | None = None
+    """MLP hidden size; default 4*d, or floor((8d/3)/64)*64 with --swiglu."""
+    num_attention_heads: int = 12
+    """Number of query heads."""
+    num_key_value_heads: int | None = knob(None, aliases=("--num-query-groups",))
+    """Number of key/value heads for grouped-query attention; default: one per query head."""
+    kv_channels: int | None = None
+    """Per-head dimension; default hidden_size / num_attention_heads."""
+    seq_length: int = 1024
+    """Training sequence length in tokens."""
+    max_position_embeddings: int | None = None
+    """Size of the learned position table (and the RoPE cache); default seq_length."""
+    use_rotary_position_embeddings: bool = True
+    """Rotary position embeddings (RoPE); --no-use-rotary-position-embeddings selects learned positions."""
+    rotary_base: float = knob(10000.0, aliases=("--rope-theta",))
+    """RoPE base frequency theta."""
+    normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalization layer type."""
+    norm_epsilon: float = knob(1e-5, aliases=("--layernorm-epsilon",))
+    """Epsilon of the normalization layers."""
+    swiglu: bool = False
+    """SwiGLU MLP (gated SiLU) instead of GeLU."""
+    disable_bias_linear: bool = False
+    """No bias in any linear layer."""
+    untie_embeddings_and_output_weights: bool = False
+    """Separate output-layer weights instead of reusing the word embeddings."""
+    hidden_dropout: float = 0.0
+    """Dropout on the attention and MLP outputs before the residual add."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
+    init_method_std: float = 0.02
+    """Std of the normal init of hidden weights; output projections get std/sqrt(2*num_layers)."""
+    adjust_word_embedding_init: bool = False
+    """Initialize the word embeddings with --word-embedding-init-std instead of --init-method-std."""
+    word_embedding_init_std: float | None = None
+    """Std of the word-embedding init with --adjust-word-embedding-init (the seeds use 0.632)."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the vocabulary to a multiple of this (must be divisible by the TP size)."""
+    recompute_activations: bool = knob(False, aliases=("--checkpoint-activations",))
+    """Recompute each transformer layer's activations in the backward pass (saves memory)."""
+
+    def __post_init__(self) -> None:
+        require_positive(
+            self,
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "kv_channels",
+            "seq_length",
+            "max_position_embeddings",
+            "rotary_base",
+            "norm_epsilon",
+            "init_method_std",
+            "word_embedding_init_std",
+            "make_vocab_size_divisible_by",
+        )
+        require_ratio(self, "hidden_dropout", "attention_dropout", closed=False)
+        if self.kv_channels is None:
+            require(
+                self.hidden_size % self.num_attention_heads == 0,
+                "--num-attention-heads",
+                f"{self.num_attention_heads} does not divide --hidden-size {self.hidden_size}",
+            )
+        if self.num_key_value_heads is not None:
+            require(
+                self.num_attention_heads % self.num_key_value_heads == 0,
+                "--num-key-value-heads",
+                f"{self.num_key_value_heads} does not divide "
+                f"--num-attention-heads {self.num_attention_heads}",
+            )
+        if self.max_position_embeddings is not None:
+            require(
+                self.max_position_embeddings >= self.seq_length,
+                "--max-position-embeddings",
+                f"{self.max_position_embeddings} is shorter than --seq-length {self.seq_length}",
+            )
+        # A flag that silently does nothing is a bug our users hit before (SPEC section 11).
+        require(
+            self.adjust_word_embedding_init == (self.word_embedding_init_std is not None),
+            "--word-embedding-init-std",
+            "goes together with --adjust-word-embedding-init (give both or neither)",
+        )
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head dimension after defaults."""
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads after defaults."""
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        """MLP hidden size after defaults (SPEC section 6 rule for SwiGLU)."""
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        if self.swiglu:
+            return max(64, int((8 * self.hidden_size / 3) // 64) * 64)
+        return 4 * self.hidden_size
+
+    @property
+    def positions(self) -> int:
+        """Length of the position table / RoPE cache after defaults."""
+        return self.max_position_embeddings or self.seq_length

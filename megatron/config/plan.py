@@ -1,0 +1,280 @@
+"""``resolve(cfg, env) -> RunPlan``: every derived value, computed once.
+
+Data-parallel size, gradient accumulation, global batch, train iterations from tokens or
+samples, warmup and decay steps, padded vocabulary and precision are derived here and nowhere
+else. The plan is printed at start, by ``--dry-run``, and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from megatron.config.env import DistEnv
+from megatron.config.fields import ConfigError
+from megatron.config.root import Config
+from megatron.model.spec import GPTSpec, pad_vocab_size
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunPlan:
+    """The resolved run.
+
+    Attributes:
+        config: The typed config it was resolved from.
+        world_size: Processes.
+        tp: Tensor-parallel size.
+        pp: Pipeline-parallel size.
+        dp: Data-parallel size = world / (tp * pp).
+        micro_batch_size: Samples per micro-batch per DP rank.
+        grad_accum_steps: Micro-batches per optimizer step.
+        global_batch_size: micro * accum * dp samples per step.
+        seq_length: Tokens per sample.
+        tokens_per_step: global batch * seq length.
+        train_iters: Optimizer steps of the run.
+        warmup_steps: LR warmup steps W.
+        decay_steps: Step S at which the decay ends.
+        min_lr_ratio: eta_min / eta_max.
+        dtype: Parameter/compute precision.
+        model: The resolved model shape.
+    """
+
+    config: Config
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    global_batch_size: int
+    seq_length: int
+    tokens_per_step: int
+    train_iters: int
+    warmup_steps: int
+    decay_steps: int
+    min_lr_ratio: float
+    dtype: Literal["fp32", "bf16", "fp16"]
+    model: GPTSpec
+
+    def summary(self) -> dict[str, Any]:
+        """The derived values (not the config) as a flat dict, for logs and checkpoints."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.pop("config")
+        out.pop("model")
+        out["num_parameters"] = self.model.num_parameters()
+        out["padded_vocab_size"] = self.model.vocab_size
+        out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
+        return out
+
+
+def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
+    tp = cfg.parallel.tensor_model_parallel_size
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if env.world_size % (tp * pp):
+        raise ConfigError(
+            f"--tensor-model-parallel-size: TP {tp} x PP {pp} = {tp * pp} does not divide the "
+            f"world size {env.world_size}"
+        )
+    m = cfg.model
+    checks = (
+        (m.num_attention_heads, "--num-attention-heads"),
+        (m.kv_heads, "--num-key-value-heads"),
+        (m.ffn_size, "--ffn-hidden-size"),
+    )
+    for value, flag in checks:
+        if value % tp:
+            raise ConfigError(
+                f"--tensor-model-parallel-size: {tp} does not divide {flag} {value}"
+            )
+    if pp > m.num_layers:
+        raise ConfigError(
+            f"--pipeline-model-parallel-size: {pp} stages for --num-layers {m.num_layers}; "
+            "every stage needs at least one layer"
+        )
+    return tp, pp, env.world_size // (tp * pp)
+
+
+def _batch(cfg: Config, dp: int) -> tuple[int, int]:
+    t = cfg.train
+    per_step = t.micro_batch_size * dp
+    if t.global_batch_size is not None:
+        if t.global_batch_size % per_step:
+            raise ConfigError(
+                f"--global-batch-size: {t.global_batch_size} is not divisible by "
+                f"--micro-batch-size {t.micro_batch_size} x data-parallel size {dp} = {per_step}"
+            )
+        accum = t.global_batch_size // per_step
+        if t.gradient_accumulation_steps is not None and t.gradient_accumulation_steps != accum:
+            raise ConfigError(
+                f"--gradient-accumulation-steps: {t.gradient_accumulation_steps} disagrees with "
+                f"--global-batch-size {t.global_batch_size} (which implies {accum} at "
+                f"micro batch {t.micro_batch_size} x DP {dp}); give one of them"
+            )
+        return accum, t.global_batch_size
+    accum = t.gradient_accumulation_steps or 1
+    return accum, per_step * accum
+
+
+def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int) -> int:
+    t = cfg.train
+    candidates = {}
+    if t.train_iters is not None:
+        candidates["--train-iters"] = t.train_iters
+    if t.train_samples is not None:
+        candidates["--train-samples"] = math.ceil(t.train_samples / global_batch)
+    if t.train_tokens is not None:
+        candidates["--train-tokens"] = math.ceil(t.train_tokens / tokens_per_step)
+    if not candidates:
+        raise ConfigError(
+            "--train-iters: the run length is missing; give --train-iters, --train-samples or "
+            "--train-tokens (TRAIN_ITERS / TRAIN_TOKENS for train_alcf.sh)"
+        )
+    if len(set(candidates.values())) > 1:
+        detail = ", ".join(f"{flag} -> {iters} iterations" for flag, iters in candidates.items())
+        raise ConfigError(f"{next(iter(candidates))}: run lengths disagree ({detail}); give one")
+    return next(iter(candidates.values()))
+
+
+def _schedule_steps(cfg: Config, train_iters: int, global_batch: int, seq: int) -> tuple[int, int]:
+    s = cfg.schedule
+    if s.lr_decay_iters is not None:
+        decay = s.lr_decay_iters
+    elif s.lr_decay_samples is not None:
+        decay = math.ceil(s.lr_decay_samples / global_batch)
+    elif s.lr_decay_tokens is not None:
+        decay = math.ceil(s.lr_decay_tokens / (global_batch * seq))
+    else:
+        decay = train_iters
+    if s.lr_warmup_iters is not None:
+        warmup = s.lr_warmup_iters
+    elif s.lr_warmup_fraction is not None:
+        warmup = int(s.lr_warmup_fraction * decay)
+    elif s.lr_warmup_samples is not None:
+        warmup = math.ceil(s.lr_warmup_samples / global_batch)
+    elif s.lr_warmup_tokens is not None:
+        warmup = math.ceil(s.lr_warmup_tokens / (global_batch * seq))
+    else:
+        warmup = 0
+    if warmup > decay:
+        raise ConfigError(
+            f"--lr-warmup-iters: warmup of {warmup} steps is longer than the decay of {decay} steps"
+        )
+    return warmup, decay
+
+
+def _vocab_size(cfg: Config) -> int:
+    if cfg.data.mock_data and cfg.data.vocab_size:
+        return cfg.data.vocab_size
+    from megatron.data.tokenizers import build_tokenizer
+
+    try:
+        return build_tokenizer(cfg.data).vocab_size
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--tokenizer-model: cannot load the tokenizer: {e}") from None
+
+
+def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
+    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids."""
+    m = cfg.model
+    padded = pad_vocab_size(vocab_size, m.make_vocab_size_divisible_by)
+    if padded % tp:
+        raise ConfigError(
+            f"--make-vocab-size-divisible-by: {m.make_vocab_size_divisible_by} must be a "
+            f"multiple of --tensor-model-parallel-size {tp}"
+        )
+    return GPTSpec(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_size,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.kv_heads,
+        head_dim=m.head_dim,
+        vocab_size=padded,
+        original_vocab_size=vocab_size,
+        seq_length=m.seq_length,
+        max_position_embeddings=m.positions,
+        position_embedding="rope" if m.use_rotary_position_embeddings else "learned",
+        rotary_base=m.rotary_base,
+        normalization=m.normalization,
+        norm_epsilon=m.norm_epsilon,
+        swiglu=m.swiglu,
+        bias=not m.disable_bias_linear,
+        tie_embeddings=not m.untie_embeddings_and_output_weights,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        output_init_std=m.init_method_std / math.sqrt(2.0 * m.num_layers),
+        embedding_init_std=m.word_embedding_init_std or m.init_method_std,
+        recompute=m.recompute_activations,
+        seed=cfg.train.seed,
+    )
+
+
+def _check_paths(cfg: Config) -> None:
+    if cfg.parallel.deepspeed_config and not os.path.isfile(cfg.parallel.deepspeed_config):
+        raise ConfigError(f"--deepspeed-config: no such file {cfg.parallel.deepspeed_config}")
+    if not cfg.data.mock_data and cfg.data.data_file_list is None:
+        raise ConfigError(
+            "--data-file-list: no training data; give a data file list (DATA_FILE_LIST) "
+            "or --mock-data"
+        )
+
+
+def _check_optimizer(cfg: Config) -> None:
+    from megatron.optimizer.registry import get_optimizer_spec
+    from megatron.schedules.registry import SCHEDULES
+
+    spec = get_optimizer_spec(cfg.optim.optimizer)
+    if cfg.parallel.zero_stage > spec.max_zero_stage:
+        raise ConfigError(
+            f"--optimizer: {spec.name} is not correct under --zero-stage "
+            f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
+            f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
+        )
+    if not spec.uses_lr_schedule and SCHEDULES[cfg.schedule.lr_decay_style].decays:
+        raise ConfigError(
+            f"--lr-decay-style: {cfg.schedule.lr_decay_style} decays the LR, but {spec.name} is "
+            "schedule-free; use --lr-decay-style constant (warmup allowed)"
+        )
+
+
+def resolve(cfg: Config, env: DistEnv) -> RunPlan:
+    """Derive the run plan; every cross-section check happens here, before any heavy work.
+
+    Raises:
+        ConfigError: An inconsistent or impossible combination; the message names the flag.
+    """
+    _check_paths(cfg)
+    _check_optimizer(cfg)
+    tp, pp, dp = _parallel_sizes(cfg, env)
+    accum, global_batch = _batch(cfg, dp)
+    seq = cfg.model.seq_length
+    tokens_per_step = global_batch * seq
+    train_iters = _train_iters(cfg, global_batch, tokens_per_step)
+    warmup, decay = _schedule_steps(cfg, train_iters, global_batch, seq)
+    if cfg.schedule.min_lr > cfg.optim.lr:
+        raise ConfigError(f"--min-lr: {cfg.schedule.min_lr} is above --lr {cfg.optim.lr}")
+    dtype: Literal["fp32", "bf16", "fp16"] = (
+        "bf16" if cfg.train.bf16 else "fp16" if cfg.train.fp16 else "fp32"
+    )
+    return RunPlan(
+        config=cfg,
+        world_size=env.world_size,
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        micro_batch_size=cfg.train.micro_batch_size,
+        grad_accum_steps=accum,
+        global_batch_size=global_batch,
+        seq_length=seq,
+        tokens_per_step=tokens_per_step,
+        train_iters=train_iters,
+        warmup_steps=warmup,
+        decay_steps=decay,
+        min_lr_ratio=cfg.schedule.min_lr / cfg.optim.lr,
+        dtype=dtype,
+        model=build_model_spec(cfg, _vocab_size(cfg), tp),
+    )

@@ -1,0 +1,59 @@
+"""Batch sizes, run length, precision and the training loop's intervals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron.config.fields import SECTION, ConfigError, require_positive
+
+
+@dataclass(**SECTION)
+class TrainConfig:
+    """Batch and run length. Give the global batch or the accumulation steps, and one run length."""
+
+    micro_batch_size: int = 1
+    """Samples per forward/backward on one data-parallel rank."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step over all data-parallel ranks; gradient accumulation is derived."""
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimizer step; the global batch is derived. Default 1."""
+    train_iters: int | None = None
+    """Optimizer steps to train for."""
+    train_samples: int | None = None
+    """Samples to train on; iterations = ceil(samples / global batch)."""
+    train_tokens: int | None = None
+    """Tokens to train on; iterations = ceil(tokens / (global batch * seq length))."""
+    seed: int = 1234
+    """Random seed (initialization, data order, dropout)."""
+    bf16: bool = False
+    """bfloat16 mixed precision (DeepSpeed bf16 with fp32 master weights)."""
+    fp16: bool = False
+    """float16 mixed precision with dynamic loss scaling."""
+    eval_interval: int = 1000
+    """Evaluate on the validation set every this many iterations (and at the end)."""
+    eval_iters: int = 100
+    """Global batches per evaluation."""
+    exit_interval: int | None = None
+    """Save and exit when the iteration is a multiple of this."""
+    exit_duration_in_mins: float | None = None
+    """Save and exit after this many minutes of training (e.g. before a job's walltime)."""
+    kill_switch_file: str | None = None
+    """Save and exit as soon as this file exists."""
+
+    def __post_init__(self) -> None:
+        require_positive(
+            self,
+            "micro_batch_size",
+            "global_batch_size",
+            "gradient_accumulation_steps",
+            "train_iters",
+            "train_samples",
+            "train_tokens",
+            "eval_interval",
+            "exit_interval",
+            "exit_duration_in_mins",
+        )
+        if self.eval_iters < 0:
+            raise ConfigError(f"--eval-iters: must be >= 0, got {self.eval_iters}")
+        if self.bf16 and self.fp16:
+            raise ConfigError("--bf16: cannot be combined with --fp16; pick one precision")

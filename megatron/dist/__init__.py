@@ -1,0 +1,178 @@
+"""Process groups: torch.distributed, megatron-core parallel_state, and DeepSpeed's view of them.
+
+``init_distributed(plan, env)`` is the one place that starts them; ``destroy_distributed`` the
+one place that tears them down (tests call it between runs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import socket
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron.config.env import DistEnv
+from megatron.config.plan import RunPlan
+
+log = logging.getLogger(__name__)
+
+
+class MegatronMPU:
+    """The ``mpu`` object ``deepspeed.initialize`` expects, backed by megatron-core groups.
+
+    DeepSpeed uses it to all-reduce gradients over the data-parallel group only and to count
+    tensor-parallel shards once in the gradient norm.
+    """
+
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(
+        parallel_state.get_tensor_model_parallel_world_size
+    )
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_pipeline_model_parallel_rank = staticmethod(parallel_state.get_pipeline_model_parallel_rank)
+    get_pipeline_model_parallel_world_size = staticmethod(
+        parallel_state.get_pipeline_model_parallel_world_size
+    )
+    get_pipeline_model_parallel_group = staticmethod(parallel_state.get_pipeline_model_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParallelContext:
+    """Where this process sits.
+
+    Attributes:
+        env: The launcher's view.
+        device: This rank's device.
+        backend: torch.distributed backend in use.
+        tp_rank, tp_size, pp_rank, pp_size, dp_rank, dp_size: Coordinates and sizes.
+    """
+
+    env: DistEnv
+    device: torch.device
+    backend: str
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    dp_rank: int
+    dp_size: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        """First pipeline stage (reads tokens)."""
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        """Last pipeline stage (computes the loss)."""
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """The rank that prints and writes TensorBoard: TP 0, DP 0 of the last stage."""
+        return self.is_last_stage and self.tp_rank == 0 and self.dp_rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _skip_deepspeed_shm_build() -> None:
+    # On the CPU accelerator DeepSpeed compiles a shared-memory collective (~25 s of g++ on a
+    # fresh machine) that only its inference all-reduce uses. Training never calls it.
+    module = sys.modules.get("deepspeed.comm.torch")
+    if module is None:
+        import importlib
+
+        module = importlib.import_module("deepspeed.comm.torch")
+    module.build_shm_op = lambda: None
+
+
+def _pick_backend(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
+    """Start torch.distributed and megatron-core's parallel groups; seed every RNG.
+
+    Args:
+        plan: The resolved run (parallel sizes, backend, seed).
+        env: Where the launcher placed this process.
+
+    Returns:
+        This rank's parallel coordinates.
+    """
+    env.export()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        _skip_deepspeed_shm_build()
+    backend = _pick_backend(plan.config.parallel.distributed_backend, device)
+    if not dist.is_initialized():
+        if env.master_addr is None:
+            if env.world_size > 1:
+                raise RuntimeError(
+                    "MASTER_ADDR is not set for a multi-process run; start with torchrun, "
+                    "mpiexec or srun through train_alcf.sh"
+                )
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
+        else:
+            init_method = f"tcp://{env.master_addr}:{env.master_port or 29500}"
+        dist.init_process_group(
+            backend=backend,
+            init_method=init_method,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(minutes=plan.config.parallel.distributed_timeout_minutes),
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=plan.tp,
+        pipeline_model_parallel_size=plan.pp,
+        create_gloo_process_groups=False,
+    )
+    seed_everything(plan.config.train.seed)
+    return ParallelContext(
+        env=env,
+        device=device,
+        backend=backend,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        tp_size=plan.tp,
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        pp_size=plan.pp,
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=plan.dp,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch. Every rank uses the same seed: weights come from per-tensor
+    generators and data order from the sampler, so only dropout draws from these."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def destroy_distributed() -> None:
+    """Tear down megatron-core's groups and the default process group, if any."""
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

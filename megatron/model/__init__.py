@@ -1,0 +1,1 @@
+"""Our GPT, built on megatron-core tensor-parallel layers, plus its DeepSpeed pipeline form."""

@@ -1,0 +1,69 @@
+"""The dense (non-pipelined) GPT and its language-model loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core import tensor_parallel as mtp
+from torch import nn
+
+from megatron.model.layers import (
+    Embedding,
+    FinalNorm,
+    OutputLayer,
+    TransformerLayer,
+    build_mp_config,
+)
+from megatron.model.spec import GPTSpec
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy ``[b, s]`` of vocab-parallel logits ``[b, s, V / tp]``.
+
+    The loss is computed in fp32. At TP=1 the fused ``F.cross_entropy`` gives the same numbers
+    as megatron-core's vocab-parallel kernel without its cross-rank reductions.
+    """
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        flat = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+        return flat.view_as(labels)
+    # vocab_parallel_cross_entropy overwrites its input; .float() of fp32 logits is the same
+    # tensor, which nothing reads afterwards.
+    return mtp.vocab_parallel_cross_entropy(logits.float(), labels)
+
+
+def masked_mean(losses: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``losses`` over positions where ``loss_mask`` is 1."""
+    mask = loss_mask.to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class GPTModel(nn.Module):
+    """Embedding -> L transformer layers -> final norm -> (tied or untied) vocab-parallel head.
+
+    ``forward(tokens)`` returns vocab-parallel logits; ``forward(tokens, labels)`` returns the
+    per-token losses ``[b, s]``.
+    """
+
+    def __init__(self, spec: GPTSpec):
+        super().__init__()
+        self.spec = spec
+        config = build_mp_config(parallel_state.get_tensor_model_parallel_world_size())
+        self.embedding = Embedding(spec, config)
+        self.layers = nn.ModuleList(TransformerLayer(spec, i, config) for i in range(spec.num_layers))
+        self.final_norm = FinalNorm(spec)
+        self.output = None if spec.tie_embeddings else OutputLayer(spec, config)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embedding(tokens)
+        for layer in self.layers:
+            h = layer(h)
+        h = self.final_norm(h)
+        logits = self.embedding.logits(h) if self.output is None else self.output(h)
+        if labels is None:
+            return logits
+        return token_losses(logits, labels)
+
+    def gather_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits ``[b, s, V]`` on every TP rank (for evaluation and export)."""
+        return mtp.gather_from_tensor_model_parallel_region(self(tokens))

@@ -1,0 +1,239 @@
+"""GPT building blocks on megatron-core's tensor-parallel layers.
+
+Activations are ``[batch, seq, hidden]`` everywhere (no sequence parallelism, so the TP layers
+do not need ``[seq, batch, hidden]``). Each block is a pipeline-stage-sized module: the dense
+model chains them, the pipeline model hands them to DeepSpeed as layer specs.
+
+TP layouts (chosen so the *full* weight is the same at every TP size):
+- fused QKV: output rows grouped per key/value head, ``[q_1..q_r, k, v]`` for each group, so a
+  contiguous TP split hands every rank whole groups;
+- SwiGLU fc1: logical rows ``[gate; up]``, sharded with stride 2 so rank r holds
+  ``[gate_r; up_r]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core import tensor_parallel as mtp
+from megatron.core.model_parallel_config import ModelParallelConfig
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megatron.model.init import normal_init
+from megatron.model.rope import apply_rope, rope_tables
+from megatron.model.spec import GPTSpec
+
+
+def build_mp_config(tp: int) -> ModelParallelConfig:
+    """megatron-core layer config: CPU initialization of the full weight, then a TP split."""
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        params_dtype=torch.float32,
+        sequence_parallel=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+def build_norm(spec: GPTSpec) -> nn.Module:
+    """LayerNorm or RMSNorm over the hidden size."""
+    if spec.normalization == "rmsnorm":
+        return nn.RMSNorm(spec.hidden_size, eps=spec.norm_epsilon)
+    return nn.LayerNorm(spec.hidden_size, eps=spec.norm_epsilon)
+
+
+def _tp_size() -> int:
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head / grouped-query self-attention through ``scaled_dot_product_attention``."""
+
+    def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
+        super().__init__()
+        tp = _tp_size()
+        self.spec = spec
+        self.kv_heads = spec.num_key_value_heads // tp
+        self.group = spec.num_attention_heads // spec.num_key_value_heads
+        self.heads = self.kv_heads * self.group
+        q_width = spec.num_attention_heads * spec.head_dim
+        qkv_width = (spec.num_attention_heads + 2 * spec.num_key_value_heads) * spec.head_dim
+        name = f"layers.{layer}.attention"
+        self.query_key_value = mtp.ColumnParallelLinear(
+            spec.hidden_size,
+            qkv_width,
+            config=config,
+            init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.query_key_value"),
+            bias=spec.bias,
+            gather_output=False,
+        )
+        self.dense = mtp.RowParallelLinear(
+            q_width,
+            spec.hidden_size,
+            config=config,
+            init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense"),
+            bias=spec.bias,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        hd = self.spec.head_dim
+        qkv, _ = self.query_key_value(x)
+        qkv = qkv.view(b, s, self.kv_heads, self.group + 2, hd)
+        q = qkv[:, :, :, : self.group].reshape(b, s, self.heads, hd)
+        k = qkv[:, :, :, self.group]
+        v = qkv[:, :, :, self.group + 1]
+        if self.spec.position_embedding == "rope":
+            cos, sin = rope_tables(
+                self.spec.max_position_embeddings, hd, self.spec.rotary_base, x.device, x.dtype
+            )
+            q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.spec.attention_dropout if self.training else 0.0,
+            is_causal=self.spec.causal,
+            enable_gqa=self.group > 1,
+        )
+        out, _ = self.dense(out.transpose(1, 2).reshape(b, s, self.heads * hd))
+        return out
+
+
+class MLP(nn.Module):
+    """GeLU MLP, or SwiGLU (silu(gate) * up) with a fused, stride-2 sharded fc1."""
+
+    def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
+        super().__init__()
+        self.swiglu = spec.swiglu
+        width = spec.ffn_hidden_size * (2 if spec.swiglu else 1)
+        name = f"layers.{layer}.mlp"
+        self.dense_h_to_4h = mtp.ColumnParallelLinear(
+            spec.hidden_size,
+            width,
+            config=config,
+            init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.dense_h_to_4h"),
+            bias=spec.bias,
+            gather_output=False,
+            stride=2 if spec.swiglu else 1,
+        )
+        self.dense_4h_to_h = mtp.RowParallelLinear(
+            spec.ffn_hidden_size,
+            spec.hidden_size,
+            config=config,
+            init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense_4h_to_h"),
+            bias=spec.bias,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.dense_h_to_4h(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        out, _ = self.dense_4h_to_h(h)
+        return out
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.)))."""
+
+    def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
+        super().__init__()
+        self.spec = spec
+        self.input_layernorm = build_norm(spec)
+        self.self_attention = SelfAttention(spec, layer, config)
+        self.post_attention_layernorm = build_norm(spec)
+        self.mlp = MLP(spec, layer, config)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.spec.hidden_dropout if self.training else 0.0
+        x = x + F.dropout(self.self_attention(self.input_layernorm(x)), p)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.recompute and self.training and torch.is_grad_enabled():
+            # Non-reentrant checkpointing saves and restores the CPU (and CUDA) RNG state, so
+            # dropout masks match between the forward and the recomputation.
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class Embedding(nn.Module):
+    """Vocab-parallel word embeddings (+ learned positions); also computes tied logits."""
+
+    def __init__(self, spec: GPTSpec, config: ModelParallelConfig):
+        super().__init__()
+        self.spec = spec
+        self.word_embeddings = mtp.VocabParallelEmbedding(
+            spec.vocab_size,
+            spec.hidden_size,
+            init_method=normal_init(spec.embedding_init_std, spec.seed, "word_embeddings"),
+            config=config,
+        )
+        if spec.position_embedding == "learned":
+            self.position_embeddings = nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
+            normal_init(spec.init_method_std, spec.seed, "position_embeddings")(
+                self.position_embeddings.weight
+            )
+        # A weightless column-parallel matmul: tied logits = hidden @ word_embeddings.T, with
+        # megatron-core handling the TP gradient all-reduce of the input.
+        self.tied_head = mtp.ColumnParallelLinear(
+            spec.hidden_size,
+            spec.vocab_size,
+            config=config,
+            init_method=lambda w: w,
+            bias=False,
+            gather_output=False,
+            skip_weight_param_allocation=True,
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(tokens)
+        if self.spec.position_embedding == "learned":
+            x = x + self.position_embeddings(torch.arange(tokens.shape[1], device=tokens.device))
+        return F.dropout(x, self.spec.hidden_dropout if self.training else 0.0)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocab-parallel logits ``[b, s, V / tp]`` with the embedding weight."""
+        out, _ = self.tied_head(hidden, weight=self.word_embeddings.weight)
+        return out
+
+
+class FinalNorm(nn.Module):
+    """The norm after the last transformer layer."""
+
+    def __init__(self, spec: GPTSpec):
+        super().__init__()
+        self.final_layernorm = build_norm(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_layernorm(x)
+
+
+class OutputLayer(nn.Module):
+    """Untied output head: column-parallel ``[V / tp, d]`` weight."""
+
+    def __init__(self, spec: GPTSpec, config: ModelParallelConfig):
+        super().__init__()
+        self.output_layer = mtp.ColumnParallelLinear(
+            spec.hidden_size,
+            spec.vocab_size,
+            config=config,
+            init_method=normal_init(spec.init_method_std, spec.seed, "output_layer"),
+            bias=False,
+            gather_output=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.output_layer(x)
+        return out

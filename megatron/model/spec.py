@@ -1,0 +1,104 @@
+"""The resolved model shape: what the model code is built from (no Nones, no CLI knowledge).
+
+Torch-free, so the plan (and ``--dry-run``) can compute parameter counts and FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GPTSpec:
+    """Every architectural value of the GPT, after defaults and padding.
+
+    Attributes:
+        num_layers: Transformer layers L.
+        hidden_size: d.
+        ffn_hidden_size: MLP width f.
+        num_attention_heads: Query heads.
+        num_key_value_heads: Key/value heads (GQA groups).
+        head_dim: Per-head dimension.
+        vocab_size: Padded vocabulary (rows of the embedding).
+        original_vocab_size: The tokenizer's vocabulary before padding.
+        seq_length: Training sequence length.
+        max_position_embeddings: Position table / RoPE cache length.
+        position_embedding: ``rope`` or ``learned``.
+        rotary_base: RoPE theta.
+        normalization: ``layernorm`` or ``rmsnorm``.
+        norm_epsilon: Norm epsilon.
+        swiglu: Gated SiLU MLP.
+        bias: Linear layers have biases.
+        tie_embeddings: The output head reuses the word embeddings.
+        hidden_dropout: Residual-branch dropout.
+        attention_dropout: Attention-probability dropout.
+        init_method_std: Std of hidden weights.
+        output_init_std: Std of the output projections (scaled by 1/sqrt(2L)).
+        embedding_init_std: Std of the word embeddings.
+        recompute: Recompute layer activations in backward.
+        causal: Causal attention (False for the masked-diffusion objective).
+        seed: Base seed of the per-tensor initialization.
+    """
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    original_vocab_size: int
+    seq_length: int
+    max_position_embeddings: int
+    position_embedding: Literal["rope", "learned"] = "rope"
+    rotary_base: float = 10000.0
+    normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_epsilon: float = 1e-5
+    swiglu: bool = False
+    bias: bool = True
+    tie_embeddings: bool = True
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    output_init_std: float = 0.02
+    embedding_init_std: float = 0.02
+    recompute: bool = False
+    causal: bool = True
+    seed: int = 1234
+
+    def num_parameters(self) -> int:
+        """Exact number of trainable scalars (all TP shards together)."""
+        d, f, L, V = self.hidden_size, self.ffn_hidden_size, self.num_layers, self.vocab_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        norm = 2 * d if self.normalization == "layernorm" else d
+        attn = d * (q + 2 * kv) + q * d
+        mlp = d * f * (2 if self.swiglu else 1) + f * d
+        bias = (q + 2 * kv + d + f * (2 if self.swiglu else 1) + d) if self.bias else 0
+        per_layer = attn + mlp + bias + 2 * norm
+        embeddings = V * d + (self.max_position_embeddings * d if self.position_embedding == "learned" else 0)
+        head = 0 if self.tie_embeddings else V * d
+        return L * per_layer + embeddings + norm + head
+
+    def matmul_parameters(self) -> int:
+        """Parameters that take part in a matmul per token: all but the embedding lookups,
+        plus the output head (which reuses the embedding when tied)."""
+        lookup = self.vocab_size * self.hidden_size
+        if self.position_embedding == "learned":
+            lookup += self.max_position_embeddings * self.hidden_size
+        head = self.vocab_size * self.hidden_size if self.tie_embeddings else 0
+        return self.num_parameters() - lookup + head
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6*N + 12*L*d*s (SPEC section 10; N = matmul parameters,
+        the second term is attention's QK^T and AV, forward and backward, without the causal
+        halving)."""
+        return 6.0 * self.matmul_parameters() + 12.0 * self.num_layers * self.hidden_size * self.seq_length
+
+
+def pad_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Round the vocabulary up to a multiple of ``multiple`` (independent of TP, so shapes and
+    checkpoints do not change with the tensor-parallel size)."""
+    return int(math.ceil(vocab_size / multiple) * multiple)

@@ -1,0 +1,98 @@
+"""The optimizer registry: ``--optimizer NAME`` -> an ``OptimizerSpec``.
+
+Adding an optimizer is one module that calls ``register_optimizer`` (imported explicitly by
+``megatron/optimizer/__init__.py``). Its namespaced hyperparameters are a dataclass passed as
+``options=``: field ``momentum`` of the ``muon`` entry becomes the flag ``--muon-momentum``.
+This module is torch-free so that ``--help`` and ``--dry-run`` stay fast; ``build`` functions
+import torch when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from megatron.config.optim import OptimConfig
+    from megatron.optimizer.param_groups import ParamGroup
+
+BuildFn = Callable[["list[ParamGroup]", "OptimConfig", Any], "torch.optim.Optimizer"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OptimizerSpec:
+    """One registered optimizer.
+
+    Attributes:
+        name: The ``--optimizer`` value.
+        build: ``build(param_groups, optim_cfg, options) -> torch.optim.Optimizer``.
+        options: Dataclass of namespaced hyperparameters (flags ``--<name>-<field>``), or None.
+        uses_lr_schedule: False for schedule-free optimizers (a decaying schedule is an error).
+        param_policy: ``elementwise`` (one update rule for every tensor) or ``matrix`` (2-D hidden
+            matrices take the matrix update, everything else an AdamW side group).
+        max_zero_stage: Highest ZeRO stage this optimizer is correct under.
+        train_mode: Called before training steps (schedule-free switches to y), or None.
+        eval_mode: Called before evaluation and saving (schedule-free switches to x), or None.
+    """
+
+    name: str
+    build: BuildFn
+    options: type | None = None
+    uses_lr_schedule: bool = True
+    param_policy: Literal["elementwise", "matrix"] = "elementwise"
+    max_zero_stage: int = 3
+    train_mode: Callable[[Any], None] | None = None
+    eval_mode: Callable[[Any], None] | None = None
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+
+
+def register_optimizer(name: str, **spec_fields: Any) -> Callable[[BuildFn], BuildFn]:
+    """Decorator registering ``build`` under ``name``.
+
+    Args:
+        name: The ``--optimizer`` value.
+        **spec_fields: The other ``OptimizerSpec`` fields.
+
+    Returns:
+        The decorator; it returns the build function unchanged.
+    """
+
+    def decorate(build: BuildFn) -> BuildFn:
+        if name in OPTIMIZERS:
+            raise ValueError(f"optimizer {name!r} registered twice")
+        OPTIMIZERS[name] = OptimizerSpec(name=name, build=build, **spec_fields)
+        return build
+
+    return decorate
+
+
+def get_optimizer_spec(name: str) -> OptimizerSpec:
+    """Look up a registered optimizer.
+
+    Raises:
+        KeyError: Unknown name; the message lists the known ones.
+    """
+    if name not in OPTIMIZERS:
+        raise KeyError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
+def option_sections() -> dict[str, type]:
+    """Flag prefix -> options dataclass, for every optimizer that has options."""
+    _ensure_loaded()
+    return {name: spec.options for name, spec in OPTIMIZERS.items() if spec.options is not None}
+
+
+def default_options() -> dict[str, Any]:
+    """Default instance of every optimizer's options dataclass, keyed by optimizer name."""
+    return {name: cls() for name, cls in option_sections().items()}
+
+
+def _ensure_loaded() -> None:
+    # The package __init__ imports every optimizer module, which fills OPTIMIZERS.
+    import megatron.optimizer  # noqa: F401

@@ -1,0 +1,1 @@
+"""Learning-rate schedules: pure functions, a registry, and a thin stateful wrapper."""

@@ -1,0 +1,173 @@
+"""Model + optimizer + DeepSpeed engine + LR scheduler, and one training/eval step on them.
+
+Two step implementations share one interface: the dense engine (ZeRO 0-3, TP through
+megatron-core) runs forward/backward per micro-batch; the pipeline engine (PP > 1, ZeRO 0-1)
+runs DeepSpeed's 1F1B schedule over the step's micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron.config.deepspeed import to_deepspeed_config
+from megatron.config.plan import RunPlan
+from megatron.data.loader import Batch
+from megatron.dist import MegatronMPU, ParallelContext
+from megatron.model.gpt import GPTModel, masked_mean
+from megatron.optimizer.param_groups import describe_groups, split_param_groups
+from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
+from megatron.schedules.registry import build_schedule_fn
+from megatron.schedules.scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one optimizer step reports.
+
+    Attributes:
+        loss: Mean loss over the step's tokens, averaged over data-parallel ranks.
+        grad_norm: Global gradient norm before clipping (None if DeepSpeed skipped the step).
+        skipped: True when the update was skipped (fp16 overflow).
+    """
+
+    loss: float
+    grad_norm: float | None
+    skipped: bool
+
+
+def _record_grad_norm_at_zero0(engine: Any) -> None:
+    # DeepSpeed reports the norm through its ZeRO/bf16/fp16 optimizer wrappers; plain fp32
+    # ZeRO-0 clips with a helper that discards the norm. Keep it instead of computing it twice.
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_record() -> None:
+        engine._global_grad_norm = clip_grad_norm_(
+            parameters=engine.module.parameters(),
+            max_norm=engine.gradient_clipping(),
+            mpu=engine.mpu,
+        )
+
+    engine.clip_fp32_gradients = clip_and_record
+
+
+class TrainEngine:
+    """The DeepSpeed engine of a run and the client objects it wraps.
+
+    Args:
+        plan: The resolved run.
+        ctx: This rank's parallel placement.
+    """
+
+    def __init__(self, plan: RunPlan, ctx: ParallelContext):
+        cfg = plan.config
+        self.plan = plan
+        self.ctx = ctx
+        self.pipeline = plan.pp > 1
+        model = self._build_model()
+        self.optimizer_spec: OptimizerSpec = get_optimizer_spec(cfg.optim.optimizer)
+        groups = split_param_groups(
+            model.named_parameters(),
+            policy=self.optimizer_spec.param_policy,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        for line in describe_groups(groups):
+            log.info("optimizer %s group %s", cfg.optim.optimizer, line)
+        self.optimizer = self.optimizer_spec.build(
+            groups, cfg.optim, cfg.optim.options.get(cfg.optim.optimizer)
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=self.optimizer,
+            config=to_deepspeed_config(plan),
+            mpu=None if self.pipeline else MegatronMPU(),
+        )
+        if (
+            not self.engine.zero_optimization()
+            and not self.engine.bfloat16_enabled()
+            and not self.engine.fp16_enabled()
+        ):
+            _record_grad_norm_at_zero0(self.engine)
+        fn, fingerprint = build_schedule_fn(plan)
+        self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr)
+        self.train_mode()
+
+    def _build_model(self) -> torch.nn.Module:
+        if self.pipeline:
+            from megatron.model.pipeline import build_pipeline_model
+
+            model = build_pipeline_model(self.plan.model, self.plan.tp, self.plan.pp, self.plan.dp)
+        else:
+            model = GPTModel(self.plan.model)
+        return model.to(self.ctx.device)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model (dense GPT or this rank's pipeline stage)."""
+        return self.engine.module
+
+    def train_mode(self) -> None:
+        """Model in train mode; optimizers with a train/eval switch (schedule-free) to train."""
+        self.engine.train()
+        if self.optimizer_spec.train_mode is not None:
+            self.optimizer_spec.train_mode(self.optimizer)
+
+    def eval_mode(self) -> None:
+        """Model in eval mode; schedule-free optimizers swap in their averaged weights."""
+        self.engine.eval()
+        if self.optimizer_spec.eval_mode is not None:
+            self.optimizer_spec.eval_mode(self.optimizer)
+
+    def _grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return None
+        return float(norm)
+
+    def train_step(self, batches: list[Batch]) -> StepResult:
+        """Forward/backward over the step's micro-batches and one optimizer update."""
+        skipped_before = self.engine.skipped_steps
+        if self.pipeline:
+            loss = self.engine.train_batch(data_iter=_pipeline_items(batches))
+            mean = float(loss)
+        else:
+            losses = []
+            for batch in batches:
+                loss = masked_mean(self.engine(batch.tokens, batch.labels), batch.loss_mask)
+                # DeepSpeed divides by the accumulation steps and steps at the boundary.
+                self.engine.backward(loss)
+                self.engine.step()
+                losses.append(loss.detach())
+            mean = _dp_mean(torch.stack(losses).mean())
+        skipped = self.engine.skipped_steps > skipped_before
+        return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[Batch]) -> float:
+        """Mean loss over ``batches`` (one global eval batch), averaged over DP ranks."""
+        if self.pipeline:
+            return float(self.engine.eval_batch(data_iter=_pipeline_items(batches)))
+        losses = [masked_mean(self.engine(b.tokens, b.labels), b.loss_mask) for b in batches]
+        return _dp_mean(torch.stack(losses).mean())
+
+
+def _pipeline_items(batches: list[Batch]):  # noqa: ANN202
+    return iter([(b.tokens, (b.labels, b.loss_mask)) for b in batches])
+
+
+def _dp_mean(value: torch.Tensor) -> float:
+    group = parallel_state.get_data_parallel_group()
+    size = dist.get_world_size(group)
+    if size > 1:
+        value = value.clone()
+        dist.all_reduce(value, group=group)
+        value /= size
+    return float(value)

@@ -1,0 +1,237 @@
+"""The training loop. ``Trainer.run`` reads like a table of contents; each step is a method."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from megatron.checkpointing.checkpoint import (
+    load_engine_states,
+    read_latest_tag,
+    read_metadata,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from megatron.config.deepspeed import to_deepspeed_config
+from megatron.config.env import DistEnv
+from megatron.config.fields import ConfigError
+from megatron.config.plan import RunPlan
+from megatron.data.builder import DataStreams, build_streams
+from megatron.data.loader import BatchReader
+from megatron.dist import ParallelContext, destroy_distributed, init_distributed
+from megatron.logs import setup_logging
+from megatron.trainer.engine import TrainEngine
+from megatron.trainer.metrics import Reporter
+from megatron.trainer.state import (
+    TrainState,
+    check_model_shape,
+    log_config_diff,
+    run_metadata,
+)
+from megatron.trainer.stop import StopSignals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What a finished (or stopped) run reports.
+
+    Attributes:
+        iteration: Completed steps.
+        train_loss: Mean training loss of the last log interval.
+        valid_loss: Last validation loss (None without a validation split).
+        test_loss: Test loss at the end (None without a test split).
+        losses: Per-step training losses of this process's run.
+        stop_reason: Why the run stopped early, or None.
+    """
+
+    iteration: int
+    train_loss: float
+    valid_loss: float | None
+    test_loss: float | None
+    losses: tuple[float, ...]
+    stop_reason: str | None
+
+
+def log_plan(plan: RunPlan) -> None:
+    """Print the derived values and the DeepSpeed config once, at start."""
+    log.info("run plan: %s", json.dumps(plan.summary()))
+    log.info("deepspeed config: %s", json.dumps(to_deepspeed_config(plan)))
+
+
+class Trainer:
+    """One run: data, engine, state, reporting, stop signals.
+
+    Args:
+        plan: The resolved run.
+        ctx: This rank's parallel placement (process groups already started).
+    """
+
+    def __init__(self, plan: RunPlan, ctx: ParallelContext):
+        self.plan = plan
+        self.ctx = ctx
+        self.cfg = plan.config
+        self.streams: DataStreams = build_streams(plan)
+        self.engine = TrainEngine(plan, ctx)
+        self.train_reader = self._reader(self.streams.train)
+        self.reporter = Reporter(plan, ctx)
+        self.stop = StopSignals(self.cfg.train, ctx.device)
+        self.losses: list[float] = []
+        self.valid_loss: float | None = None
+        self.test_loss: float | None = None
+
+    def _reader(self, stream: object) -> BatchReader:
+        return BatchReader(
+            stream,
+            micro_batch_size=self.plan.micro_batch_size,
+            dp_size=self.plan.dp,
+            dp_rank=self.ctx.dp_rank,
+            grad_accum_steps=self.plan.grad_accum_steps,
+            device=self.ctx.device,
+        )
+
+    def run(self) -> TrainResult:
+        """Train until the plan's last iteration or a stop signal; evaluate and save."""
+        state = self.restore()
+        stop_reason = None
+        try:
+            while state.iteration < self.plan.train_iters:
+                self.train_step(state)
+                if self._due(state.iteration, self.cfg.train.eval_interval):
+                    self.evaluate(state, "valid")
+                stop_reason = self.stop.check(state.iteration)
+                if stop_reason or self._due(state.iteration, self.cfg.checkpoint.save_interval):
+                    self.save(state)
+                if stop_reason:
+                    log.info("stopping at iteration %d: %s", state.iteration, stop_reason)
+                    break
+            if stop_reason is None:
+                self.finish(state)
+        finally:
+            self.reporter.close()
+            self.stop.close()
+        return TrainResult(
+            iteration=state.iteration,
+            train_loss=self.reporter.last_train_loss,
+            valid_loss=self.valid_loss,
+            test_loss=self.test_loss,
+            losses=tuple(self.losses),
+            stop_reason=stop_reason,
+        )
+
+    def _due(self, iteration: int, interval: int | None) -> bool:
+        return bool(interval) and iteration % interval == 0 and iteration < self.plan.train_iters
+
+    def train_step(self, state: TrainState) -> None:
+        """One optimizer step at the scheduled LR; report it."""
+        self.engine.scheduler.set_step(state.iteration)
+        lr = self.engine.scheduler.current_lr()
+        result = self.engine.train_step(self.train_reader.step_batches(state.consumed_samples))
+        state.iteration += 1
+        state.consumed_samples += self.plan.global_batch_size
+        self.losses.append(result.loss)
+        self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+
+    def evaluate(self, state: TrainState, split: str) -> float | None:
+        """Mean loss over ``--eval-iters`` global batches of ``split`` (the same ones each time)."""
+        stream = self.streams.valid if split == "valid" else self.streams.test
+        if stream is None or self.cfg.train.eval_iters == 0:
+            return None
+        started = time.perf_counter()
+        reader = self._reader(stream)
+        self.engine.eval_mode()
+        losses = [
+            self.engine.eval_loss(reader.step_batches(k * self.plan.global_batch_size))
+            for k in range(self.cfg.train.eval_iters)
+        ]
+        self.engine.train_mode()
+        loss = sum(losses) / len(losses)
+        self.reporter.on_eval(split, state.iteration, loss)
+        self.reporter.exclude(time.perf_counter() - started)
+        if split == "valid":
+            self.valid_loss = loss
+        return loss
+
+    def save(self, state: TrainState) -> None:
+        """Checkpoint (weights as the optimizer's eval mode defines them, e.g. schedule-free x)."""
+        if self.cfg.checkpoint.save is None:
+            return
+        started = time.perf_counter()
+        self.engine.eval_mode()
+        save_checkpoint(
+            self.engine.engine,
+            self.cfg.checkpoint.save,
+            state.iteration,
+            run_metadata(self.plan, state, self.engine.scheduler.state_dict()),
+            {"rng": rng_state()},
+        )
+        self.engine.train_mode()
+        self.reporter.exclude(time.perf_counter() - started)
+
+    def finish(self, state: TrainState) -> None:
+        """Final validation and test loss, final checkpoint."""
+        self.evaluate(state, "valid")
+        self.test_loss = self.evaluate(state, "test")
+        self.save(state)
+
+    def restore(self) -> TrainState:
+        """Resume from ``--load`` (or start fresh when it holds no checkpoint yet)."""
+        ckpt = self.cfg.checkpoint
+        if ckpt.load is None:
+            return TrainState()
+        tag = read_latest_tag(ckpt.load)
+        if tag is None:
+            log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
+            return TrainState()
+        metadata = read_metadata(ckpt.load, tag)
+        check_model_shape(self.plan, metadata, f"{ckpt.load}/{tag}")
+        log_config_diff(self.plan, metadata)
+        client = load_engine_states(
+            self.engine.engine,
+            ckpt.load,
+            tag,
+            weights_only=ckpt.finetune,
+            load_optimizer=not ckpt.no_load_optim,
+        )
+        if ckpt.finetune:
+            log.info(
+                "--finetune: loaded weights of %s/%s; iteration, optimizer, LR schedule and data "
+                "position start from zero",
+                ckpt.load,
+                tag,
+            )
+            return TrainState()
+        self._check_schedule(metadata)
+        if not ckpt.no_load_rng and "rng" in client:
+            set_rng_state(client["rng"])
+        state = TrainState(
+            iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
+        )
+        lrs = [f"{self.engine.scheduler.fn(s) * self.cfg.optim.lr:.3e}" for s in range(state.iteration, state.iteration + 3)]
+        log.info("resumed at iteration %d; next LRs %s", state.iteration, ", ".join(lrs))
+        return state
+
+    def _check_schedule(self, metadata: dict) -> None:
+        saved = metadata.get("scheduler", {}).get("schedule_fingerprint")
+        if saved is not None and saved != self.engine.scheduler.fingerprint:
+            raise ConfigError(
+                f"--lr-decay-style: the LR schedule differs from the checkpoint's (checkpoint: "
+                f"{saved}; now: {self.engine.scheduler.fingerprint}); resuming would silently "
+                "change the LR. Use the checkpoint's schedule flags, or start a new schedule with "
+                "--finetune"
+            )
+
+
+def train(plan: RunPlan, env: DistEnv) -> TrainResult:
+    """Start the process groups, run, and tear them down (also on error)."""
+    ctx = init_distributed(plan, env)
+    setup_logging(ctx.is_logging_rank)
+    try:
+        log_plan(plan)
+        return Trainer(plan, ctx).run()
+    finally:
+        destroy_distributed()

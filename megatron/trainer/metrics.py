@@ -1,0 +1,148 @@
+"""Progress reporting: console lines, TensorBoard scalars, throughput, TFLOP/s and MFU.
+
+FLOPs per step use SPEC section 10: ``6 * N * tokens + 12 * L * d * s * tokens`` with N the
+parameters taking part in matmuls (see ``GPTSpec.flops_per_token``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from megatron.config.plan import RunPlan
+from megatron.dist import ParallelContext
+
+log = logging.getLogger(__name__)
+
+# Dense bf16/fp16 peak FLOP/s per device, by device-name substring.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L40S": 362e12,
+    "V100": 125e12,
+}
+
+
+def device_peak_flops(device: torch.device, dtype: str) -> float | None:
+    """Peak FLOP/s of ``device`` for half-precision math, when known (None on CPU or fp32)."""
+    if device.type != "cuda" or dtype == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_FLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss``."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class _Window:
+    steps: int = 0
+    loss_sum: float = 0.0
+    skipped: int = 0
+    start: float = 0.0
+
+
+class Reporter:
+    """Prints a line per log interval and writes TensorBoard scalars (on the logging rank).
+
+    Args:
+        plan: The resolved run.
+        ctx: This rank's placement.
+    """
+
+    def __init__(self, plan: RunPlan, ctx: ParallelContext):
+        self.plan = plan
+        self.ctx = ctx
+        self.active = ctx.is_logging_rank
+        self.interval = plan.config.logging.log_interval
+        self.flops_per_step = plan.model.flops_per_token() * plan.tokens_per_step
+        self.peak = device_peak_flops(ctx.device, plan.dtype)
+        self.started = time.perf_counter()
+        self.window = _Window(start=self.started)
+        self.last_train_loss = math.nan
+        self.writer = None
+        tb_dir = plan.config.logging.tensorboard_dir
+        if self.active and tb_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=tb_dir)
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        """One TensorBoard scalar (no-op without ``--tensorboard-dir``)."""
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, step)
+
+    def on_step(self, iteration: int, loss: float, lr: float, grad_norm: float | None, skipped: bool) -> None:
+        """Account one step; report when ``iteration`` ends a log interval."""
+        w = self.window
+        w.steps += 1
+        w.loss_sum += loss
+        w.skipped += int(skipped)
+        if iteration % self.interval and iteration != self.plan.train_iters:
+            return
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        elapsed = max(now - w.start, 1e-9)
+        mean_loss = w.loss_sum / w.steps
+        self.last_train_loss = mean_loss
+        tokens_per_s = w.steps * self.plan.tokens_per_step / elapsed
+        samples_per_s = w.steps * self.plan.global_batch_size / elapsed
+        tflops = w.steps * self.flops_per_step / elapsed / self.plan.world_size / 1e12
+        if self.active:
+            parts = [
+                f"iter {iteration:>6d}/{self.plan.train_iters}",
+                f"loss {mean_loss:.4f}",
+                f"lr {lr:.3e}",
+                f"grad norm {grad_norm:.3f}" if grad_norm is not None else "grad norm n/a",
+                f"{tokens_per_s:,.0f} tok/s",
+                f"{samples_per_s:.1f} samples/s",
+                f"{tflops:.3f} TFLOP/s/device",
+            ]
+            if self.peak:
+                parts.append(f"MFU {100 * tflops * 1e12 / self.peak:.1f}%")
+            parts += [f"skipped {w.skipped}", f"elapsed {format_duration(now - self.started)}"]
+            log.info(" | ".join(parts))
+            for name, value in (
+                ("train/loss", mean_loss),
+                ("train/lr", lr),
+                ("train/grad_norm", grad_norm),
+                ("throughput/tokens_per_sec", tokens_per_s),
+                ("throughput/samples_per_sec", samples_per_s),
+                ("throughput/tflops_per_device", tflops),
+                ("train/consumed_samples", iteration * self.plan.global_batch_size),
+            ):
+                if value is not None:
+                    self.scalar(name, value, iteration)
+        self.window = _Window(start=time.perf_counter())
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""
+        self.window.start += seconds
+
+    def on_eval(self, split: str, iteration: int, loss: float) -> None:
+        """Report an evaluation."""
+        if not self.active:
+            return
+        ppl = math.exp(min(loss, 50.0))
+        log.info("%s loss at iteration %d: %.4f | ppl %.3f", split, iteration, loss, ppl)
+        self.scalar(f"{split}/loss", loss, iteration)
+        self.scalar(f"{split}/ppl", ppl, iteration)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
