@@ -152,13 +152,13 @@ def convert(knob: Knob, value: Any) -> Any:
             return float(value)
         if knob.kind == "str":
             return str(value)
-        # choice: compare as the choices' own type
-        for choice in knob.choices:
-            if str(choice) == str(value):
-                return choice
-        raise ConfigError(f"{knob.flag}: {value!r} is not one of {list(knob.choices)}")
     except (TypeError, ValueError):
         raise ConfigError(f"{knob.flag}: invalid {knob.kind} value {value!r}") from None
+    # choice: compare as the choices' own type
+    for choice in knob.choices:
+        if str(choice) == str(value):
+            return choice
+    raise ConfigError(f"{knob.flag}: {value!r} is not one of {list(knob.choices)}")
 
 
 def _to_int(value: Any) -> int:

@@ -144,6 +144,11 @@ def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
             world_size=env.world_size,
             timeout=datetime.timedelta(minutes=plan.config.parallel.distributed_timeout_minutes),
         )
+    # DeepSpeed's communication layer wraps the group started above (PipelineModule needs it
+    # before deepspeed.initialize runs).
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=plan.tp,
         pipeline_model_parallel_size=plan.pp,
@@ -171,8 +176,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _reset_deepspeed_groups() -> None:
+    # DeepSpeed caches process groups in module globals; a later run in the same process (tests,
+    # the continual runner) must not reuse groups of a destroyed default group.
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.isupper() and name.startswith("_") and name.endswith(("GROUP", "GROUP_RANKS")):
+            setattr(groups, name, {} if isinstance(value, dict) else None)
+
+
 def destroy_distributed() -> None:
-    """Tear down megatron-core's groups and the default process group, if any."""
+    """Tear down megatron-core's groups, DeepSpeed's cached groups and the default group."""
     parallel_state.destroy_model_parallel()
+    if "deepspeed.utils.groups" in sys.modules:
+        _reset_deepspeed_groups()
     if dist.is_initialized():
         dist.destroy_process_group()

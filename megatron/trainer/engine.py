@@ -25,6 +25,7 @@ from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
 from megatron.schedules.registry import build_schedule_fn
 from megatron.schedules.scheduler import LRScheduler
+from megatron.trainer.grad_norm import clip_grads_
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,9 @@ class StepResult:
 
 def _record_grad_norm_at_zero0(engine: Any) -> None:
     # DeepSpeed reports the norm through its ZeRO/bf16/fp16 optimizer wrappers; plain fp32
-    # ZeRO-0 clips with a helper that discards the norm. Keep it instead of computing it twice.
-    from deepspeed.runtime.utils import clip_grad_norm_
-
+    # ZeRO-0 clips with a helper that discards it (and miscounts under PP): see grad_norm.py.
     def clip_and_record() -> None:
-        engine._global_grad_norm = clip_grad_norm_(
-            parameters=engine.module.parameters(),
-            max_norm=engine.gradient_clipping(),
-            mpu=engine.mpu,
-        )
+        engine._global_grad_norm = clip_grads_(engine.module.parameters(), engine.gradient_clipping())
 
     engine.clip_fp32_gradients = clip_and_record
 

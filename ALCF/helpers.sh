@@ -1,0 +1,184 @@
+# shellcheck shell=bash
+# Launcher helpers for train_alcf.sh: environment variables -> pretrain_gpt.py flags -> launch.
+#
+# The launcher owns topology and the launch line. Each per-run variable maps one-to-one onto a
+# flag; it does no batch arithmetic (pretrain_gpt.py derives and prints every derived value).
+# A flag typed after `bash train_alcf.sh` always wins over the launcher's defaults, and the same
+# knob given by a variable and by a flag with different values is an error (pretrain_gpt.py
+# rejects a flag repeated with different values).
+
+HELPERS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${HELPERS_DIR}/.." && pwd)"
+# shellcheck source=ALCF/env.sh
+source "${HELPERS_DIR}/env.sh"
+
+# VARIABLE|--flag  (value variables). Aliases map to the same flag.
+ENV_VALUE_FLAGS=(
+    "DATA_FILE_LIST|--data-file-list"
+    "TRAIN_TOKENS|--train-tokens"
+    "TRAIN_ITERS|--train-iters"
+    "TRAIN_SAMPLES|--train-samples"
+    "GRAD_ACC_STEPS|--gradient-accumulation-steps"
+    "GLOBAL_BATCH|--global-batch-size"
+    "MICRO_BATCH|--micro-batch-size"
+    "SEQ_LEN|--seq-length"
+    "SEQ|--seq-length"
+    "LR|--lr"
+    "MIN_LR|--min-lr"
+    "LR_WARMUP_FRACTION|--lr-warmup-fraction"
+    "LR_WARMUP_FRAC|--lr-warmup-fraction"
+    "LR_WARMUP_ITERS|--lr-warmup-iters"
+    "LR_DECAY_STYLE|--lr-decay-style"
+    "LR_DECAY_ITERS|--lr-decay-iters"
+    "OPT|--optimizer"
+    "WEIGHT_DECAY|--weight-decay"
+    "CLIP_GRAD|--clip-grad"
+    "ADAM_BETA1|--adam-beta1"
+    "ADAM_BETA2|--adam-beta2"
+    "ADAM_EPS|--adam-eps"
+    "INIT_METHOD_STD|--init-method-std"
+    "TP|--tensor-model-parallel-size"
+    "PP|--pipeline-model-parallel-size"
+    "ZERO_STAGE|--zero-stage"
+    "NLAYERS|--num-layers"
+    "HIDDEN|--hidden-size"
+    "FFN_HIDDEN_SIZE|--ffn-hidden-size"
+    "HEADS|--num-attention-heads"
+    "NUM_KV_HEAD|--num-key-value-heads"
+    "ROPE_THETA|--rotary-base"
+    "TOKENIZER_TYPE|--tokenizer-type"
+    "TOKENIZER_MODEL|--tokenizer-model"
+    "LOAD|--load"
+    "SAVE|--save"
+    "SAVE_INTERVAL|--save-interval"
+    "EVAL_INTERVAL|--eval-interval"
+    "EVAL_ITERS|--eval-iters"
+    "LOG_INTERVAL|--log-interval"
+    "TBDIR|--tensorboard-dir"
+    "SEED|--seed"
+)
+# VARIABLE|--flag  (switches: 1/true/yes -> --flag, 0/false/no -> --no-flag).
+ENV_SWITCH_FLAGS=(
+    "SP|--sequence-parallel"
+    "CPU_OPTIMIZER|--cpu-optimizer"
+    "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
+)
+
+_die() {
+    printf 'train_alcf.sh: error: %s\n' "$*" >&2
+    exit 2
+}
+
+_switch_value() {
+    local name="$1" value="$2"
+    case "${value,,}" in
+        1 | true | yes | on) return 0 ;;
+        0 | false | no | off | "") return 1 ;;
+        *) _die "${name}=${value}: expected 1/0 (or true/false)" ;;
+    esac
+}
+
+# env_to_flags: fills the array FLAGS from the variables that are set, and FLAG_SOURCES with
+# "VARIABLE -> --flag" lines for the echo.
+env_to_flags() {
+    FLAGS=()
+    FLAG_SOURCES=()
+    local entry name flag value
+    for entry in "${ENV_VALUE_FLAGS[@]}"; do
+        name="${entry%%|*}"
+        flag="${entry#*|}"
+        [[ -n "${!name+x}" ]] || continue
+        value="${!name}"
+        [[ -n "${value}" ]] || _die "${name} is set but empty; unset it or give a value"
+        FLAGS+=("${flag}" "${value}")
+        FLAG_SOURCES+=("${name}=${value} -> ${flag}")
+    done
+    for entry in "${ENV_SWITCH_FLAGS[@]}"; do
+        name="${entry%%|*}"
+        flag="${entry#*|}"
+        [[ -n "${!name+x}" ]] || continue
+        if _switch_value "${name}" "${!name}"; then
+            FLAGS+=("${flag}")
+        else
+            FLAGS+=("--no-${flag#--}")
+        fi
+        FLAG_SOURCES+=("${name}=${!name} -> ${flag}")
+    done
+    if [[ -n "${DTYPE:-}" ]]; then
+        case "${DTYPE}" in
+            bf16) FLAGS+=(--bf16) ;;
+            fp16) FLAGS+=(--fp16) ;;
+            fp32) ;;
+            *) _die "DTYPE=${DTYPE}: expected bf16, fp16 or fp32" ;;
+        esac
+        FLAG_SOURCES+=("DTYPE=${DTYPE}")
+    fi
+}
+
+# count_local_devices: NVIDIA GPUs on this node, else NPROC (default 1) CPU processes.
+count_local_devices() {
+    if [[ -n "${NPROC:-}" ]]; then
+        printf '%s\n' "${NPROC}"
+    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        nvidia-smi -L | grep -c '^GPU'
+    else
+        printf '1\n'
+    fi
+}
+
+# demo_flags: when DATA_FILE_LIST is unset, run the bundled demo (preparing its corpus once).
+demo_flags() {
+    DEMO_FLAGS=()
+    if [[ -z "${DATA_FILE_LIST:-}" ]]; then
+        "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
+        DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
+    fi
+}
+
+# launch_command: fills LAUNCH with the local launch line for NPROC processes.
+launch_command() {
+    local nproc="$1"
+    if [[ "${nproc}" -le 1 ]]; then
+        LAUNCH=("${PYTHON}")
+    else
+        LAUNCH=("${PYTHON}" -m torch.distributed.run --standalone --nproc-per-node "${nproc}")
+    fi
+}
+
+print_command() {
+    local line source
+    printf '[train_alcf.sh] environment -> flags:\n'
+    for source in "${FLAG_SOURCES[@]+"${FLAG_SOURCES[@]}"}"; do
+        printf '    %s\n' "${source}"
+    done
+    printf -v line '%q ' "$@"
+    printf '[train_alcf.sh] command: %s\n' "${line% }"
+}
+
+train_main() {
+    cd "${REPO_ROOT}"
+    setup_python "${REPO_ROOT}"
+    env_to_flags
+    demo_flags
+    local nproc
+    nproc="$(count_local_devices)"
+    launch_command "${nproc}"
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        # CPU processes share the cores; without this each one would start a thread per core.
+        local cores
+        cores="$(nproc 2>/dev/null || printf '2')"
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(((cores + nproc - 1) / nproc))}"
+        export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    fi
+    # Launcher-derived flags first, then the variables', then the user's own: the user's win.
+    local cmd=("${LAUNCH[@]}" "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@")
+    print_command "${cmd[@]}"
+    # Validate before starting any process group: a bad value stops here, naming the flag.
+    WORLD_SIZE="${nproc}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run >/dev/null ||
+        _die "the configuration above was rejected (see the message; variables map to flags as listed)"
+    if [[ "${DRY_RUN:-0}" != "0" ]]; then
+        WORLD_SIZE="${nproc}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run
+        return 0
+    fi
+    exec "${cmd[@]}"
+}

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny configs, a one-process gloo group, markers, leftover-group guard."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_process_group():
+    """Destroy any process group a test left behind, so the next one starts clean."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        from megatron.dist import destroy_distributed
+
+        destroy_distributed()
+
+
+@pytest.fixture
+def dist_world1(tmp_path):
+    """A gloo world of one process with megatron-core's parallel state (TP=PP=1)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron.dist import destroy_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdzv", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
+    yield
+    destroy_distributed()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_prefix(tmp_path_factory) -> str:
+    """A small real-text indexed dataset: six plays of the bundled corpus, byte tokens."""
+    from megatron.config.data import DataConfig
+    from megatron.data.preprocess import tokenize_to_indexed
+    from tools.prepare_default_corpus import play_files
+
+    out = tmp_path_factory.mktemp("shakespeare") / "plays"
+    stats = tokenize_to_indexed(play_files()[:6], str(out), DataConfig(tokenizer_type="byte"))
+    return stats.prefixes["text"]

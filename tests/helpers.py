@@ -1,0 +1,89 @@
+"""Test helpers: tiny run configs and a 2-process gloo runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch.multiprocessing as mp
+
+from megatron.config import DistEnv, RunPlan, parse_args, resolve
+
+TINY = [
+    "--num-layers", "2",
+    "--hidden-size", "16",
+    "--num-attention-heads", "4",
+    "--seq-length", "16",
+    "--micro-batch-size", "2",
+    "--log-interval", "1",
+    "--eval-interval", "1000",
+    "--eval-iters", "1",
+    "--lr", "3e-3",
+]
+
+
+def tiny_args(*flags: str, mock: bool = True) -> list[str]:
+    """The tiny-GPT flags (hidden 16, 2 layers) with ``flags`` replacing any they repeat."""
+    base = [*TINY, "--mock-data", "--vocab-size", "64"] if mock else list(TINY)
+    given = {f for f in flags if f.startswith("--")}
+    kept: list[str] = []
+    i = 0
+    while i < len(base):
+        has_value = i + 1 < len(base) and not base[i + 1].startswith("--")
+        if base[i] not in given:
+            kept += base[i : i + 1 + has_value]
+        i += 1 + has_value
+    return [*kept, *flags]
+
+
+def tiny_plan(*flags: str, env: DistEnv | None = None, mock: bool = True) -> RunPlan:
+    """A resolved plan for the tiny GPT plus ``flags``."""
+    return resolve(parse_args(tiny_args(*flags, mock=mock)).config, env or DistEnv())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn: Callable, world_size: int, port: int, queue: Any, args: tuple) -> None:
+    env = DistEnv(
+        rank=rank,
+        local_rank=rank,
+        world_size=world_size,
+        local_world_size=world_size,
+        master_addr="127.0.0.1",
+        master_port=port,
+        launcher="test",
+    )
+    try:
+        queue.put((rank, "ok", fn(env, *args)))
+    except BaseException:  # noqa: BLE001  (reported to the parent)
+        queue.put((rank, "error", traceback.format_exc()))
+        raise
+
+
+def run_distributed(fn: Callable, *args: Any, world_size: int = 2) -> list[Any]:
+    """Run ``fn(env, *args)`` on ``world_size`` forked processes; return results by rank.
+
+    ``fn`` must be a top-level function. Forking reuses the parent's imports (torch, DeepSpeed,
+    megatron-core), so a 2-rank test costs about a second rather than ten.
+    """
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+    port = free_port()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.start_processes(
+        _entry, args=(fn, world_size, port, queue, args), nprocs=world_size, start_method="fork"
+    )
+    results: dict[int, Any] = {}
+    while not queue.empty():
+        rank, status, value = queue.get()
+        if status == "error":
+            raise AssertionError(f"rank {rank} failed:\n{value}")
+        results[rank] = value
+    return [results[r] for r in range(world_size)]

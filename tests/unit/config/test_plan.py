@@ -1,0 +1,110 @@
+"""resolve(): derived values computed once, and impossible combinations rejected by flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron.config import ConfigError, DistEnv, parse_args, resolve
+
+BASE = ["--mock-data", "--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "8",
+        "--seq-length", "128", "--train-iters", "100"]
+
+
+def plan_of(*flags: str, world: int = 1):
+    return resolve(parse_args([*BASE, *flags]).config, DistEnv(world_size=world))
+
+
+def test_grad_accum_derived_from_global_batch():
+    plan = plan_of("--micro-batch-size", "2", "--global-batch-size", "32", "--tensor-model-parallel-size", "2", world=8)
+    assert (plan.dp, plan.grad_accum_steps, plan.global_batch_size) == (4, 4, 32)
+    assert plan.tokens_per_step == 32 * 128
+
+
+def test_global_batch_derived_from_grad_accum():
+    plan = plan_of("--micro-batch-size", "2", "--gradient-accumulation-steps", "16", world=4)
+    assert (plan.dp, plan.global_batch_size) == (4, 128)
+
+
+def test_default_accumulation_is_one():
+    plan = plan_of("--micro-batch-size", "3", world=2)
+    assert (plan.grad_accum_steps, plan.global_batch_size) == (1, 6)
+
+
+def test_train_iters_from_tokens_rounds_up():
+    flags = ["--micro-batch-size", "2", "--global-batch-size", "8"]
+    plan = resolve(parse_args([*BASE[:-2], *flags, "--train-tokens", str(8 * 128 * 10 + 1)]).config, DistEnv())
+    assert plan.train_iters == 11
+    plan = resolve(parse_args([*BASE[:-2], *flags, "--train-samples", "81"]).config, DistEnv())
+    assert plan.train_iters == 11
+
+
+def test_consistent_run_lengths_are_accepted_and_inconsistent_rejected():
+    flags = [*BASE[:-2], "--micro-batch-size", "1"]
+    assert resolve(parse_args([*flags, "--train-iters", "10", "--train-tokens", "1280"]).config, DistEnv()).train_iters == 10
+    with pytest.raises(ConfigError, match=r"--train-iters: run lengths disagree"):
+        resolve(parse_args([*flags, "--train-iters", "10", "--train-tokens", "2560"]).config, DistEnv())
+
+
+def test_missing_run_length():
+    with pytest.raises(ConfigError, match=r"--train-iters: the run length is missing"):
+        resolve(parse_args(BASE[:-2]).config, DistEnv())
+
+
+def test_warmup_fraction_of_decay_steps():
+    plan = plan_of("--lr-warmup-fraction", "0.05", "--lr-decay-iters", "80")
+    assert (plan.warmup_steps, plan.decay_steps) == (4, 80)
+    assert plan_of("--lr-warmup-tokens", str(128 * 3)).warmup_steps == 3
+
+
+def test_two_warmup_units_rejected():
+    with pytest.raises(ConfigError, match=r"--lr-warmup-iters: give one of --lr-warmup-iters, --lr-warmup-fraction"):
+        plan_of("--lr-warmup-iters", "5", "--lr-warmup-fraction", "0.1")
+
+
+@pytest.mark.parametrize(
+    ("flags", "world", "message"),
+    [
+        (["--tensor-model-parallel-size", "3"], 3, r"--tensor-model-parallel-size: 3 does not divide --num-attention-heads 8"),
+        (["--tensor-model-parallel-size", "2"], 3, r"--tensor-model-parallel-size: TP 2 x PP 1 = 2 does not divide the world size 3"),
+        (["--pipeline-model-parallel-size", "2", "--tensor-model-parallel-size", "2"], 6, r"TP 2 x PP 2 = 4 does not divide the world size 6"),
+        (["--micro-batch-size", "3", "--global-batch-size", "16"], 2, r"--global-batch-size: 16 is not divisible by --micro-batch-size 3 x data-parallel size 2 = 6"),
+        (["--global-batch-size", "8", "--gradient-accumulation-steps", "3"], 1, r"--gradient-accumulation-steps: 3 disagrees with --global-batch-size 8"),
+        (["--pipeline-model-parallel-size", "8"], 8, r"--pipeline-model-parallel-size: 8 stages for --num-layers 4"),
+        (["--zero-stage", "2", "--pipeline-model-parallel-size", "2"], 2, r"--zero-stage: 2 cannot be combined with --pipeline-model-parallel-size 2"),
+        (["--min-lr", "1", "--lr", "0.1"], 1, r"--min-lr: 1.0 is above --lr 0.1"),
+        (["--num-key-value-heads", "3"], 1, r"--num-key-value-heads: 3 does not divide --num-attention-heads 8"),
+        (["--word-embedding-init-std", "0.6"], 1, r"--word-embedding-init-std: goes together with --adjust-word-embedding-init"),
+        (["--bf16", "--fp16"], 1, r"--bf16: cannot be combined with --fp16"),
+        (["--cpu-optimizer"], 1, r"--cpu-optimizer: needs --zero-stage 1, 2 or 3"),
+    ],
+)
+def test_bad_combinations_fail_before_any_process_group(flags, world, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_of(*flags, world=world)
+
+
+def test_vocabulary_padding_is_independent_of_tp():
+    one = plan_of(world=1)
+    two = plan_of("--tensor-model-parallel-size", "2", world=2)
+    assert one.model.original_vocab_size == 258  # byte tokenizer
+    assert one.model.vocab_size == two.model.vocab_size == 384
+
+
+def test_swiglu_ffn_rule_from_spec():
+    assert plan_of("--swiglu").model.ffn_hidden_size == int((8 * 64 / 3) // 64) * 64
+    assert plan_of().model.ffn_hidden_size == 4 * 64
+
+
+def test_parameter_count_matches_a_hand_count():
+    plan = plan_of("--swiglu", "--normalization", "rmsnorm", "--disable-bias-linear", "--num-key-value-heads", "2")
+    m = plan.model
+    d, f, L, V, hd = 64, m.ffn_hidden_size, 4, 384, 8
+    attn = d * (8 * hd + 2 * 2 * hd) + 8 * hd * d
+    mlp = 2 * d * f + f * d
+    expected = L * (attn + mlp + 2 * d) + V * d + d
+    assert m.num_parameters() == expected
+
+
+def test_missing_data_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"--data-file-list: no training data"):
+        resolve(parse_args(["--train-iters", "1"]).config, DistEnv())
