@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import gc
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
 
 from megatron.config import DistEnv, RunPlan, parse_args, resolve
@@ -60,6 +62,9 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, queue: Any, args
         master_port=port,
         launcher="test",
     )
+    # One intra-op thread per rank: a forked child must not enter the parent's OpenMP pool (libgomp
+    # hangs there), and two ranks share the two cores of a CI box anyway.
+    torch.set_num_threads(1)
     try:
         queue.put((rank, "ok", fn(env, *args)))
     except BaseException:  # noqa: BLE001  (reported to the parent)
@@ -67,19 +72,33 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, queue: Any, args
         raise
 
 
-def run_distributed(fn: Callable, *args: Any, world_size: int = 2) -> list[Any]:
+def run_distributed(
+    fn: Callable, *args: Any, world_size: int = 2, timeout_s: float = 180.0
+) -> list[Any]:
     """Run ``fn(env, *args)`` on ``world_size`` forked processes; return results by rank.
 
     ``fn`` must be a top-level function. Forking reuses the parent's imports (torch, DeepSpeed,
     megatron-core), so a 2-rank test costs about a second rather than ten.
     """
+    # Collect the garbage of earlier in-process runs first: a forked child that later frees an
+    # inherited gloo process group hangs in its destructor.
+    gc.collect()
     ctx = mp.get_context("fork")
     queue = ctx.SimpleQueue()
     port = free_port()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.start_processes(
-        _entry, args=(fn, world_size, port, queue, args), nprocs=world_size, start_method="fork"
+    context = mp.start_processes(
+        _entry,
+        args=(fn, world_size, port, queue, args),
+        nprocs=world_size,
+        join=False,
+        start_method="fork",
     )
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=0.5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"{fn.__name__} on {world_size} ranks hung for {timeout_s:.0f}s")
     results: dict[int, Any] = {}
     while not queue.empty():
         rank, status, value = queue.get()

@@ -186,9 +186,19 @@ def _reset_deepspeed_groups() -> None:
             setattr(groups, name, {} if isinstance(value, dict) else None)
 
 
+def _drop_group_references(module) -> None:
+    # destroy_model_parallel leaves some globals (e.g. the intra-partial DP group) pointing at dead
+    # groups. Drop them here: a process forked later would otherwise run their destructors when it
+    # reassigns the globals, and a gloo group destroyed in a forked child hangs.
+    for name, value in list(vars(module).items()):
+        if isinstance(value, dist.ProcessGroup):
+            setattr(module, name, None)
+
+
 def destroy_distributed() -> None:
     """Tear down megatron-core's groups, DeepSpeed's cached groups and the default group."""
     parallel_state.destroy_model_parallel()
+    _drop_group_references(parallel_state)
     if "deepspeed.utils.groups" in sys.modules:
         _reset_deepspeed_groups()
     if dist.is_initialized():
