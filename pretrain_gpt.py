@@ -18,12 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for configuration errors)."""
     from megatron.config import ConfigError, DistEnv, parse_args, resolve
     from megatron.config.deepspeed import to_deepspeed_config
+    from megatron.data.data_list import check_data_inputs
 
     try:
         args = parse_args(argv)
         env = DistEnv.from_environ()
         plan = resolve(args.config, env)
         ds_config = to_deepspeed_config(plan)
+        check_data_inputs(plan.config)
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2

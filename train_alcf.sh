@@ -7,7 +7,8 @@
 #   DRY_RUN=1 bash train_alcf.sh            # print the command and the resolved plan, start nothing
 #
 # Variables map one-to-one onto flags (see ALCF/helpers.sh); extra arguments go to
-# pretrain_gpt.py and win over the launcher's own. The first run builds .venv (about a minute).
+# pretrain_gpt.py. A variable and a flag that set the same knob to different values are an
+# error, never a silent pick. The first run builds .venv (about 3 minutes).
 set -euo pipefail
 # shellcheck source=ALCF/helpers.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ALCF/helpers.sh"

@@ -62,6 +62,8 @@ _build_venv() {
     _requirements_stamp "${root}" >"${venv}/.ready"
 }
 
+# setup_python ROOT: sets PYTHON (read by the caller).
+# shellcheck disable=SC2034
 setup_python() {
     local root="$1"
     if [[ -n "${PYTHON_EXEC:-}" ]]; then
@@ -70,7 +72,7 @@ setup_python() {
     fi
     local venv="${root}/.venv"
     if [[ ! -f "${venv}/.ready" ]] || [[ "$(cat "${venv}/.ready")" != "$(_requirements_stamp "${root}")" ]]; then
-        _log_env "setting up ${venv} (first run; about a minute)"
+        _log_env "setting up ${venv} (first run; about 3 minutes)"
         _build_venv "${root}"
     fi
     PYTHON="${venv}/bin/python"

@@ -156,7 +156,7 @@ print_command() {
 }
 
 train_main() {
-    cd "${REPO_ROOT}"
+    cd "${REPO_ROOT}" || _die "cannot enter ${REPO_ROOT}"
     setup_python "${REPO_ROOT}"
     env_to_flags
     demo_flags
@@ -170,7 +170,8 @@ train_main() {
         export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(((cores + nproc - 1) / nproc))}"
         export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
     fi
-    # Launcher-derived flags first, then the variables', then the user's own: the user's win.
+    # The demo preset first (flags override a --config file), then the variables', then the
+    # user's own. A variable and a flag that disagree are an error (pretrain_gpt.py names both).
     local cmd=("${LAUNCH[@]}" "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@")
     print_command "${cmd[@]}"
     # Validate before starting any process group: a bad value stops here, naming the flag.

@@ -1,0 +1,71 @@
+"""train_alcf.sh: environment variables become flags, conflicts and bad values stop before launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def launch(repo_root, tmp_path, *args: str, prefix: str = "missing", **env: str):
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATA_FILE_LIST", "LR", "SP", "TP")}
+    data_list = tmp_path / "list.txt"
+    data_list.write_text(f"# one corpus\n1.0 {prefix} plays\n")
+    env = {k: v.replace("{list}", str(data_list)) for k, v in env.items()}
+    return subprocess.run(
+        ["bash", "train_alcf.sh", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "PYTHON_EXEC": sys.executable, "DRY_RUN": "1", "NPROC": "2", **env},
+    )
+
+
+def plan_of(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{") :])
+
+
+def test_variables_become_flags_of_the_resolved_plan(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(
+        repo_root, tmp_path, "--global-batch-size", "64", prefix=shakespeare_prefix,
+        DATA_FILE_LIST="{list}", LR="3e-4", TP="2", MICRO_BATCH="4", TRAIN_TOKENS="65536",
+        SEQ_LEN="128", NLAYERS="2", HIDDEN="64", HEADS="4", TOKENIZER_TYPE="byte",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "LR=3e-4 -> --lr" in out.stdout
+    plan = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]
+    assert (plan["tp"], plan["dp"], plan["world_size"]) == (2, 1, 2)
+    # 65536 tokens / (64 samples x 128 tokens) = 8 steps; 64 / (4 x dp 1) = 16 accumulation steps.
+    assert plan["train_iters"] == 8
+    assert plan["grad_accum_steps"] == 16
+
+
+def test_missing_data_prefix_stops_before_launch(repo_root, tmp_path):
+    out = launch(repo_root, tmp_path, DATA_FILE_LIST="{list}", TRAIN_ITERS="10")
+    assert out.returncode == 2
+    assert "list.txt:2: dataset prefix 'missing' is missing missing.bin, missing.idx" in out.stderr
+    assert "tools/preprocess_data.py" in out.stderr
+
+
+def test_variable_and_flag_that_disagree_are_an_error(repo_root, tmp_path):
+    out = launch(repo_root, tmp_path, "--lr", "2e-3", DATA_FILE_LIST="{list}", LR="1e-3")
+    assert out.returncode == 2
+    assert "--lr: given twice with different values" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SP": "maybe"}, "SP=maybe: expected 1/0"),
+        ({"DTYPE": "fp8"}, "DTYPE=fp8: expected bf16, fp16 or fp32"),
+        ({"LR": ""}, "LR is set but empty"),
+    ],
+)
+def test_bad_variable_values_name_the_variable(repo_root, tmp_path, env, message):
+    out = launch(repo_root, tmp_path, DATA_FILE_LIST="{list}", **env)
+    assert out.returncode == 2
+    assert message in out.stderr
