@@ -1,0 +1,1 @@
+"""Data: tokenizers, indexed datasets, data file lists, sample streams and samplers."""
