@@ -23,6 +23,8 @@ def setup_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     # DeepSpeed logs a lot at INFO through its own logger; keep its warnings only.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # megatron-core's dataset readers narrate every index they open.
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
     try:
         from deepspeed.utils import logger as ds_logger
 
