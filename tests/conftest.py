@@ -60,3 +60,19 @@ def shakespeare_prefix(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("shakespeare") / "plays"
     stats = tokenize_to_indexed(play_files()[:6], str(out), DataConfig(tokenizer_type="byte"))
     return stats.prefixes["text"]
+
+
+@pytest.fixture(scope="session")
+def three_corpora(tmp_path_factory) -> dict[str, str]:
+    """Three small real-text datasets (three plays each) named by corpus: comedy, history, tragedy."""
+    from megatron.config.data import DataConfig
+    from megatron.data.preprocess import tokenize_to_indexed
+    from tools.prepare_default_corpus import play_files
+
+    root = tmp_path_factory.mktemp("corpora")
+    plays = play_files()
+    prefixes = {}
+    for k, name in enumerate(("comedy", "history", "tragedy")):
+        stats = tokenize_to_indexed(plays[6 + 3 * k : 9 + 3 * k], str(root / name), DataConfig(tokenizer_type="byte"))
+        prefixes[name] = stats.prefixes["text"]
+    return prefixes

@@ -13,14 +13,26 @@ class DataConfig:
 
     data_file_list: str | None = None
     """File of 'weight prefix corpus' lines naming indexed datasets (.bin/.idx prefixes)."""
+    valid_data_file_list: str | None = None
+    """Separate validation data file list (then --data-file-list is used for training only)."""
+    test_data_file_list: str | None = None
+    """Separate test data file list; never read during training."""
     split: str = "98,1,1"
     """Train/valid/test split of every dataset's documents, as relative weights."""
+    data_cache_path: str | None = None
+    """Directory for blend index maps: built once by rank 0, memory-mapped by every rank."""
+    unique_tokens: int | None = None
+    """Train on a fixed subset of this many unique tokens, repeated (data-constrained runs)."""
     mock_data: bool = False
     """Train on random tokens (no data files); for tests and benchmarks."""
     tokenizer_type: str = "byte"
     """Tokenizer, from the tokenizer registry."""
     tokenizer_model: str | None = None
     """Tokenizer model file (sentencepiece .model or Hugging Face tokenizer.json)."""
+    vocab_file: str | None = None
+    """GPT-2 BPE vocabulary (vocab.json) for --tokenizer-type gpt2bpe."""
+    merge_file: str | None = None
+    """GPT-2 BPE merges (merges.txt) for --tokenizer-type gpt2bpe."""
     vocab_size: int | None = None
     """Vocabulary size for --mock-data (real tokenizers report their own)."""
 
@@ -32,6 +44,7 @@ class DataConfig:
                 f"--tokenizer-type: unknown tokenizer {self.tokenizer_type!r}; known: {sorted(TOKENIZERS)}"
             )
         require_positive(self, "vocab_size")
+        require_positive(self, "unique_tokens")
         parts = self.split.replace("/", ",").split(",")
         try:
             weights = [float(p) for p in parts]
@@ -43,6 +56,12 @@ class DataConfig:
             )
         if self.mock_data and self.data_file_list is not None:
             raise ConfigError("--mock-data: cannot be combined with --data-file-list")
+        for flag, value in (
+            ("--valid-data-file-list", self.valid_data_file_list),
+            ("--test-data-file-list", self.test_data_file_list),
+        ):
+            if value is not None and self.data_file_list is None:
+                raise ConfigError(f"{flag}: needs a training list (--data-file-list / DATA_FILE_LIST)")
 
     @property
     def split_ratios(self) -> tuple[float, float, float]:

@@ -118,9 +118,30 @@ def _batch(cfg: Config, dp: int) -> tuple[int, int]:
     return accum, per_step * accum
 
 
+def unique_samples(cfg: Config) -> int | None:
+    """Samples in the --unique-tokens subset (None when the run is not data-constrained)."""
+    if cfg.data.unique_tokens is None:
+        return None
+    samples = cfg.data.unique_tokens // cfg.model.seq_length
+    if samples < 1:
+        raise ConfigError(
+            f"--unique-tokens: {cfg.data.unique_tokens} tokens hold no sample of "
+            f"--seq-length {cfg.model.seq_length}"
+        )
+    return samples
+
+
 def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int) -> int:
     t = cfg.train
     candidates = {}
+    subset = unique_samples(cfg)
+    if t.epochs is not None:
+        if subset is None:
+            raise ConfigError(
+                "--epochs: needs --unique-tokens (the size of the subset the epochs repeat); "
+                "tools/preprocess_data.py prints a dataset's token count"
+            )
+        candidates["--epochs"] = math.ceil(math.ceil(t.epochs * subset) / global_batch)
     if t.train_iters is not None:
         candidates["--train-iters"] = t.train_iters
     if t.train_samples is not None:

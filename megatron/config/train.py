@@ -23,6 +23,8 @@ class TrainConfig:
     """Samples to train on; iterations = ceil(samples / global batch)."""
     train_tokens: int | None = None
     """Tokens to train on; iterations = ceil(tokens / (global batch * seq length))."""
+    epochs: float | None = None
+    """Passes over the --unique-tokens subset; iterations = ceil(epochs * subset samples / global batch)."""
     seed: int = 1234
     """Random seed (initialization, data order, dropout)."""
     bf16: bool = False
@@ -49,6 +51,7 @@ class TrainConfig:
             "train_iters",
             "train_samples",
             "train_tokens",
+            "epochs",
             "eval_interval",
             "exit_interval",
             "exit_duration_in_mins",

@@ -107,5 +107,19 @@ def check_data_inputs(config) -> None:  # noqa: ANN001  (megatron.config.Config;
 
     Runs in ``pretrain_gpt.py`` (also under ``--dry-run``) before torch is imported.
     """
-    if config.data.data_file_list is not None:
-        parse_data_file_list(config.data.data_file_list)
+    data = config.data
+    if data.data_file_list is None:
+        return
+    train = {os.path.realpath(e.prefix) for e in parse_data_file_list(data.data_file_list)}
+    for flag, path in (
+        ("--valid-data-file-list", data.valid_data_file_list),
+        ("--test-data-file-list", data.test_data_file_list),
+    ):
+        if path is None:
+            continue
+        for entry in parse_data_file_list(path, flag=flag):
+            if os.path.realpath(entry.prefix) in train:
+                raise DataListError(
+                    f"{flag}: {entry.source}: {entry.prefix} is also in --data-file-list "
+                    f"{data.data_file_list}; evaluation data must not be trained on"
+                )

@@ -27,10 +27,22 @@ def _tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
     return embedding.logits(hidden)
 
 
-def pipeline_loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Loss of the last stage: masked mean token cross-entropy (as the dense path)."""
-    targets, loss_mask = labels
-    return masked_mean(token_losses(logits, targets), loss_mask)
+class PipelineLoss:
+    """Loss of the last stage: masked mean token cross-entropy (as the dense path).
+
+    ``labels`` is ``(targets, loss_mask, dataset_ids)``; when ``meter`` is set (a
+    ``CorpusLoss``), the per-token losses are also added to it by dataset.
+    """
+
+    def __init__(self) -> None:
+        self.meter = None
+
+    def __call__(self, logits: torch.Tensor, labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        targets, loss_mask, dataset_ids = labels
+        losses = token_losses(logits, targets)
+        if self.meter is not None:
+            self.meter.add(losses, loss_mask, dataset_ids)
+        return masked_mean(losses, loss_mask)
 
 
 def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int) -> PipelineModule:
@@ -59,7 +71,7 @@ def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int) -> PipelineMo
     topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
     return PipelineModule(
         layers=layers,
-        loss_fn=pipeline_loss,
+        loss_fn=PipelineLoss(),
         topology=topology,
         partition_method="type:TransformerLayer",
     )

@@ -25,6 +25,7 @@ from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
 from megatron.schedules.registry import build_schedule_fn
 from megatron.schedules.scheduler import LRScheduler
+from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,30 @@ class TrainEngine:
             return None
         return float(norm)
 
-    def train_step(self, batches: list[Batch]) -> StepResult:
-        """Forward/backward over the step's micro-batches and one optimizer update."""
+    def _set_pipeline_meter(self, meter: CorpusLoss | None) -> None:
+        if self.pipeline:
+            self.engine.module.loss_fn.meter = meter
+
+    def _losses(self, batch: Batch, meter: CorpusLoss | None) -> torch.Tensor:
+        token_losses = self.engine(batch.tokens, batch.labels)
+        if meter is not None:
+            meter.add(token_losses, batch.loss_mask, batch.dataset_ids)
+        return masked_mean(token_losses, batch.loss_mask)
+
+    def train_step(self, batches: list[Batch], meter: CorpusLoss | None = None) -> StepResult:
+        """Forward/backward over the step's micro-batches and one optimizer update.
+
+        ``meter`` (optional) receives the per-token losses by dataset.
+        """
         skipped_before = self.engine.skipped_steps
         if self.pipeline:
+            self._set_pipeline_meter(meter)
             loss = self.engine.train_batch(data_iter=_pipeline_items(batches))
             mean = float(loss)
         else:
             losses = []
             for batch in batches:
-                loss = masked_mean(self.engine(batch.tokens, batch.labels), batch.loss_mask)
+                loss = self._losses(batch, meter)
                 # DeepSpeed divides by the accumulation steps and steps at the boundary.
                 self.engine.backward(loss)
                 self.engine.step()
@@ -146,16 +161,17 @@ class TrainEngine:
         return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
 
     @torch.no_grad()
-    def eval_loss(self, batches: list[Batch]) -> float:
+    def eval_loss(self, batches: list[Batch], meter: CorpusLoss | None = None) -> float:
         """Mean loss over ``batches`` (one global eval batch), averaged over DP ranks."""
         if self.pipeline:
+            self._set_pipeline_meter(meter)
             return float(self.engine.eval_batch(data_iter=_pipeline_items(batches)))
-        losses = [masked_mean(self.engine(b.tokens, b.labels), b.loss_mask) for b in batches]
+        losses = [self._losses(b, meter) for b in batches]
         return _dp_mean(torch.stack(losses).mean())
 
 
 def _pipeline_items(batches: list[Batch]):  # noqa: ANN202
-    return iter([(b.tokens, (b.labels, b.loss_mask)) for b in batches])
+    return iter([(b.tokens, (b.labels, b.loss_mask, b.dataset_ids)) for b in batches])
 
 
 def _dp_mean(value: torch.Tensor) -> float:

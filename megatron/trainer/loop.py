@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import torch.distributed as dist
+
 from megatron.checkpointing.checkpoint import (
     load_engine_states,
     read_latest_tag,
@@ -19,16 +21,19 @@ from megatron.config.deepspeed import to_deepspeed_config
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
-from megatron.data.builder import DataStreams, build_streams
+from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.dist import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
+from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
 from megatron.trainer.state import (
     TrainState,
     check_model_shape,
+    data_state,
     log_config_diff,
+    restore_data_state,
     run_metadata,
 )
 from megatron.trainer.stop import StopSignals
@@ -75,9 +80,12 @@ class Trainer:
         self.plan = plan
         self.ctx = ctx
         self.cfg = plan.config
-        self.streams: DataStreams = build_streams(plan)
+        self.streams: DataStreams = build_streams(
+            plan, is_builder=ctx.env.rank == 0, barrier=_barrier
+        )
         self.engine = TrainEngine(plan, ctx)
-        self.train_reader = self._reader(self.streams.train)
+        self.train_reader = self._reader(self.streams.train.stream)
+        self.train_meter = _meter(self.streams.train, ctx)
         self.reporter = Reporter(plan, ctx)
         self.stop = StopSignals(self.cfg.train, ctx.device)
         self.losses: list[float] = []
@@ -130,27 +138,35 @@ class Trainer:
         """One optimizer step at the scheduled LR; report it."""
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
-        result = self.engine.train_step(self.train_reader.step_batches(state.consumed_samples))
+        result = self.engine.train_step(
+            self.train_reader.step_batches(state.consumed_samples), self.train_meter
+        )
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        if self.train_meter is not None and self.reporter.due(state.iteration):
+            losses = self.train_meter.collect(self.streams.train.corpora)
+            self.reporter.on_corpus_losses("train", state.iteration, losses)
 
     def evaluate(self, state: TrainState, split: str) -> float | None:
         """Mean loss over ``--eval-iters`` global batches of ``split`` (the same ones each time)."""
-        stream = self.streams.valid if split == "valid" else self.streams.test
-        if stream is None or self.cfg.train.eval_iters == 0:
+        data = self.streams.valid if split == "valid" else self.streams.test
+        if data is None or self.cfg.train.eval_iters == 0:
             return None
         started = time.perf_counter()
-        reader = self._reader(stream)
+        reader = self._reader(data.stream)
+        meter = _meter(data, self.ctx)
         self.engine.eval_mode()
         losses = [
-            self.engine.eval_loss(reader.step_batches(k * self.plan.global_batch_size))
+            self.engine.eval_loss(reader.step_batches(k * self.plan.global_batch_size), meter)
             for k in range(self.cfg.train.eval_iters)
         ]
         self.engine.train_mode()
         loss = sum(losses) / len(losses)
         self.reporter.on_eval(split, state.iteration, loss)
+        if meter is not None:
+            self.reporter.on_corpus_losses(split, state.iteration, meter.collect(data.corpora))
         self.reporter.exclude(time.perf_counter() - started)
         if split == "valid":
             self.valid_loss = loss
@@ -166,7 +182,10 @@ class Trainer:
             self.engine.engine,
             self.cfg.checkpoint.save,
             state.iteration,
-            run_metadata(self.plan, state, self.engine.scheduler.state_dict()),
+            run_metadata(
+                self.plan, state, self.engine.scheduler.state_dict(),
+                data_state(self.streams.train.stream, state.consumed_samples),
+            ),
             {"rng": rng_state()},
         )
         self.engine.train_mode()
@@ -211,6 +230,7 @@ class Trainer:
         state = TrainState(
             iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
         )
+        restore_data_state(self.streams.train.stream, state.consumed_samples, metadata)
         lrs = [f"{self.engine.scheduler.fn(s) * self.cfg.optim.lr:.3e}" for s in range(state.iteration, state.iteration + 3)]
         log.info("resumed at iteration %d; next LRs %s", state.iteration, ", ".join(lrs))
         return state
@@ -224,6 +244,18 @@ class Trainer:
                 "change the LR. Use the checkpoint's schedule flags, or start a new schedule with "
                 "--finetune"
             )
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _meter(split: Split, ctx: ParallelContext) -> CorpusLoss | None:
+    """A per-corpus loss meter for splits that mix more than one corpus."""
+    if len(set(split.corpora)) < 2:
+        return None
+    return CorpusLoss(len(split.corpora), ctx.device)
 
 
 def train(plan: RunPlan, env: DistEnv) -> TrainResult:

@@ -90,7 +90,7 @@ class Reporter:
         w.steps += 1
         w.loss_sum += loss
         w.skipped += int(skipped)
-        if iteration % self.interval and iteration != self.plan.train_iters:
+        if not self.due(iteration):
             return
         if self.ctx.device.type == "cuda":
             torch.cuda.synchronize()
@@ -127,6 +127,18 @@ class Reporter:
                 if value is not None:
                     self.scalar(name, value, iteration)
         self.window = _Window(start=time.perf_counter())
+
+    def due(self, iteration: int) -> bool:
+        """Whether ``iteration`` ends a log interval."""
+        return iteration % self.interval == 0 or iteration == self.plan.train_iters
+
+    def on_corpus_losses(self, split: str, iteration: int, losses: dict[str, float]) -> None:
+        """Report the loss of each corpus of ``split``."""
+        if not self.active or not losses:
+            return
+        log.info("%s loss by corpus: %s", split, " | ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        for corpus, loss in losses.items():
+            self.scalar(f"{split}/loss_by_corpus/{corpus}", loss, iteration)
 
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""

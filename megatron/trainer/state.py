@@ -34,9 +34,44 @@ def flat_config(plan: RunPlan) -> dict[str, Any]:
     return {k.flag: values[k.path] for k in iter_knobs()}
 
 
-def run_metadata(plan: RunPlan, state: TrainState, scheduler_state: dict[str, Any]) -> dict[str, Any]:
+def data_state(stream: object, consumed_samples: int) -> dict[str, Any] | None:
+    """The training stream's position: per-dataset sample counts at ``consumed_samples``.
+
+    With it a resumed run continues the blend in O(datasets), without rebuilding its prefix.
+    """
+    if not hasattr(stream, "counts_at"):
+        return None
+    return {"blend_counts": [int(c) for c in stream.counts_at(consumed_samples)]}
+
+
+def restore_data_state(stream: object, consumed_samples: int, metadata: dict[str, Any]) -> None:
+    """Continue the training stream at the checkpoint's position.
+
+    Raises:
+        ConfigError: The checkpoint's blend has another number of datasets (the data list
+            changed); continuing would not be the same stream.
+    """
+    saved = (metadata.get("data") or {}).get("blend_counts")
+    if saved is None or not hasattr(stream, "seek"):
+        return
+    try:
+        stream.seek(consumed_samples, saved)
+    except ValueError as e:
+        raise ConfigError(
+            f"--data-file-list: the checkpoint's data position does not fit this data list ({e}); "
+            "use the checkpoint's list to resume, or --finetune to start a new data stream"
+        ) from None
+
+
+def run_metadata(
+    plan: RunPlan,
+    state: TrainState,
+    scheduler_state: dict[str, Any],
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON metadata stored in every checkpoint."""
     return {
+        "data": data,
         "metadata_version": METADATA_VERSION,
         "iteration": state.iteration,
         "consumed_samples": state.consumed_samples,

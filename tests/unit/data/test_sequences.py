@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from megatron.config.data import DataConfig
-from megatron.data.blend import BlendedStream, blend_indices
 from megatron.data.indexed import IndexedWriter, open_indexed
 from megatron.data.preprocess import tokenize_to_indexed
 from megatron.data.sequences import SequenceDataset, split_documents
@@ -68,24 +67,6 @@ def test_split_documents_is_contiguous_disjoint_and_complete():
     assert split_documents(5, (1.0, 0.0, 0.0)) == [(0, 5), (5, 5), (5, 5)]
     with pytest.raises(ValueError, match="cannot fill 3 non-empty splits"):
         split_documents(2, (0.9, 0.05, 0.05))
-
-
-def test_blend_follows_weights_at_every_prefix():
-    weights = [0.5, 0.3, 0.2]
-    dataset_index, sample_index = blend_indices(weights, 1000)
-    counts = np.zeros(3)
-    for i, d in enumerate(dataset_index):
-        assert sample_index[i] == counts[d]
-        counts[d] += 1
-        assert np.all(np.abs(counts - np.array(weights) * (i + 1)) < 1.0 + 1e-9)
-
-
-def test_blended_stream_prefix_does_not_depend_on_length():
-    streams = [[("a", i) for i in range(100)], [("b", i) for i in range(100)]]
-    s = BlendedStream(streams, [0.7, 0.3])
-    first = [s[i] for i in range(50)]
-    s._ensure(5000)
-    assert [s[i] for i in range(50)] == first
 
 
 def test_preprocess_text_round_trip(tmp_path):

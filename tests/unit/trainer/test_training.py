@@ -118,3 +118,21 @@ def test_args_helper_overrides_base():
     cfg = parse_args(tiny_args("--hidden-size", "32")).config
     assert cfg.model.hidden_size == 32
     assert resolve(parse_args(tiny_args("--hidden-size", "32", "--train-iters", "1")).config, DistEnv()).model.hidden_size == 32
+
+
+def test_blended_resume_continues_the_stream_and_reports_each_corpus(tmp_path, three_corpora, capsys):
+    data = tmp_path / "list.txt"
+    data.write_text("".join(f"{w} {three_corpora[c]} {c}\n" for w, c in ((5, "comedy"), (3, "history"), (2, "tragedy"))))
+    flags = ["--train-iters", "6", "--hidden-size", "32", "--seq-length", "32", "--data-file-list", str(data),
+             "--split", "90,10,0", "--tokenizer-type", "byte", "--log-interval", "2", "--eval-iters", "1"]
+    save, cache = str(tmp_path / "ckpt"), str(tmp_path / "cache")
+    full = run(*flags, mock=False)
+    out = capsys.readouterr().out
+    assert "train loss by corpus: comedy " in out and "valid loss by corpus: comedy " in out
+    # The cached blend index gives the same stream; the resumed run continues it sample for sample.
+    first = run(*flags, "--save", save, "--exit-interval", "3", "--data-cache-path", cache, mock=False)
+    second = run(*flags, "--load", save, "--data-cache-path", cache, mock=False)
+    assert first.losses + second.losses == full.losses
+    with open(os.path.join(save, "global_step3", METADATA_FILE)) as f:
+        counts = json.load(f)["data"]["blend_counts"]
+    assert sum(counts) == 3 * 2 and len(counts) == 3
