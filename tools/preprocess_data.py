@@ -5,7 +5,13 @@
         --json-keys text --tokenizer-type byte --append-eod --workers 8
 
 writes ``data/corpus_text_document.bin/.idx`` (one dataset per JSON key). Outputs appear only
-when complete.
+when complete. Other tokenizers:
+
+    --tokenizer-type hf --tokenizer-model tokenizer.json          (tools/train_tokenizer.py --type bpe)
+    --tokenizer-type sentencepiece --tokenizer-model m.model      (tools/train_tokenizer.py --type sentencepiece)
+    --tokenizer-type gpt2bpe --vocab-file vocab.json --merge-file merges.txt
+
+Progress (docs/s, tokens/s) goes to stderr; the summary to stdout.
 """
 
 from __future__ import annotations
@@ -19,26 +25,55 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.config.data import DataConfig  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
-from megatron.data.preprocess import tokenize_to_indexed  # noqa: E402
+from megatron.data.preprocess import PreprocessProgress, tokenize_to_indexed  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Parse the command line."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--input", nargs="+", required=True, help="jsonl, jsonl.gz or .txt files")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="text fields of jsonl records")
     p.add_argument("--tokenizer-type", default="byte", help="tokenizer registry name")
-    p.add_argument("--tokenizer-model", default=None, help="tokenizer model file")
+    p.add_argument("--tokenizer-model", default=None, help="tokenizer.json or sentencepiece .model")
+    p.add_argument("--vocab-file", default=None, help="gpt2bpe: vocab.json")
+    p.add_argument("--merge-file", default=None, help="gpt2bpe: merges.txt")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--append-eod", action="store_true", help="end each document with EOD")
     return p.parse_args(argv)
 
 
+class StderrProgress:
+    """Progress on stderr: one line rewritten in place on a terminal, else a line per report."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.every_seconds = 0.5 if self.interactive else 10.0
+
+    def __call__(self, progress: PreprocessProgress) -> None:
+        line = ("done: " if progress.done else "") + progress.describe()
+        if self.interactive:
+            end = "\n" if progress.done else ""
+            sys.stderr.write(f"\r\033[K{line}{end}")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Tokenize and print where the datasets went, with counts and rates."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    progress = StderrProgress()
     try:
-        tokenizer_cfg = DataConfig(tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model)
+        tokenizer_cfg = DataConfig(
+            tokenizer_type=args.tokenizer_type,
+            tokenizer_model=args.tokenizer_model,
+            vocab_file=args.vocab_file,
+            merge_file=args.merge_file,
+        )
         stats = tokenize_to_indexed(
             args.input,
             args.output_prefix,
@@ -46,16 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             json_keys=args.json_keys,
             workers=args.workers,
             append_eod=args.append_eod,
+            progress_every=progress.every_seconds,
+            on_progress=progress,
         )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)
         return 2
     for key, prefix in stats.prefixes.items():
         print(f"{key}: {prefix}.bin / .idx")
-    print(
-        f"{stats.documents} documents, {stats.tokens} tokens in {stats.seconds:.1f} s "
-        f"({stats.documents / stats.seconds:.0f} docs/s, {stats.tokens / stats.seconds:.0f} tokens/s)"
-    )
+    summary = PreprocessProgress(stats.documents, stats.tokens, stats.seconds, done=True)
+    print(summary.describe())
     return 0
 
 

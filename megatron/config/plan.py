@@ -193,6 +193,8 @@ def _vocab_size(cfg: Config) -> int:
 
     try:
         return build_tokenizer(cfg.data).vocab_size
+    except ConfigError:
+        raise
     except (OSError, ValueError) as e:
         raise ConfigError(f"--tokenizer-model: cannot load the tokenizer: {e}") from None
 

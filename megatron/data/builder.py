@@ -109,7 +109,12 @@ def _datasets(
                         name=f"{entry.prefix}:{split}",
                     )
                 except ValueError as e:
-                    raise ConfigError(f"{flag}: {entry.source}: {e}") from None
+                    if split == "train":
+                        raise ConfigError(f"{flag}: {entry.source}: {e}") from None
+                    # A small file's evaluation share may not fill one sample; the other
+                    # datasets still evaluate.
+                    log.warning("%s: %s; left out of the %s split", entry.source, e, split)
+                    continue
                 per_split[split].append((entry, dataset))
     return per_split
 

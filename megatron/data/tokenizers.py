@@ -1,17 +1,37 @@
 """The tokenizer registry: ``--tokenizer-type NAME`` -> a ``TokenizerSpec``.
 
 A tokenizer maps text to ids and knows its vocabulary size and end-of-document id. Loading is
-lazy and cheap enough for ``--dry-run`` (no torch).
+lazy and cheap enough for ``--dry-run``: this module imports neither torch nor the tokenizer
+libraries; ``sentencepiece`` and ``tokenizers`` are imported inside the loaders that need them.
+
+Registered names:
+
+- ``byte``: UTF-8 bytes, no model file (the demo corpus and the tests).
+- ``null``: integer ids for ``--mock-data``.
+- ``hf``: a Hugging Face ``tokenizers`` ``tokenizer.json`` (``--tokenizer-model``).
+- ``sentencepiece``: a SentencePiece ``.model`` (``--tokenizer-model``).
+- ``gpt2bpe``: GPT-2 byte-level BPE from ``--vocab-file vocab.json --merge-file merges.txt``.
+
+``tools/train_tokenizer.py`` trains models that load as ``hf`` and ``sentencepiece``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from megatron.config.fields import ConfigError
 
 if TYPE_CHECKING:
     from megatron.config.data import DataConfig
+
+EOD_TOKEN_NAMES: tuple[str, ...] = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+"""End-of-document token spellings looked up in a tokenizer.json, in order of preference."""
+
+GPT2_EOD_TOKEN = "<|endoftext|>"
+"""GPT-2's end-of-document token; ``tools/train_tokenizer.py`` gives BPE models the same."""
 
 
 class Tokenizer(Protocol):
@@ -25,9 +45,25 @@ class Tokenizer(Protocol):
         """Token ids of ``text`` (no end-of-document token)."""
         ...
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each of ``texts``; equal to ``[encode(t) for t in texts]``."""
+        ...
+
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``."""
         ...
+
+
+class TokenizerBase:
+    """Default ``encode_batch`` (a loop over ``encode``) for tokenizers without a fast path."""
+
+    def encode(self, text: str) -> list[int]:  # pragma: no cover - overridden
+        """Token ids of ``text``."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, one ``encode`` call at a time."""
+        return [self.encode(text) for text in texts]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,13 +92,31 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
 
     Raises:
         KeyError: Unknown name; the message lists the known ones.
+        ConfigError: A model file is missing, unreadable or lacks an end-of-document token.
     """
     if cfg.tokenizer_type not in TOKENIZERS:
         raise KeyError(f"unknown tokenizer {cfg.tokenizer_type!r}; known: {sorted(TOKENIZERS)}")
     return TOKENIZERS[cfg.tokenizer_type].load(cfg)
 
 
-class ByteTokenizer:
+TRAIN_HINT = "train one with tools/train_tokenizer.py or fix the path"
+"""How to fix a missing ``--tokenizer-model``."""
+
+
+def _require_file(
+    path: str | None, flag: str, tokenizer_type: str, what: str, hint: str = TRAIN_HINT
+) -> str:
+    """``path`` if it names a file, else a ``ConfigError`` saying which flag to fix and how."""
+    if path is None:
+        raise ConfigError(
+            f"{flag}: required with --tokenizer-type {tokenizer_type} (path to {what})"
+        )
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}: no such file {path!r} (expected {what}; {hint})")
+    return path
+
+
+class ByteTokenizer(TokenizerBase):
     """UTF-8 bytes as tokens: ids 0-255, end-of-document 256, a reserved mask id 257.
 
     Needs no model file, so the bundled demo and the tests run anywhere.
@@ -87,7 +141,7 @@ def _load_byte(cfg: DataConfig) -> Tokenizer:
     return ByteTokenizer()
 
 
-class NullTokenizer:
+class NullTokenizer(TokenizerBase):
     """Ids only, for ``--mock-data``: the vocabulary is ``--vocab-size``; the last id is EOD."""
 
     name = "null"
@@ -108,5 +162,139 @@ class NullTokenizer:
 @register_tokenizer("null")
 def _load_null(cfg: DataConfig) -> Tokenizer:
     if cfg.vocab_size is None:
-        raise ValueError("--vocab-size: required with --tokenizer-type null")
+        raise ConfigError("--vocab-size: required with --tokenizer-type null")
     return NullTokenizer(cfg.vocab_size)
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizers.Tokenizer`` (used by ``hf`` and ``gpt2bpe``).
+
+    Encoding never adds the post-processor's special tokens (BOS and the like): documents are
+    separated by ``eod`` alone, appended by the preprocessor. Decoding drops special tokens.
+
+    Args:
+        tokenizer: The loaded ``tokenizers.Tokenizer``.
+        name: Registry name reported by ``name``.
+        eod: End-of-document id.
+    """
+
+    def __init__(self, tokenizer: Any, *, name: str, eod: int):
+        self._tokenizer = tokenizer
+        self.name = name
+        self.eod = eod
+        # Ids of added tokens can sit above the model vocabulary and leave gaps, so the size that
+        # embeddings and the on-disk dtype must cover is the largest id + 1, not the token count.
+        self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, encoded in parallel by the Rust library."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` without special tokens."""
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def find_eod_token(tokenizer: Any) -> str | None:
+    """The first of ``EOD_TOKEN_NAMES`` among a ``tokenizers.Tokenizer``'s added tokens."""
+    added = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    return next((name for name in EOD_TOKEN_NAMES if name in added), None)
+
+
+@register_tokenizer("hf")
+def _load_hf(cfg: DataConfig) -> Tokenizer:
+    from tokenizers import Tokenizer as RustTokenizer
+
+    path = _require_file(cfg.tokenizer_model, "--tokenizer-model", "hf", "a tokenizer.json")
+    try:
+        tokenizer = RustTokenizer.from_file(path)
+    except Exception as e:  # the library raises a bare Exception on malformed files
+        raise ConfigError(
+            f"--tokenizer-model: cannot read {path!r} as a Hugging Face tokenizer.json: {e}"
+        ) from None
+    eod_token = find_eod_token(tokenizer)
+    if eod_token is None:
+        raise ConfigError(
+            f"--tokenizer-model: {path!r} has no end-of-document token; expected one of "
+            f"{list(EOD_TOKEN_NAMES)} among its special tokens"
+        )
+    return HFTokenizer(tokenizer, name="hf", eod=tokenizer.token_to_id(eod_token))
+
+
+@register_tokenizer("gpt2bpe")
+def _load_gpt2bpe(cfg: DataConfig) -> Tokenizer:
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hint = "fix the path, or use --tokenizer-type hf with a tokenizer.json"
+    vocab = _require_file(cfg.vocab_file, "--vocab-file", "gpt2bpe", "a GPT-2 vocab.json", hint)
+    merges = _require_file(cfg.merge_file, "--merge-file", "gpt2bpe", "a GPT-2 merges.txt", hint)
+    try:
+        model = models.BPE.from_file(vocab, merges)
+    except Exception as e:  # the library raises a bare Exception on malformed files
+        raise ConfigError(
+            f"--vocab-file: cannot build a BPE from {vocab!r} and --merge-file {merges!r}: {e}"
+        ) from None
+    tokenizer = RustTokenizer(model)
+    # GPT-2: bytes mapped to printable characters, its split regex, no prefix space.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    eod = tokenizer.token_to_id(GPT2_EOD_TOKEN)
+    if eod is None:
+        raise ConfigError(f"--vocab-file: {vocab!r} has no {GPT2_EOD_TOKEN} token")
+    # As in GPT-2's tokenizer.json: the literal text encodes to the EOD id and decoding drops it.
+    tokenizer.add_special_tokens([GPT2_EOD_TOKEN])
+    return HFTokenizer(tokenizer, name="gpt2bpe", eod=eod)
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model; its ``eos`` piece is the end-of-document token.
+
+    Args:
+        processor: The loaded ``sentencepiece.SentencePieceProcessor``.
+    """
+
+    name = "sentencepiece"
+
+    def __init__(self, processor: Any):
+        self._processor = processor
+        self.vocab_size = int(processor.get_piece_size())
+        self.eod = int(processor.eos_id())
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no BOS/EOS)."""
+        return self._processor.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, encoded by the C++ library's thread pool."""
+        return self._processor.encode(list(texts))
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` (control pieces such as EOS decode to nothing)."""
+        return self._processor.decode(list(ids))
+
+
+@register_tokenizer("sentencepiece")
+def _load_sentencepiece(cfg: DataConfig) -> Tokenizer:
+    import sentencepiece
+
+    path = _require_file(
+        cfg.tokenizer_model, "--tokenizer-model", "sentencepiece", "a SentencePiece .model"
+    )
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=path)
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(
+            f"--tokenizer-model: cannot read {path!r} as a SentencePiece model: {e}"
+        ) from None
+    if processor.eos_id() < 0:
+        raise ConfigError(
+            f"--tokenizer-model: {path!r} has no EOS piece to end documents with "
+            "(retrain it with an eos_id, e.g. with tools/train_tokenizer.py)"
+        )
+    return SentencePieceTokenizer(processor)
