@@ -111,7 +111,9 @@ def bench_blend(tmp: str, files: int, samples: int) -> None:
     ours_s, streams = timed(lambda: build_streams(plan))
 
     def megatron() -> None:
-        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+        from megatron.core.datasets.blended_megatron_dataset_builder import (
+            BlendedMegatronDatasetBuilder,
+        )
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
         config = GPTDatasetConfig(
