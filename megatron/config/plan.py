@@ -257,10 +257,11 @@ def _check_optimizer(cfg: Config) -> None:
             f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
             f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
         )
-    if not spec.uses_lr_schedule and SCHEDULES[cfg.schedule.lr_decay_style].decays:
+    style = "wsd" if cfg.schedule.lr_constant_plus_cooldown else cfg.schedule.lr_decay_style
+    if not spec.uses_lr_schedule and SCHEDULES[style].decays:
         raise ConfigError(
-            f"--lr-decay-style: {cfg.schedule.lr_decay_style} decays the LR, but {spec.name} is "
-            "schedule-free; use --lr-decay-style constant (warmup allowed)"
+            f"--lr-decay-style: {style} decays the LR, but {spec.name} is schedule-free; use "
+            "--lr-decay-style constant without a cooldown (warmup allowed)"
         )
 
 
@@ -283,7 +284,7 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
     dtype: Literal["fp32", "bf16", "fp16"] = (
         "bf16" if cfg.train.bf16 else "fp16" if cfg.train.fp16 else "fp32"
     )
-    return RunPlan(
+    plan = RunPlan(
         config=cfg,
         world_size=env.world_size,
         tp=tp,
@@ -301,3 +302,7 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
         dtype=dtype,
         model=build_model_spec(cfg, _vocab_size(cfg), tp),
     )
+    from megatron.schedules.registry import build_schedule_fn
+
+    build_schedule_fn(plan)  # the schedule's own checks (phase lengths, eta_const), before any work
+    return plan

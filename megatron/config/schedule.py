@@ -41,6 +41,23 @@ class ScheduleConfig:
     """Decay length in samples."""
     lr_decay_tokens: int | None = None
     """Decay length in tokens."""
+    lr_constant_plus_cooldown: bool = False
+    """With --lr-decay-style constant: hold eta_max, then cool down over the run's last steps (WSD)."""
+    lr_constant_plus_cooldown_frac: float = 0.05
+    """Cooldown length of --lr-constant-plus-cooldown as a fraction of the decay steps."""
+    lr_cooldown_shape: str = "1-sqrt"
+    """Cooldown shape of the WSD schedule: 1-sqrt, linear, cosine, square or exp."""
+    lr_rsqrt_cooldown: int | None = None
+    """Linear cooldown steps at the end of the rsqrt schedule (default: none)."""
+    constant_lr: float | None = None
+    """Infinite schedules: the absolute constant LR eta_const (min-lr < eta_const <= lr)."""
+    timescale: float = 10.0
+    """Infinite inverse-square-root: the cooldown's timescale alpha."""
+    lr_cooldown_fraction: float = 0.1
+    """Infinite schedules: cooldown eta_max -> eta_const as a fraction of the decay steps."""
+    lr_constant_fraction: float | None = None
+    """Infinite schedules: constant phase as a fraction of the decay steps; the rest anneals to
+    eta_min. Default: constant to the end (no anneal)."""
 
     def __post_init__(self) -> None:
         from megatron.schedules.registry import SCHEDULES
@@ -52,7 +69,20 @@ class ScheduleConfig:
         if self.min_lr < 0:
             raise ConfigError(f"--min-lr: must be >= 0, got {self.min_lr}")
         require_positive(self, "lr_decay_iters", "lr_decay_samples", "lr_decay_tokens")
-        require_ratio(self, "lr_warmup_fraction")
+        require_ratio(self, "lr_warmup_fraction", "lr_constant_plus_cooldown_frac",
+                      "lr_cooldown_fraction", "lr_constant_fraction")
+        from megatron.schedules.functions import COOLDOWN_SHAPES
+
+        if self.lr_cooldown_shape not in COOLDOWN_SHAPES:
+            raise ConfigError(
+                f"--lr-cooldown-shape: unknown shape {self.lr_cooldown_shape!r}; known: {list(COOLDOWN_SHAPES)}"
+            )
+        if self.lr_constant_plus_cooldown and self.lr_decay_style not in ("constant", "wsd"):
+            raise ConfigError(
+                "--lr-constant-plus-cooldown: needs --lr-decay-style constant (LR_DECAY_STYLE=constant), "
+                f"got {self.lr_decay_style}"
+            )
+        require_positive(self, "lr_rsqrt_cooldown", "timescale")
         _at_most_one(self, "lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_warmup_tokens")
         _at_most_one(self, "lr_decay_iters", "lr_decay_samples", "lr_decay_tokens")
         for name in ("lr_warmup_iters", "lr_warmup_samples", "lr_warmup_tokens"):

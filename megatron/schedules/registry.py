@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from megatron.config.fields import ConfigError
 from megatron.schedules import functions as F
 
 if TYPE_CHECKING:
@@ -67,13 +68,97 @@ register_schedule(
 )
 
 
+def _wsd_kwargs(plan: RunPlan) -> dict[str, Any]:
+    s = plan.config.schedule
+    return {
+        "warmup_steps": plan.warmup_steps,
+        "total_steps": plan.decay_steps,
+        "cooldown_steps": int(s.lr_constant_plus_cooldown_frac * plan.decay_steps),
+        "min_ratio": plan.min_lr_ratio,
+        "shape": s.lr_cooldown_shape,
+    }
+
+
+def _rsqrt_kwargs(plan: RunPlan) -> dict[str, Any]:
+    if plan.warmup_steps == 0:
+        raise ConfigError("--lr-warmup-iters: the rsqrt schedule needs a warmup (W > 0)")
+    cooldown = plan.config.schedule.lr_rsqrt_cooldown or 0
+    if cooldown > plan.decay_steps - plan.warmup_steps:
+        raise ConfigError(
+            f"--lr-rsqrt-cooldown: {cooldown} steps do not fit after the warmup of "
+            f"{plan.warmup_steps} in {plan.decay_steps} steps"
+        )
+    return {
+        "warmup_steps": plan.warmup_steps,
+        "total_steps": plan.decay_steps,
+        "cooldown_steps": cooldown,
+        "min_ratio": plan.min_lr_ratio,
+    }
+
+
+def _infinite_kwargs(plan: RunPlan) -> dict[str, Any]:
+    s, lr = plan.config.schedule, plan.config.optim.lr
+    if s.constant_lr is None:
+        raise ConfigError(f"--constant-lr: required by --lr-decay-style {s.lr_decay_style} (eta_const)")
+    if not s.min_lr < s.constant_lr <= lr:
+        raise ConfigError(
+            f"--constant-lr: needs --min-lr < --constant-lr <= --lr, got {s.min_lr} < {s.constant_lr} <= {lr}"
+        )
+    steps = plan.decay_steps - plan.warmup_steps
+    cooldown = int(round(s.lr_cooldown_fraction * plan.decay_steps))
+    if s.lr_constant_fraction is None:
+        constant, anneal = max(steps - cooldown, 0), 0
+    else:
+        constant = int(round(s.lr_constant_fraction * plan.decay_steps))
+        anneal = steps - cooldown - constant
+        if anneal < 0:
+            raise ConfigError(
+                f"--lr-constant-fraction: warmup {plan.warmup_steps} + cooldown {cooldown} + constant "
+                f"{constant} steps exceed the {plan.decay_steps} decay steps"
+            )
+        if anneal > 0 and s.min_lr <= 0:
+            raise ConfigError("--min-lr: the geometric anneal of an infinite schedule needs --min-lr > 0")
+    kwargs = {
+        "warmup_steps": plan.warmup_steps,
+        "cooldown_steps": cooldown,
+        "constant_steps": constant,
+        "anneal_steps": anneal,
+        "const_ratio": s.constant_lr / lr,
+        "min_ratio": plan.min_lr_ratio,
+    }
+    if s.lr_decay_style == "infinite-inv-square-root":
+        kwargs["timescale"] = s.timescale
+    return kwargs
+
+
+register_schedule(ScheduleSpec(name="wsd", fn=F.wsd, kwargs=_wsd_kwargs))
+register_schedule(
+    ScheduleSpec(
+        name="inverse-square-root",
+        fn=F.inverse_square_root,
+        kwargs=lambda plan: {"warmup_steps": plan.warmup_steps, "min_ratio": plan.min_lr_ratio},
+    )
+)
+register_schedule(ScheduleSpec(name="rsqrt", fn=F.rsqrt_cooldown, kwargs=_rsqrt_kwargs))
+register_schedule(ScheduleSpec(name="infinite-cosine", fn=F.infinite_cosine, kwargs=_infinite_kwargs))
+register_schedule(
+    ScheduleSpec(name="infinite-inv-square-root", fn=F.infinite_inv_sqrt, kwargs=_infinite_kwargs)
+)
+
+
+def schedule_name(plan: RunPlan) -> str:
+    """The registry entry a run uses: ``constant`` + ``--lr-constant-plus-cooldown`` is ``wsd``."""
+    s = plan.config.schedule
+    return "wsd" if s.lr_constant_plus_cooldown else s.lr_decay_style
+
+
 def build_schedule_fn(plan: RunPlan) -> tuple[Callable[[int], float], str]:
     """The plan's schedule as ``step -> multiplier`` and its fingerprint.
 
     The fingerprint names the function and every argument; a checkpoint stores it so that a
     resumed run can tell whether the schedule changed.
     """
-    spec = SCHEDULES[plan.config.schedule.lr_decay_style]
+    spec = SCHEDULES[schedule_name(plan)]
     kwargs = spec.kwargs(plan)
     args = ",".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
     fingerprint = f"{spec.name}({args})@lr={plan.config.optim.lr!r}"
