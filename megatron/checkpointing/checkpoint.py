@@ -124,6 +124,19 @@ def save_checkpoint(
     return path
 
 
+PRE_COOLDOWN_FILE = "pre_cooldown_checkpoint.txt"
+
+
+def mark_pre_cooldown(save_dir: str, iteration: int) -> None:
+    """Record the checkpoint taken at the last step before the cooldown (LR still at its peak),
+    where continual pretraining should start from; it is never overwritten by later saves."""
+    if dist.get_rank() == 0:
+        tag = checkpoint_tag(iteration)
+        _write_atomic(os.path.join(save_dir, PRE_COOLDOWN_FILE), tag)
+        log.info("checkpoint before the LR cooldown: %s (recorded in %s); start CPT from it",
+                 os.path.join(save_dir, tag), PRE_COOLDOWN_FILE)
+
+
 def read_metadata(load_dir: str, tag: str) -> dict[str, Any]:
     """The run metadata of checkpoint ``tag``.
 

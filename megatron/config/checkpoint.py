@@ -23,10 +23,19 @@ class CheckpointConfig:
     """Do not restore optimizer states on load."""
     no_load_rng: bool = False
     """Do not restore random-number-generator states on load."""
+    override_opt_param_scheduler: bool = False
+    """On resume, follow this command line's LR schedule even if the checkpoint's differs."""
+    use_checkpoint_opt_param_scheduler: bool = False
+    """On resume, follow the checkpoint's LR schedule (its lr, warmup, decay) and ignore this one's."""
 
     def __post_init__(self) -> None:
         require_positive(self, "save_interval")
         if self.save_interval is not None and self.save is None:
             raise ConfigError("--save-interval: needs --save (a directory to write to)")
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ConfigError(
+                "--override-opt-param-scheduler: cannot be combined with "
+                "--use-checkpoint-opt-param-scheduler; pick whose LR schedule to follow"
+            )
         if self.finetune and self.load is None:
             raise ConfigError("--finetune: needs --load (the checkpoint to start from)")

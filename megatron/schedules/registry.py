@@ -152,14 +152,38 @@ def schedule_name(plan: RunPlan) -> str:
     return "wsd" if s.lr_constant_plus_cooldown else s.lr_decay_style
 
 
+def _bind(name: str, kwargs: dict[str, Any], lr: float) -> tuple[Callable[[int], float], str]:
+    args = ",".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
+    return functools.partial(SCHEDULES[name].fn, **kwargs), f"{name}({args})@lr={lr!r}"
+
+
+def schedule_state(plan: RunPlan) -> dict[str, Any]:
+    """The plan's schedule as data: ``{"name", "kwargs", "lr"}`` (stored in checkpoints)."""
+    name = schedule_name(plan)
+    return {"name": name, "kwargs": SCHEDULES[name].kwargs(plan), "lr": plan.config.optim.lr}
+
+
+def schedule_from_state(state: dict[str, Any]) -> tuple[Callable[[int], float], str]:
+    """Rebuild a schedule stored by ``schedule_state`` (``--use-checkpoint-opt_param-scheduler``)."""
+    return _bind(state["name"], dict(state["kwargs"]), state["lr"])
+
+
+def cooldown_start(plan: RunPlan) -> int | None:
+    """The first step of the plan's final cooldown (CPT restarts from the step before), if any."""
+    state = schedule_state(plan)
+    k = state["kwargs"]
+    if state["name"] in ("wsd", "rsqrt") and k["cooldown_steps"] > 0:
+        return k["total_steps"] - k["cooldown_steps"]
+    if state["name"].startswith("infinite-") and k["anneal_steps"] > 0:
+        return k["warmup_steps"] + k["cooldown_steps"] + k["constant_steps"]
+    return None
+
+
 def build_schedule_fn(plan: RunPlan) -> tuple[Callable[[int], float], str]:
     """The plan's schedule as ``step -> multiplier`` and its fingerprint.
 
     The fingerprint names the function and every argument; a checkpoint stores it so that a
     resumed run can tell whether the schedule changed.
     """
-    spec = SCHEDULES[schedule_name(plan)]
-    kwargs = spec.kwargs(plan)
-    args = ",".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
-    fingerprint = f"{spec.name}({args})@lr={plan.config.optim.lr!r}"
-    return functools.partial(spec.fn, **kwargs), fingerprint
+    state = schedule_state(plan)
+    return _bind(state["name"], state["kwargs"], state["lr"])

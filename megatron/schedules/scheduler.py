@@ -20,14 +20,29 @@ class LRScheduler:
         lr: eta_max; each group's ``base_lr`` is ``lr * group.get("lr_scale", 1.0)``.
     """
 
-    def __init__(self, optimizer: Any, fn: Callable[[int], float], fingerprint: str, lr: float):
+    def __init__(
+        self,
+        optimizer: Any,
+        fn: Callable[[int], float],
+        fingerprint: str,
+        lr: float,
+        schedule: dict[str, Any] | None = None,
+    ):
         self.optimizer = optimizer
+        self.step = 0
+        self.replace(fn, fingerprint, lr, schedule)
+
+    def replace(
+        self, fn: Callable[[int], float], fingerprint: str, lr: float, schedule: dict[str, Any] | None = None
+    ) -> None:
+        """Drive the LR by another schedule (e.g. the one a checkpoint was trained with)."""
         self.fn = fn
         self.fingerprint = fingerprint
-        self.step = 0
-        for group in optimizer.param_groups:
+        self.lr = lr
+        self.schedule = schedule
+        for group in self.optimizer.param_groups:
             group["base_lr"] = lr * group.get("lr_scale", 1.0)
-        self.set_step(0)
+        self.set_step(self.step)
 
     def set_step(self, step: int) -> float:
         """Set every group's LR for optimizer step ``step``; returns the multiplier."""
@@ -42,5 +57,5 @@ class LRScheduler:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        """The step and the schedule's fingerprint (never the LR)."""
-        return {"step": self.step, "schedule_fingerprint": self.fingerprint}
+        """The step, the schedule's fingerprint and definition (never the current LR)."""
+        return {"step": self.step, "schedule_fingerprint": self.fingerprint, "schedule": self.schedule}

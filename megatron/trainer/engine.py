@@ -23,7 +23,7 @@ from megatron.dist import MegatronMPU, ParallelContext
 from megatron.model.gpt import GPTModel, masked_mean
 from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
-from megatron.schedules.registry import build_schedule_fn
+from megatron.schedules.registry import build_schedule_fn, schedule_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
@@ -93,7 +93,9 @@ class TrainEngine:
         ):
             _record_grad_norm_at_zero0(self.engine)
         fn, fingerprint = build_schedule_fn(plan)
-        self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr)
+        self.scheduler = LRScheduler(
+            self.optimizer, fn, fingerprint, cfg.optim.lr, schedule_state(plan)
+        )
         self.train_mode()
 
     def _build_model(self) -> torch.nn.Module:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
     load_engine_states,
+    mark_pre_cooldown,
     read_latest_tag,
     read_metadata,
     rng_state,
@@ -25,6 +26,7 @@ from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.dist import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
+from megatron.schedules.registry import cooldown_start, schedule_from_state
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
@@ -86,6 +88,7 @@ class Trainer:
         self.engine = TrainEngine(plan, ctx)
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
+        self.cooldown_start = cooldown_start(plan)
         self.reporter = Reporter(plan, ctx)
         self.stop = StopSignals(self.cfg.train, ctx.device)
         self.losses: list[float] = []
@@ -112,7 +115,11 @@ class Trainer:
                 if self._due(state.iteration, self.cfg.train.eval_interval):
                     self.evaluate(state, "valid")
                 stop_reason = self.stop.check(state.iteration)
-                if stop_reason or self._due(state.iteration, self.cfg.checkpoint.save_interval):
+                if (
+                    stop_reason
+                    or self._due(state.iteration, self.cfg.checkpoint.save_interval)
+                    or state.iteration == self.cooldown_start
+                ):
                     self.save(state)
                 if stop_reason:
                     log.info("stopping at iteration %d: %s", state.iteration, stop_reason)
@@ -189,6 +196,8 @@ class Trainer:
             {"rng": rng_state()},
         )
         self.engine.train_mode()
+        if state.iteration == self.cooldown_start:
+            mark_pre_cooldown(self.cfg.checkpoint.save, state.iteration)
         self.reporter.exclude(time.perf_counter() - started)
 
     def finish(self, state: TrainState) -> None:
@@ -216,6 +225,9 @@ class Trainer:
             weights_only=ckpt.finetune,
             load_optimizer=not ckpt.no_load_optim,
         )
+        # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
+        scheduler = self.engine.scheduler
+        scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
         if ckpt.finetune:
             log.info(
                 "--finetune: loaded weights of %s/%s; iteration, optimizer, LR schedule and data "
@@ -223,6 +235,7 @@ class Trainer:
                 ckpt.load,
                 tag,
             )
+            self._log_next_lrs(0)
             return TrainState()
         self._check_schedule(metadata)
         if not ckpt.no_load_rng and "rng" in client:
@@ -231,18 +244,38 @@ class Trainer:
             iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
         )
         restore_data_state(self.streams.train.stream, state.consumed_samples, metadata)
-        lrs = [f"{self.engine.scheduler.fn(s) * self.cfg.optim.lr:.3e}" for s in range(state.iteration, state.iteration + 3)]
-        log.info("resumed at iteration %d; next LRs %s", state.iteration, ", ".join(lrs))
+        log.info("resumed at iteration %d", state.iteration)
+        self._log_next_lrs(state.iteration)
         return state
 
+    def _log_next_lrs(self, iteration: int) -> None:
+        """After any load: the LRs of the next steps, so a reset or kept schedule is visible."""
+        scheduler = self.engine.scheduler
+        lrs = [f"{scheduler.fn(s) * scheduler.lr:.3e}" for s in range(iteration, iteration + 3)]
+        log.info("LR of steps %d-%d: %s (%s)", iteration, iteration + 2, ", ".join(lrs), scheduler.fingerprint)
+
     def _check_schedule(self, metadata: dict) -> None:
-        saved = metadata.get("scheduler", {}).get("schedule_fingerprint")
-        if saved is not None and saved != self.engine.scheduler.fingerprint:
+        """Resume on the checkpoint's schedule; a different one needs an explicit choice."""
+        saved = metadata.get("scheduler", {})
+        scheduler = self.engine.scheduler
+        if saved.get("schedule_fingerprint") in (None, scheduler.fingerprint):
+            return
+        ckpt = self.cfg.checkpoint
+        if ckpt.override_opt_param_scheduler:
+            log.warning("--override-opt-param-scheduler: following this run's LR schedule %s "
+                        "instead of the checkpoint's %s", scheduler.fingerprint, saved["schedule_fingerprint"])
+        elif ckpt.use_checkpoint_opt_param_scheduler and saved.get("schedule"):
+            fn, fingerprint = schedule_from_state(saved["schedule"])
+            scheduler.replace(fn, fingerprint, saved["schedule"]["lr"], saved["schedule"])
+            log.info("--use-checkpoint-opt-param-scheduler: following the checkpoint's LR schedule %s",
+                     fingerprint)
+        else:
             raise ConfigError(
                 f"--lr-decay-style: the LR schedule differs from the checkpoint's (checkpoint: "
-                f"{saved}; now: {self.engine.scheduler.fingerprint}); resuming would silently "
-                "change the LR. Use the checkpoint's schedule flags, or start a new schedule with "
-                "--finetune"
+                f"{saved['schedule_fingerprint']}; now: {scheduler.fingerprint}); resuming would "
+                "silently change the LR. Add --use-checkpoint-opt-param-scheduler (keep the "
+                "checkpoint's) or --override-opt-param-scheduler (use this one), or start a new "
+                "schedule with --finetune"
             )
 
 

@@ -1,0 +1,53 @@
+"""Resuming and the LR schedule: mid-cooldown continuity, explicit override / keep, pre-cooldown mark."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from megatron.checkpointing.checkpoint import PRE_COOLDOWN_FILE
+from megatron.config import ConfigError, DistEnv
+from megatron.trainer.loop import train
+from tests.helpers import tiny_plan
+
+WSD = ["--train-iters", "10", "--lr-decay-style", "constant", "--lr-constant-plus-cooldown",
+       "--lr-constant-plus-cooldown-frac", "0.4", "--lr-warmup-iters", "2", "--min-lr", "1e-4"]
+
+
+def run(*flags: str):
+    return train(tiny_plan(*flags), DistEnv())
+
+
+def lrs(capsys) -> list[float]:
+    out = capsys.readouterr().out
+    return [float(line.split("| lr ")[1].split()[0]) for line in out.splitlines() if "| lr " in line]
+
+
+def test_wsd_resumed_mid_cooldown_continues_the_curve_and_marks_the_peak_checkpoint(tmp_path, capsys):
+    save = str(tmp_path / "ckpt")
+    full = run(*WSD)
+    full_lrs = lrs(capsys)
+    first = run(*WSD, "--save", save, "--exit-interval", "8")  # the cooldown covers steps 6-9
+    second = run(*WSD, "--load", save)
+    assert first.losses + second.losses == full.losses
+    assert lrs(capsys) == full_lrs
+    with open(os.path.join(save, PRE_COOLDOWN_FILE)) as f:
+        assert f.read() == "global_step6"  # LR still at its peak there
+    assert os.path.isdir(os.path.join(save, "global_step6"))
+
+
+def test_changed_schedule_needs_an_explicit_choice(tmp_path, capsys):
+    save = str(tmp_path / "ckpt")
+    run("--train-iters", "6", "--lr", "3e-3", "--save", save, "--exit-interval", "3")
+    with pytest.raises(ConfigError, match="--use-checkpoint-opt-param-scheduler .* --override-opt-param-scheduler"):
+        run("--train-iters", "6", "--lr", "1e-3", "--load", save)
+    capsys.readouterr()
+    run("--train-iters", "6", "--lr", "1e-3", "--load", save, "--use-checkpoint-opt-param-scheduler")
+    kept = lrs(capsys)
+    run("--train-iters", "6", "--lr", "1e-3", "--load", save, "--override-opt-param-scheduler")
+    overridden = lrs(capsys)
+    assert kept[0] == pytest.approx(3e-3 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 3 / 6)), rel=1e-3)
+    assert overridden[0] == pytest.approx(kept[0] / 3, rel=1e-3)
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        run("--train-iters", "6", "--load", save, "--use-checkpoint-opt-param-scheduler", "--override-opt-param-scheduler")
