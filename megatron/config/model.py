@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron.config.fields import SECTION, knob, require, require_positive, require_ratio
+from megatron.config.fields import (
+    SECTION,
+    ConfigError,
+    knob,
+    require,
+    require_positive,
+    require_ratio,
+)
 
 
 @dataclass(**SECTION)
@@ -46,8 +54,11 @@ class ModelConfig:
     """Dropout on the attention and MLP outputs before the residual add."""
     attention_dropout: float = 0.0
     """Dropout on attention probabilities."""
-    init_method_std: float = 0.02
-    """Std of the normal init of hidden weights; output projections get std/sqrt(2*num_layers)."""
+    init_method_std: float | None = None
+    """Std of the normal init of hidden weights (default 0.02); output projections get
+    std/sqrt(2*num_layers)."""
+    small_init: bool = False
+    """Use std sqrt(2/(5*hidden)) for hidden weights (Nguyen & Salazar 2019; the AuroraGPT recipe)."""
     adjust_word_embedding_init: bool = False
     """Initialize the word embeddings with --word-embedding-init-std instead of --init-method-std."""
     word_embedding_init_std: float | None = None
@@ -75,6 +86,11 @@ class ModelConfig:
             "make_vocab_size_divisible_by",
         )
         require_ratio(self, "hidden_dropout", "attention_dropout", closed=False)
+        if self.small_init and self.init_method_std is not None:
+            raise ConfigError(
+                "--small-init: sets the init std to sqrt(2/(5*hidden)); drop --init-method-std "
+                f"{self.init_method_std} or --small-init"
+            )
         if self.kv_channels is None:
             require(
                 self.hidden_size % self.num_attention_heads == 0,
@@ -100,6 +116,13 @@ class ModelConfig:
             "--word-embedding-init-std",
             "goes together with --adjust-word-embedding-init (give both or neither)",
         )
+
+    @property
+    def init_std(self) -> float:
+        """The hidden-weight init std: --init-method-std, sqrt(2/(5d)) with --small-init, or 0.02."""
+        if self.small_init:
+            return math.sqrt(2.0 / (5.0 * self.hidden_size))
+        return 0.02 if self.init_method_std is None else self.init_method_std
 
     @property
     def head_dim(self) -> int:

@@ -228,9 +228,9 @@ def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
         tie_embeddings=not m.untie_embeddings_and_output_weights,
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
-        init_method_std=m.init_method_std,
-        output_init_std=m.init_method_std / math.sqrt(2.0 * m.num_layers),
-        embedding_init_std=m.word_embedding_init_std or m.init_method_std,
+        init_method_std=m.init_std,
+        output_init_std=m.init_std / math.sqrt(2.0 * m.num_layers),
+        embedding_init_std=m.word_embedding_init_std or m.init_std,
         recompute=m.recompute_activations,
         seed=cfg.train.seed,
     )

@@ -108,3 +108,16 @@ def test_parameter_count_matches_a_hand_count():
 def test_missing_data_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"--data-file-list: no training data"):
         resolve(parse_args(["--train-iters", "1"]).config, DistEnv())
+
+
+def test_small_init_recipe_and_its_conflict():
+    from tests.helpers import tiny_plan
+
+    plan = tiny_plan("--train-iters", "1", "--hidden-size", "40", "--small-init",
+                     "--adjust-word-embedding-init", "--word-embedding-init-std", "0.632")
+    assert plan.model.init_method_std == pytest.approx((2 / (5 * 40)) ** 0.5)
+    assert plan.model.output_init_std == pytest.approx((2 / 200) ** 0.5 / 2.0)  # / sqrt(2 * 2 layers)
+    assert plan.model.embedding_init_std == 0.632
+    assert tiny_plan("--train-iters", "1").model.init_method_std == 0.02
+    with pytest.raises(ConfigError, match="--small-init: .* drop --init-method-std"):
+        tiny_plan("--train-iters", "1", "--small-init", "--init-method-std", "0.01")
