@@ -55,6 +55,14 @@ class ScheduleConfig:
     """Infinite inverse-square-root: the cooldown's timescale alpha."""
     lr_cooldown_fraction: float = 0.1
     """Infinite schedules: cooldown eta_max -> eta_const as a fraction of the decay steps."""
+    lr_finder: bool = False
+    """Run an LR range test over the run's steps instead of training (SPEC section 3)."""
+    lr_finder_start: float = 1e-7
+    """First LR of the range test."""
+    lr_finder_end: float = 10.0
+    """Last LR of the range test."""
+    lr_finder_dir: str | None = None
+    """Where lr_finder.csv/.png go (default: --save, else outputs/lr_finder)."""
     lr_constant_fraction: float | None = None
     """Infinite schedules: constant phase as a fraction of the decay steps; the rest anneals to
     eta_min. Default: constant to the end (no anneal)."""
@@ -82,7 +90,11 @@ class ScheduleConfig:
                 "--lr-constant-plus-cooldown: needs --lr-decay-style constant (LR_DECAY_STYLE=constant), "
                 f"got {self.lr_decay_style}"
             )
-        require_positive(self, "lr_rsqrt_cooldown", "timescale")
+        require_positive(self, "lr_rsqrt_cooldown", "timescale", "lr_finder_start", "lr_finder_end")
+        if self.lr_finder_end <= self.lr_finder_start:
+            raise ConfigError(
+                f"--lr-finder-end: {self.lr_finder_end} must be above --lr-finder-start {self.lr_finder_start}"
+            )
         _at_most_one(self, "lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_warmup_tokens")
         _at_most_one(self, "lr_decay_iters", "lr_decay_samples", "lr_decay_tokens")
         for name in ("lr_warmup_iters", "lr_warmup_samples", "lr_warmup_tokens"):

@@ -207,3 +207,11 @@ def infinite_inv_sqrt(
 
     return _infinite(step, warmup_steps, cooldown_steps, constant_steps, anneal_steps,
                      const_ratio, min_ratio, cooldown)
+
+
+def lr_range(step: int, *, total_steps: int, start: float, end: float, base_lr: float) -> float:
+    """The LR-finder ramp as a multiplier on ``base_lr``: eta_i = start (end / start)^(i / N)
+    (Smith 2017, https://arxiv.org/abs/1506.01186), exponential from ``start`` to ``end``.
+    """
+    fraction = min(1.0, max(0.0, step / max(total_steps, 1)))
+    return start * (end / start) ** fraction / base_lr

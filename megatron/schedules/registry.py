@@ -146,9 +146,26 @@ register_schedule(
 )
 
 
+register_schedule(
+    ScheduleSpec(
+        name="lr-range",
+        fn=F.lr_range,
+        kwargs=lambda plan: {
+            "total_steps": plan.train_iters,
+            "start": plan.config.schedule.lr_finder_start,
+            "end": plan.config.schedule.lr_finder_end,
+            "base_lr": plan.config.optim.lr,
+        },
+    )
+)
+
+
 def schedule_name(plan: RunPlan) -> str:
-    """The registry entry a run uses: ``constant`` + ``--lr-constant-plus-cooldown`` is ``wsd``."""
+    """The registry entry a run uses: ``--lr-finder`` is ``lr-range``, ``constant`` +
+    ``--lr-constant-plus-cooldown`` is ``wsd``."""
     s = plan.config.schedule
+    if s.lr_finder:
+        return "lr-range"
     return "wsd" if s.lr_constant_plus_cooldown else s.lr_decay_style
 
 

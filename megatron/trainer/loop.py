@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.dist import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
+from megatron.schedules.lr_finder import LRFinderRecorder
 from megatron.schedules.registry import cooldown_start, schedule_from_state
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
@@ -54,6 +56,7 @@ class TrainResult:
         test_loss: Test loss at the end (None without a test split).
         losses: Per-step training losses of this process's run.
         stop_reason: Why the run stopped early, or None.
+        lr_suggestion: ``--lr-finder`` runs: (steepest-descent LR, minimum LR / 10).
     """
 
     iteration: int
@@ -62,6 +65,7 @@ class TrainResult:
     test_loss: float | None
     losses: tuple[float, ...]
     stop_reason: str | None
+    lr_suggestion: tuple[float, float] | None = None
 
 
 def log_plan(plan: RunPlan) -> None:
@@ -291,12 +295,46 @@ def _meter(split: Split, ctx: ParallelContext) -> CorpusLoss | None:
     return CorpusLoss(len(split.corpora), ctx.device)
 
 
+def range_test(trainer: Trainer) -> TrainResult:
+    """``--lr-finder``: ramp the LR over the run's steps, record the smoothed loss, stop on
+    divergence, write ``lr_finder.csv``/``.png`` and suggest an LR. Weights and optimizer state
+    are restored afterwards; nothing is evaluated or saved."""
+    cfg = trainer.cfg
+    engine = trainer.engine
+    snapshot = (copy.deepcopy(engine.module.state_dict()), copy.deepcopy(engine.optimizer.state_dict()))
+    recorder = LRFinderRecorder()
+    state = TrainState()
+    stop_reason = None
+    try:
+        while state.iteration < trainer.plan.train_iters:
+            trainer.train_step(state)
+            if recorder.record(engine.scheduler.current_lr(), trainer.losses[-1]):
+                stop_reason = "loss diverged (smoothed loss above 4x its minimum)"
+                break
+    finally:
+        engine.module.load_state_dict(snapshot[0])
+        engine.optimizer.load_state_dict(snapshot[1])
+        trainer.reporter.close()
+        trainer.stop.close()
+    directory = cfg.schedule.lr_finder_dir or cfg.checkpoint.save or "outputs/lr_finder"
+    suggestion = None
+    if trainer.ctx.is_logging_rank:
+        suggestion = recorder.write(directory)
+        log.info("LR finder: %d steps%s; suggested LR %.3e (steepest descent), %.3e (minimum / 10); "
+                 "see %s/lr_finder.png", state.iteration, f", {stop_reason}" if stop_reason else "",
+                 suggestion[0], suggestion[1], directory)
+    return TrainResult(iteration=state.iteration, train_loss=trainer.losses[-1], valid_loss=None,
+                       test_loss=None, losses=tuple(trainer.losses), stop_reason=stop_reason,
+                       lr_suggestion=suggestion)
+
+
 def train(plan: RunPlan, env: DistEnv) -> TrainResult:
     """Start the process groups, run, and tear them down (also on error)."""
     ctx = init_distributed(plan, env)
     setup_logging(ctx.is_logging_rank)
     try:
         log_plan(plan)
-        return Trainer(plan, ctx).run()
+        trainer = Trainer(plan, ctx)
+        return range_test(trainer) if plan.config.schedule.lr_finder else trainer.run()
     finally:
         destroy_distributed()
