@@ -11,7 +11,7 @@ from megatron.config import ConfigError, DistEnv
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
-WSD = ["--train-iters", "10", "--lr-decay-style", "constant", "--lr-constant-plus-cooldown",
+WSD = ["--train-iters", "10", "--log-interval", "1", "--lr-decay-style", "constant", "--lr-constant-plus-cooldown",
        "--lr-constant-plus-cooldown-frac", "0.4", "--lr-warmup-iters", "2", "--min-lr", "1e-4"]
 
 
@@ -24,12 +24,14 @@ def lrs(capsys) -> list[float]:
     return [float(line.split("| lr ")[1].split()[0]) for line in out.splitlines() if "| lr " in line]
 
 
-def test_wsd_resumed_mid_cooldown_continues_the_curve_and_marks_the_peak_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("stop", ["1", "8"], ids=["mid-warmup", "mid-cooldown"])
+def test_wsd_resumed_mid_phase_continues_the_curve_and_marks_the_peak_checkpoint(tmp_path, capsys, stop):
     save = str(tmp_path / "ckpt")
     full = run(*WSD)
     full_lrs = lrs(capsys)
-    first = run(*WSD, "--save", save, "--exit-interval", "8")  # the cooldown covers steps 6-9
-    second = run(*WSD, "--load", save)
+    # Warmup covers steps 0-1, the cooldown steps 6-9.
+    first = run(*WSD, "--save", save, "--exit-interval", stop)
+    second = run(*WSD, "--load", save, "--save", save)
     assert first.losses + second.losses == full.losses
     assert lrs(capsys) == full_lrs
     with open(os.path.join(save, PRE_COOLDOWN_FILE)) as f:
