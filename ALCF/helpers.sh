@@ -11,6 +11,8 @@ HELPERS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${HELPERS_DIR}/.." && pwd)"
 # shellcheck source=ALCF/env.sh
 source "${HELPERS_DIR}/env.sh"
+# shellcheck source=ALCF/topology.sh
+source "${HELPERS_DIR}/topology.sh"
 
 # VARIABLE|--flag  (value variables). Aliases map to the same flag.
 ENV_VALUE_FLAGS=(
@@ -115,33 +117,12 @@ env_to_flags() {
     fi
 }
 
-# count_local_devices: NVIDIA GPUs on this node, else NPROC (default 1) CPU processes.
-count_local_devices() {
-    if [[ -n "${NPROC:-}" ]]; then
-        printf '%s\n' "${NPROC}"
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        nvidia-smi -L | grep -c '^GPU'
-    else
-        printf '1\n'
-    fi
-}
-
 # demo_flags: when DATA_FILE_LIST is unset, run the bundled demo (preparing its corpus once).
 demo_flags() {
     DEMO_FLAGS=()
     if [[ -z "${DATA_FILE_LIST:-}" ]]; then
         "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
         DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
-    fi
-}
-
-# launch_command: fills LAUNCH with the local launch line for NPROC processes.
-launch_command() {
-    local nproc="$1"
-    if [[ "${nproc}" -le 1 ]]; then
-        LAUNCH=("${PYTHON}")
-    else
-        LAUNCH=("${PYTHON}" -m torch.distributed.run --standalone --nproc-per-node "${nproc}")
     fi
 }
 
@@ -160,25 +141,25 @@ train_main() {
     setup_python "${REPO_ROOT}"
     env_to_flags
     demo_flags
-    local nproc
-    nproc="$(count_local_devices)"
-    launch_command "${nproc}"
-    if ! command -v nvidia-smi >/dev/null 2>&1; then
+    detect_topology
+    launch_command
+    if ! command -v nvidia-smi >/dev/null 2>&1 && ! command -v xpu-smi >/dev/null 2>&1; then
         # CPU processes share the cores; without this each one would start a thread per core.
         local cores
         cores="$(nproc 2>/dev/null || printf '2')"
-        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(((cores + nproc - 1) / nproc))}"
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(((cores + RANKS_PER_HOST - 1) / RANKS_PER_HOST))}"
         export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
     fi
+    print_topology
     # The demo preset first (flags override a --config file), then the variables', then the
     # user's own. A variable and a flag that disagree are an error (pretrain_gpt.py names both).
     local cmd=("${LAUNCH[@]}" "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@")
     print_command "${cmd[@]}"
     # Validate before starting any process group: a bad value stops here, naming the flag.
-    WORLD_SIZE="${nproc}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run >/dev/null ||
+    WORLD_SIZE="${WORLD_SIZE_PLANNED}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run >/dev/null ||
         _die "the configuration above was rejected (see the message; variables map to flags as listed)"
     if [[ "${DRY_RUN:-0}" != "0" ]]; then
-        WORLD_SIZE="${nproc}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run
+        WORLD_SIZE="${WORLD_SIZE_PLANNED}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run
         return 0
     fi
     exec "${cmd[@]}"

@@ -11,7 +11,8 @@ import pytest
 
 
 def launch(repo_root, tmp_path, *args: str, prefix: str = "missing", **env: str):
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATA_FILE_LIST", "LR", "SP", "TP")}
+    dropped = ("DATA_FILE_LIST", "LR", "SP", "TP", "PBS_NODEFILE", "SLURM_JOB_NODELIST", "MASTER_ADDR")
+    clean = {k: v for k, v in os.environ.items() if k not in dropped}
     data_list = tmp_path / "list.txt"
     data_list.write_text(f"# one corpus\n1.0 {prefix} plays\n")
     env = {k: v.replace("{list}", str(data_list)) for k, v in env.items()}
@@ -21,7 +22,9 @@ def launch(repo_root, tmp_path, *args: str, prefix: str = "missing", **env: str)
         capture_output=True,
         text=True,
         timeout=60,
-        env={**clean, "PYTHON_EXEC": sys.executable, "DRY_RUN": "1", "NPROC": "2", **env},
+        # NPROC="" unsets the local process count (scheduler runs take theirs from the job).
+        env={k: v for k, v in {**clean, "PYTHON_EXEC": sys.executable, "DRY_RUN": "1", "NPROC": "2", **env}.items()
+             if v or k != "NPROC"},
     )
 
 
@@ -69,3 +72,23 @@ def test_bad_variable_values_name_the_variable(repo_root, tmp_path, env, message
     out = launch(repo_root, tmp_path, DATA_FILE_LIST="{list}", **env)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_fake_pbs_job_launches_mpiexec_over_the_nodefile(repo_root, tmp_path, shakespeare_prefix):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("".join(f"x{h}.cluster\n" for h in range(4) for _ in range(4)))  # 4 hosts x 4 slots
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", TRAIN_ITERS="10",
+                 PBS_NODEFILE=str(nodefile), PBS_JOBID="123.pbs", NGPU_PER_HOST="4", NPROC="")
+    assert out.returncode == 0, out.stderr
+    assert "topology: pbs, 4 node(s) x 4 rank(s) = world size 16, master x0.cluster:29500" in out.stdout
+    assert f"command: mpiexec --envall -n 16 -ppn 4 --hostfile {nodefile}" in out.stdout
+    assert plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]["world_size"] == 16
+
+
+def test_fake_slurm_job_launches_srun(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", TRAIN_ITERS="10",
+                 SLURM_JOB_NODELIST="nid[0012-0014,0020]", SLURM_NNODES="4", SLURM_GPUS_ON_NODE="2", NPROC="")
+    assert out.returncode == 0, out.stderr
+    assert "topology: slurm, 4 node(s) x 2 rank(s) = world size 8, master nid0012:29500" in out.stdout
+    assert "command: srun --nodes 4 --ntasks 8 --ntasks-per-node 2" in out.stdout
+    assert plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]["world_size"] == 8
