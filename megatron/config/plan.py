@@ -257,6 +257,21 @@ def _check_optimizer(cfg: Config) -> None:
             f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
             f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
         )
+    if spec.param_policy == "matrix":
+        # A matrix update needs whole matrices: TP shards them, and DeepSpeed's bf16/fp16
+        # optimizer under the pipeline engine hands the optimizer flat buffers.
+        if cfg.parallel.tensor_model_parallel_size > 1:
+            raise ConfigError(
+                f"--optimizer: {spec.name} updates whole matrices, which "
+                f"--tensor-model-parallel-size {cfg.parallel.tensor_model_parallel_size} splits; "
+                "use TP=1 (with data or pipeline parallelism) or an element-wise optimizer"
+            )
+        if cfg.parallel.pipeline_model_parallel_size > 1 and (cfg.train.bf16 or cfg.train.fp16):
+            raise ConfigError(
+                f"--optimizer: {spec.name} with --pipeline-model-parallel-size > 1 needs fp32 "
+                "(DeepSpeed's bf16/fp16 pipeline optimizer flattens the matrices); drop --bf16/--fp16 "
+                "or use PP=1"
+            )
     style = "wsd" if cfg.schedule.lr_constant_plus_cooldown else cfg.schedule.lr_decay_style
     if not spec.uses_lr_schedule and SCHEDULES[style].decays:
         raise ConfigError(

@@ -121,3 +121,17 @@ def test_small_init_recipe_and_its_conflict():
     assert tiny_plan("--train-iters", "1").model.init_method_std == 0.02
     with pytest.raises(ConfigError, match="--small-init: .* drop --init-method-std"):
         tiny_plan("--train-iters", "1", "--small-init", "--init-method-std", "0.01")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tensor-model-parallel-size", "2"], "updates whole matrices, which --tensor-model-parallel-size 2 splits"),
+        (["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
+    ],
+)
+def test_matrix_optimizers_refuse_layouts_that_split_matrices(flags, message):
+    from tests.helpers import tiny_plan
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_plan("--train-iters", "1", "--optimizer", "muon", *flags)
