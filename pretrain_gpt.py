@@ -34,9 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
+    paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
-        print(json.dumps({"plan": plan.summary(), "deepspeed": ds_config}, indent=2))
+        print(json.dumps({"plan": plan.summary(), "paths": paths, "deepspeed": ds_config}, indent=2))
         return 0
+    if env.rank == 0:
+        write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
     from megatron.trainer.loop import train
 
     try:
@@ -45,6 +48,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001
+    """The command line, resolved plan and relevant environment, next to the checkpoints/logs."""
+    import os
+    import time
+
+    from megatron.config.deepspeed import to_deepspeed_config
+    from megatron.config.env import launch_environment
+    from megatron.trainer.state import flat_config
+
+    where = plan.config.checkpoint.save or plan.config.logging.tensorboard_dir
+    if where is None:
+        return
+    os.makedirs(where, exist_ok=True)
+    record = {"argv": argv, "plan": plan.summary(), "config": flat_config(plan),
+              "deepspeed": to_deepspeed_config(plan), "environment": launch_environment()}
+    path = os.path.join(where, f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -118,11 +118,24 @@ env_to_flags() {
 }
 
 # demo_flags: when DATA_FILE_LIST is unset, run the bundled demo (preparing its corpus once).
+# Otherwise checkpoints and TensorBoard logs default to names derived from the run
+# (checkpoints/ws.._ds_stage.._nl.._hs.._..., resolved by pretrain_gpt.py) unless SAVE / TBDIR or
+# the flags are given.
 demo_flags() {
     DEMO_FLAGS=()
     if [[ -z "${DATA_FILE_LIST:-}" ]]; then
         "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
         DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
+        return 0
+    fi
+    local args=" $* "
+    if [[ -z "${SAVE:-}" && "${args}" != *" --save "* && "${args}" != *" --save="* ]]; then
+        DEMO_FLAGS+=(--save auto)
+        FLAG_SOURCES+=("SAVE unset -> --save auto (checkpoints/<run name>)")
+    fi
+    if [[ -z "${TBDIR:-}" && "${args}" != *" --tensorboard-dir "* && "${args}" != *" --tensorboard-dir="* ]]; then
+        DEMO_FLAGS+=(--tensorboard-dir auto)
+        FLAG_SOURCES+=("TBDIR unset -> --tensorboard-dir auto (outputs/<run name>/tensorboard)")
     fi
 }
 
@@ -140,7 +153,7 @@ train_main() {
     cd "${REPO_ROOT}" || _die "cannot enter ${REPO_ROOT}"
     setup_python "${REPO_ROOT}"
     env_to_flags
-    demo_flags
+    demo_flags "$@"
     detect_topology
     launch_command
     if ! command -v nvidia-smi >/dev/null 2>&1 && ! command -v xpu-smi >/dev/null 2>&1; then

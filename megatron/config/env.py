@@ -95,3 +95,19 @@ def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
             if digits.isdigit():
                 return int(digits)
     return None
+
+
+# What a run's record keeps of the environment: the scheduler's, the launcher's and the
+# communication libraries' variables (never secrets such as tokens or keys).
+_RECORDED_PREFIXES = ("PBS_", "SLURM_", "MASTER_", "NCCL_", "FI_", "CCL_", "CUDA_", "DS_", "OMP_", "TORCH_")
+_SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+
+def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables worth recording next to a run's logs."""
+    env = os.environ if environ is None else environ
+    return {
+        k: v
+        for k, v in sorted(env.items())
+        if k.startswith(_RECORDED_PREFIXES) and not any(m in k for m in _SECRET_MARKERS)
+    }

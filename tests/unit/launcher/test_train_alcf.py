@@ -45,6 +45,9 @@ def test_variables_become_flags_of_the_resolved_plan(repo_root, tmp_path, shakes
     # 65536 tokens / (64 samples x 128 tokens) = 8 steps; 64 / (4 x dp 1) = 16 accumulation steps.
     assert plan["train_iters"] == 8
     assert plan["grad_accum_steps"] == 16
+    paths = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["paths"]
+    name = "ws2_ds_stage0_nl2_hs64_mb4_seq128_gb64_sp0_pp1_tp2_fp32_optadamw_lr0.0003"
+    assert paths == {"save": f"checkpoints/{name}", "tensorboard_dir": f"outputs/{name}/tensorboard"}
 
 
 def test_missing_data_prefix_stops_before_launch(repo_root, tmp_path):
