@@ -57,6 +57,9 @@ ENV_VALUE_FLAGS=(
     "EVAL_ITERS|--eval-iters"
     "LOG_INTERVAL|--log-interval"
     "TBDIR|--tensorboard-dir"
+    "DATA_CACHE_PATH|--data-cache-path"
+    "EXIT_DURATION_MINS|--exit-duration-in-mins"
+    "KILL_SWITCH_FILE|--kill-switch-file"
     "SEED|--seed"
 )
 # VARIABLE|--flag  (switches: 1/true/yes -> --flag, 0/false/no -> --no-flag).

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Write (and optionally submit) a PBS or Slurm job script that runs train_alcf.sh.
+
+    python tools/submit.py --scheduler pbs --nodes 4 --walltime 06:00:00 --queue prod \\
+        --account MyProject --filesystems flare:home --env DATA_FILE_LIST=list.txt --env LR=2e-4 \\
+        --save /flare/me/ckpt/run1 [--submit] -- --finetune
+
+The job resumes by itself: it loads from the directory it saves to (``SAVE`` = ``LOAD``), so a
+requeued or resubmitted job continues from the latest checkpoint. It stops cleanly before the
+walltime: training saves and exits ``--margin-minutes`` before the end (``EXIT_DURATION_MINS``),
+and a SIGTERM from the scheduler also saves at the next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def walltime_minutes(walltime: str) -> int:
+    """``HH:MM:SS`` (or ``MM``) -> whole minutes."""
+    parts = [int(p) for p in walltime.split(":")]
+    if len(parts) == 1:
+        return parts[0]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, s = parts
+    return h * 60 + m + (s + 59) // 60
+
+
+def job_script(args: argparse.Namespace, extra: list[str]) -> str:
+    """The job script's text."""
+    minutes = walltime_minutes(args.walltime)
+    if minutes <= args.margin_minutes:
+        raise ValueError(f"--walltime {args.walltime} leaves no time after --margin-minutes {args.margin_minutes}")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    env.update(SAVE=args.save, LOAD=args.save, EXIT_DURATION_MINS=str(minutes - args.margin_minutes))
+    if args.scheduler == "pbs":
+        header = [f"#PBS -N {args.name}", f"#PBS -l select={args.nodes}", f"#PBS -l walltime={args.walltime}",
+                  "#PBS -l place=scatter", "#PBS -j oe", "#PBS -r y"]
+        header += [f"#PBS -q {args.queue}"] if args.queue else []
+        header += [f"#PBS -A {args.account}"] if args.account else []
+        header += [f"#PBS -l filesystems={args.filesystems}"] if args.filesystems else []
+        workdir = 'cd "${PBS_O_WORKDIR:-' + ROOT + '}"'
+    else:
+        header = [f"#SBATCH --job-name={args.name}", f"#SBATCH --nodes={args.nodes}",
+                  f"#SBATCH --time={args.walltime}", "#SBATCH --requeue", "#SBATCH --signal=TERM@120"]
+        header += [f"#SBATCH --partition={args.queue}"] if args.queue else []
+        header += [f"#SBATCH --account={args.account}"] if args.account else []
+        header += [f"#SBATCH --gpus-per-node={args.gpus_per_node}"] if args.gpus_per_node else []
+        workdir = f"cd {shlex.quote(ROOT)}"
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    command = " ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])
+    return "\n".join(["#!/bin/bash", *header, "set -euo pipefail", workdir, *exports, command, ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scheduler", choices=("pbs", "slurm"), required=True)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--walltime", required=True, help="HH:MM:SS")
+    p.add_argument("--save", required=True, help="checkpoint directory (also loaded from: auto-resume)")
+    p.add_argument("--name", default="train_alcf")
+    p.add_argument("--queue", help="PBS queue / Slurm partition")
+    p.add_argument("--account", help="project / account")
+    p.add_argument("--filesystems", help="PBS filesystems, e.g. flare:home")
+    p.add_argument("--gpus-per-node", type=int, help="Slurm GPUs per node")
+    p.add_argument("--env", action="append", default=[], metavar="VAR=VALUE", help="train_alcf.sh variable")
+    p.add_argument("--margin-minutes", type=int, default=10, help="save and exit this long before the walltime")
+    p.add_argument("--output", default=None, help="job script path (default: <name>.<scheduler>.sh)")
+    p.add_argument("--submit", action="store_true", help="also qsub / sbatch it")
+    args = p.parse_args(ours)
+    bad = [kv for kv in args.env if "=" not in kv or not kv.split("=", 1)[0].isidentifier()]
+    if bad:
+        print(f"submit.py: error: --env {bad[0]!r}: expected VAR=VALUE", file=sys.stderr)
+        return 2
+    try:
+        text = job_script(args, extra)
+    except ValueError as e:
+        print(f"submit.py: error: {e}", file=sys.stderr)
+        return 2
+    path = args.output or f"{args.name}.{args.scheduler}.sh"
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    print(f"wrote {path}")
+    if args.submit:
+        subprocess.run(["qsub" if args.scheduler == "pbs" else "sbatch", path], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
