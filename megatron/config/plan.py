@@ -257,6 +257,13 @@ def _check_optimizer(cfg: Config) -> None:
             f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
             f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
         )
+    if spec.train_mode is not None and (cfg.train.bf16 or cfg.train.fp16):
+        # DeepSpeed's mixed-precision wrappers hand the optimizer fp32 copies, so the optimizer's
+        # eval()/train() weight swap would never reach the model that evaluates and saves.
+        raise ConfigError(
+            f"--optimizer: {spec.name} swaps its averaged weights into the model for evaluation "
+            "and saving, which DeepSpeed's --bf16/--fp16 optimizer copies prevent; train it in fp32"
+        )
     if spec.param_policy == "matrix":
         # A matrix update needs whole matrices: TP shards them, and DeepSpeed's bf16/fp16
         # optimizer under the pipeline engine hands the optimizer flat buffers.

@@ -1,0 +1,311 @@
+"""Muon: orthogonalized momentum for 2-D hidden matrices, AdamW for everything else (SPEC 4).
+
+One ``torch.optim.Optimizer`` holds both kinds of group, so DeepSpeed, the LR scheduler and the
+checkpoint see a single optimizer:
+
+- ``rule="matrix"`` groups: momentum ``buf = beta * buf + (1 - beta) * g``; with Nesterov the
+  direction is ``(1 - beta) * g + beta * buf``. The direction is divided by its Frobenius norm
+  (+eps) and orthogonalized by ``ns_steps`` Newton-Schulz quintic iterations
+  ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` (on the wide orientation: a tall matrix is
+  transposed first). That runs in bf16 on CUDA and fp32 on CPU. The step is
+  ``p *= 1 - lr * wd; p -= lr * scale(shape) * O``.
+- ``rule="adamw"`` groups (embeddings, output head, norms, biases): plain AdamW with their own
+  LR, betas and eps. Their LR follows the schedule through the scheduler's per-group
+  ``lr_scale`` (``base_lr = --lr * lr_scale``), set to ``--muon-adamw-lr / --lr``.
+
+Muon needs whole matrices. Under ZeRO-1/2/3, and in DeepSpeed's bf16 optimizer (``--bf16`` with
+pipeline parallelism), the optimizer is handed flat 1-D shards; ``max_zero_stage=0`` refuses the
+ZeRO pairs in the plan, and a matrix group that holds a non-2-D tensor at step time is an error
+(never a silent fallback to an element-wise update). fp16/bf16 at ZeRO-0 without pipelining is
+fine: DeepSpeed's unfused fp16 wrapper keeps one fp32 copy per tensor, shapes intact. Tensor
+parallelism shards the matrices too and is refused when the optimizer is built.
+
+Torch-free at import: the optimizer class is created on first use (``muon.Muon``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from megatron.config.fields import SECTION, ConfigError, flag_name
+from megatron.optimizer.registry import register_optimizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from megatron.config.optim import OptimConfig
+    from megatron.optimizer.param_groups import ParamGroup
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Quintic Newton-Schulz coefficients (a, b, c)."""
+NS_EPS = 1e-7
+"""Added to the Frobenius norm before dividing by it."""
+LR_SCALES = ("original", "match_rms_adamw")
+
+
+def _flag(field_name: str) -> str:
+    return flag_name(field_name, "muon")
+
+
+@dataclass(**SECTION)
+class MuonOptions:
+    """Muon hyperparameters (flags --muon-*)."""
+
+    momentum: float = 0.95
+    """Muon momentum beta of the matrix groups, in [0, 1)."""
+    nesterov: bool = True
+    """Use Nesterov momentum in the matrix groups."""
+    ns_steps: int = 5
+    """Newton-Schulz iterations that orthogonalize the momentum (>= 1)."""
+    lr_scale: str = "original"
+    """Per-matrix LR shape scaling: original = sqrt(max(1, rows/cols)); match_rms_adamw = 0.2 * sqrt(max(rows, cols))."""
+    adamw_lr: float | None = None
+    """LR of the AdamW side groups (embeddings, head, norms, biases); default: --lr. Follows the LR schedule."""
+    adamw_beta1: float | None = None
+    """beta1 of the AdamW side groups; default: --adam-beta1."""
+    adamw_beta2: float | None = None
+    """beta2 of the AdamW side groups; default: --adam-beta2."""
+    adamw_eps: float | None = None
+    """Epsilon of the AdamW side groups; default: --adam-eps."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"{_flag('momentum')}: must be in [0, 1), got {self.momentum}")
+        if not 1 <= self.ns_steps < 100:
+            raise ConfigError(f"{_flag('ns_steps')}: must be in [1, 100), got {self.ns_steps}")
+        if self.lr_scale not in LR_SCALES:
+            raise ConfigError(
+                f"{_flag('lr_scale')}: must be one of {', '.join(LR_SCALES)}, got {self.lr_scale!r}"
+            )
+        for name in ("adamw_lr", "adamw_eps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{_flag(name)}: must be > 0, got {value}")
+        for name in ("adamw_beta1", "adamw_beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{_flag(name)}: must be in [0, 1), got {value}")
+
+
+def shape_scale(mode: str, rows: int, cols: int) -> float:
+    """The LR multiplier of a ``rows x cols`` matrix under ``--muon-lr-scale mode``."""
+    if mode == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if mode == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"unknown muon lr scale {mode!r}; known: {LR_SCALES}")
+
+
+def orthogonalize(
+    m: torch.Tensor, *, steps: int, eps: float = NS_EPS, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Approximately ``U V^T`` of ``m = U S V^T`` by quintic Newton-Schulz iterations.
+
+    Args:
+        m: A 2-D tensor.
+        steps: Number of iterations.
+        eps: Added to the Frobenius norm before normalising.
+        dtype: Compute dtype; default bf16 on CUDA, fp32 elsewhere.
+
+    Returns:
+        The orthogonalized matrix, in ``dtype``, with the shape of ``m``.
+    """
+    import torch
+
+    if m.ndim != 2:
+        raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(m.shape)}")
+    if dtype is None:
+        dtype = torch.bfloat16 if m.is_cuda else torch.float32
+    a, b, c = NS_COEFFICIENTS
+    x = m.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    # Frobenius norm >= spectral norm, so the singular values start in [0, 1].
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x.T if tall else x
+
+
+@functools.cache
+def _muon_class() -> type:
+    import torch
+
+    class Muon(torch.optim.Optimizer):
+        """Muon for ``rule="matrix"`` groups and AdamW for ``rule="adamw"`` groups.
+
+        Args:
+            params: Param groups; each carries ``rule`` (``matrix`` default) and may override
+                any default below.
+            lr: LR of the matrix groups (the AdamW groups take theirs from their group dict).
+            weight_decay: Decoupled weight decay, ``p *= 1 - lr * wd``.
+            momentum: Muon momentum beta.
+            nesterov: Nesterov momentum.
+            ns_steps: Newton-Schulz iterations.
+            shape_scale: ``original`` or ``match_rms_adamw``.
+            betas: AdamW betas of the side groups.
+            eps: AdamW epsilon of the side groups.
+            ns_dtype: Newton-Schulz compute dtype; None: bf16 on CUDA, fp32 elsewhere.
+        """
+
+        def __init__(
+            self,
+            params: Any,
+            *,
+            lr: float,
+            weight_decay: float = 0.0,
+            momentum: float = 0.95,
+            nesterov: bool = True,
+            ns_steps: int = 5,
+            shape_scale: str = "original",
+            betas: tuple[float, float] = (0.9, 0.999),
+            eps: float = 1e-8,
+            ns_dtype: torch.dtype | None = None,
+        ):
+            if shape_scale not in LR_SCALES:
+                raise ValueError(f"unknown muon lr scale {shape_scale!r}; known: {LR_SCALES}")
+            defaults = {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "rule": "matrix",
+                "momentum": momentum,
+                "nesterov": nesterov,
+                "ns_steps": ns_steps,
+                "shape_scale": shape_scale,
+                "betas": betas,
+                "eps": eps,
+            }
+            super().__init__(params, defaults)
+            self.ns_dtype = ns_dtype
+            for group in self.param_groups:
+                if group["rule"] not in ("matrix", "adamw"):
+                    raise ValueError(f"muon group rule must be matrix or adamw: {group['rule']!r}")
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                if group["rule"] == "matrix":
+                    self._matrix_step(group)
+                else:
+                    self._adamw_step(group)
+            return loss
+
+        def _matrix_step(self, group: dict[str, Any]) -> None:
+            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.ndim != 2:
+                    raise RuntimeError(
+                        f"muon: matrix group {group.get('name', '?')!r} holds a tensor of shape "
+                        f"{tuple(p.shape)}, not a 2-D matrix; DeepSpeed flattens parameters "
+                        "under ZeRO >= 1 and in its bf16 optimizer (--bf16 with pipeline "
+                        "parallelism); muon needs whole matrices: use --zero-stage 0, and fp32 "
+                        "when --pipeline-model-parallel-size > 1"
+                    )
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                buf = state["momentum_buffer"]
+                buf.lerp_(grad, 1.0 - beta)
+                direction = grad.lerp(buf, beta) if group["nesterov"] else buf
+                update = orthogonalize(direction, steps=group["ns_steps"], dtype=self.ns_dtype)
+                scale = shape_scale(group["shape_scale"], p.size(0), p.size(1))
+                p.mul_(1.0 - lr * wd)
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+
+        def _adamw_step(self, group: dict[str, Any]) -> None:
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                p.mul_(1.0 - lr * wd)
+                exp_avg.lerp_(grad, 1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                step_size = lr / (1.0 - beta1**t)
+                denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+
+    Muon.__module__ = __name__
+    Muon.__qualname__ = "Muon"
+    return Muon
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Muon":
+        return _muon_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _check_whole_matrices() -> None:
+    # Tensor parallelism shards the hidden matrices: Muon on a shard is not Muon on the matrix.
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        if tp > 1:
+            raise ConfigError(
+                f"--optimizer: muon needs whole matrices, but --tensor-model-parallel-size {tp} "
+                "shards them; use --tensor-model-parallel-size 1 or an element-wise optimizer "
+                "such as adamw"
+            )
+
+
+@register_optimizer("muon", options=MuonOptions, param_policy="matrix", max_zero_stage=0)
+def build_muon(
+    param_groups: list[ParamGroup], cfg: OptimConfig, options: MuonOptions | None
+) -> torch.optim.Optimizer:
+    """Muon on the 2-D hidden matrices, AdamW (own lr/betas/eps) on the rest."""
+    opts = options or MuonOptions()
+    _check_whole_matrices()
+    adamw_lr = cfg.lr if opts.adamw_lr is None else opts.adamw_lr
+    betas = (
+        cfg.adam_beta1 if opts.adamw_beta1 is None else opts.adamw_beta1,
+        cfg.adam_beta2 if opts.adamw_beta2 is None else opts.adamw_beta2,
+    )
+    eps = cfg.adam_eps if opts.adamw_eps is None else opts.adamw_eps
+    groups = []
+    for g in param_groups:
+        if g.rule == "matrix":
+            groups.append(g.as_torch_group(rule="matrix"))
+        elif g.rule == "adamw":
+            # The scheduler sets lr = --lr * lr_scale * multiplier on every group.
+            groups.append(
+                g.as_torch_group(
+                    rule="adamw", lr=adamw_lr, lr_scale=adamw_lr / cfg.lr, betas=betas, eps=eps
+                )
+            )
+        else:
+            raise ValueError(f"muon takes matrix/adamw groups, got {g.name!r} (rule {g.rule!r})")
+    return _muon_class()(
+        groups,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=opts.momentum,
+        nesterov=opts.nesterov,
+        ns_steps=opts.ns_steps,
+        shape_scale=opts.lr_scale,
+    )

@@ -1,0 +1,282 @@
+"""dshampoo: block-diagonal Shampoo for 2-D hidden matrices, AdamW for everything else.
+
+Matrix update (group rule ``matrix``), per parameter ``W`` with gradient ``G`` at step ``t``:
+
+1. ``W`` is cut into blocks of at most ``max_preconditioner_dim`` rows and columns: full blocks
+   first, the remainder last (a 10x6 matrix with max dim 4 gives rows 4, 4, 2 and columns 4, 2,
+   i.e. 6 blocks, numbered row-major).
+2. Per block ``b``: ``L_b += G_b G_bᵀ`` and ``R_b += G_bᵀ G_b`` (with ``beta2 < 1`` an EMA
+   ``L_b = beta2 L_b + (1 - beta2) G_b G_bᵀ`` instead).
+3. When ``t >= start_preconditioning_step`` and ``(t - start) % precondition_frequency == 0``, the
+   inverse 4th roots ``(L_b + eps I)^(-1/4)`` and ``(R_b + eps I)^(-1/4)`` are recomputed by a
+   symmetric eigendecomposition in float64, with ``eps = epsilon * max eigenvalue`` (relative; an
+   all-zero statistic uses ``epsilon`` itself). Eigenvalues below ``eps`` (round-off) are clamped.
+4. Grafting direction ``D``: ``adam`` = ``G / (sqrt(v / (1 - adam_beta2^t)) + adam_eps)`` with
+   ``v = adam_beta2 v + (1 - adam_beta2) G²`` (no first moment: momentum comes in step 6);
+   ``sgd`` = ``G``; ``none`` = ``G`` before the start step and no rescaling after it.
+5. Direction: before the start step ``D``; from it on, per block
+   ``P_b = L_b^(-1/4) G_b R_b^(-1/4)`` rescaled to the Frobenius norm of ``D_b`` (unless ``none``).
+6. Momentum (EMA form, keeps the Adam-like scale): ``m = momentum m + (1 - momentum) direction``;
+   decoupled weight decay ``W *= 1 - lr wd``; ``W -= lr m``. ``momentum = 0`` applies the
+   direction directly.
+
+Side groups (rule ``adamw``: embeddings, head, norms, biases): AdamW with ``--adam-beta1/2`` and
+``--adam-eps``, torch's formula.
+
+State lives in ``optimizer.state[param]`` as tensors plus the int ``step``: per block ``L_<b>``,
+``R_<b>``, ``L_inv_<b>``, ``R_inv_<b>``, plus ``momentum_buffer`` and ``exp_avg_sq``; so
+``state_dict()``/``load_state_dict()`` (and DeepSpeed checkpoints) restore it exactly. Tensors are
+kept in the parameter's dtype because ``load_state_dict`` casts floating state to it.
+
+Per-matrix: under ZeRO (or DeepSpeed's bf16/fp16 wrappers) the optimizer would see flat 1-D
+shards, so the spec caps it at ZeRO-0 and ``step`` refuses a non-2-D matrix-group tensor.
+This module is torch-free at import; the optimizer class is built on first use
+(``shampoo_class()``, or ``megatron.optimizer.shampoo.DShampoo``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from megatron.config.fields import SECTION, ConfigError
+from megatron.optimizer.registry import register_optimizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from megatron.config.optim import OptimConfig
+    from megatron.optimizer.param_groups import ParamGroup
+
+
+@dataclass(**SECTION)
+class DShampooOptions:
+    """Options of ``--optimizer dshampoo`` (flags ``--dshampoo-<field>``)."""
+
+    max_preconditioner_dim: int = 1024
+    """Largest side of a Shampoo block; bigger matrices are split into blocks of at most this."""
+    precondition_frequency: int = 20
+    """Recompute the inverse 4th roots of the block statistics every this many steps."""
+    start_preconditioning_step: int = 20
+    """First step that uses the Shampoo direction; before it the grafting direction is applied."""
+    epsilon: float = 1e-12
+    """Damping of L and R before the inverse root, relative to their largest eigenvalue."""
+    beta2: float = 1.0
+    """EMA factor of the L/R statistics; 1.0 sums them (classic Shampoo)."""
+    momentum: float = 0.9
+    """EMA momentum on the grafted direction (m = momentum m + (1 - momentum) d); 0 disables."""
+    grafting: Literal["adam", "sgd", "none"] = "adam"
+    """Per-block norm of the step: Adam (RMSProp with --adam-beta2/--adam-eps), SGD, or none."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_preconditioner_dim",
+            "precondition_frequency",
+            "start_preconditioning_step",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--dshampoo-{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
+                )
+        if not self.epsilon > 0:
+            raise ConfigError(f"--dshampoo-epsilon: must be > 0, got {self.epsilon}")
+        if not 0.0 < self.beta2 <= 1.0:
+            raise ConfigError(f"--dshampoo-beta2: must be in (0, 1], got {self.beta2}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--dshampoo-momentum: must be in [0, 1), got {self.momentum}")
+
+
+def block_slices(shape: tuple[int, int], max_dim: int) -> list[tuple[slice, slice]]:
+    """Row-major blocks of a ``shape`` matrix, each side at most ``max_dim`` (remainder last)."""
+    rows, cols = shape
+    row_cuts = [slice(i, min(i + max_dim, rows)) for i in range(0, rows, max_dim)]
+    col_cuts = [slice(j, min(j + max_dim, cols)) for j in range(0, cols, max_dim)]
+    return [(r, c) for r in row_cuts for c in col_cuts]
+
+
+def inverse_fourth_root(stat: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``(stat + eps I)^(-1/4)`` of a symmetric PSD matrix, eps = epsilon * max eigenvalue.
+
+    Computed in float64 by ``torch.linalg.eigh``; returned in ``stat``'s dtype.
+    """
+    import torch
+
+    sym = stat.to(torch.float64)
+    sym = (sym + sym.T) / 2
+    eigvals, eigvecs = torch.linalg.eigh(sym)
+    top = eigvals.max()
+    # Tensor ops, not Python branches: no device sync per block on GPU.
+    eps = torch.where(top > 0, epsilon * top, torch.full_like(top, epsilon))
+    roots = (eigvals.clamp(min=0.0) + eps).pow(-0.25)
+    return ((eigvecs * roots) @ eigvecs.T).to(stat.dtype)
+
+
+@functools.cache
+def shampoo_class() -> type:
+    """The ``torch.optim.Optimizer`` subclass, built on first call (the module stays torch-free)."""
+    import torch
+
+    class DShampoo(torch.optim.Optimizer):
+        """Block-diagonal Shampoo (group ``rule="matrix"``) plus AdamW (``rule="adamw"``).
+
+        Args:
+            params: Param groups; each has ``rule`` ``matrix`` or ``adamw`` (default ``matrix``).
+            lr: Learning rate.
+            betas: Adam betas (AdamW side groups; beta2 also for Adam grafting).
+            eps: Adam epsilon (side groups and Adam grafting).
+            weight_decay: Decoupled weight decay.
+            options: ``DShampooOptions``; None takes the defaults.
+        """
+
+        def __init__(
+            self,
+            params: Any,
+            *,
+            lr: float = 1e-3,
+            betas: tuple[float, float] = (0.9, 0.999),
+            eps: float = 1e-8,
+            weight_decay: float = 0.0,
+            options: DShampooOptions | None = None,
+        ):
+            opts = options or DShampooOptions()
+            defaults = {
+                "rule": "matrix",
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "max_preconditioner_dim": opts.max_preconditioner_dim,
+                "precondition_frequency": opts.precondition_frequency,
+                "start_preconditioning_step": opts.start_preconditioning_step,
+                "epsilon": opts.epsilon,
+                "beta2": opts.beta2,
+                "momentum": opts.momentum,
+                "grafting": opts.grafting,
+            }
+            super().__init__(params, defaults)
+            for group in self.param_groups:
+                if group["rule"] not in ("matrix", "adamw"):
+                    raise ValueError(f"dshampoo: unknown group rule {group['rule']!r}")
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if group["rule"] == "adamw":
+                        self._adamw(p, group)
+                    else:
+                        self._shampoo(p, group)
+            return loss
+
+        def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            beta1, beta2 = group["betas"]
+            state["step"] += 1
+            t = state["step"]
+            g = p.grad
+            state["exp_avg"].lerp_(g, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5).add_(group["eps"])
+            p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+
+        def _shampoo(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+            if p.ndim != 2:
+                raise RuntimeError(
+                    f"dshampoo: a matrix-group tensor has shape {tuple(p.shape)}; Shampoo needs "
+                    "whole 2-D matrices (ZeRO and DeepSpeed's bf16/fp16 wrappers may hand the "
+                    "optimizer flat 1-D shards); use --zero-stage 0 or another optimizer"
+                )
+            blocks = block_slices(tuple(p.shape), group["max_preconditioner_dim"])
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["momentum_buffer"] = torch.zeros_like(p)
+                if group["grafting"] == "adam":
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                for b, (rows, cols) in enumerate(blocks):
+                    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+                    for key, n in (("L", n_rows), ("R", n_cols)):
+                        state[f"{key}_{b}"] = p.new_zeros(n, n)
+                        state[f"{key}_inv_{b}"] = torch.eye(n, dtype=p.dtype, device=p.device)
+            state["step"] += 1
+            t = state["step"]
+            g = p.grad
+            beta2 = group["beta2"]
+            start = group["start_preconditioning_step"]
+            precondition = t >= start
+            refresh = precondition and (t - start) % group["precondition_frequency"] == 0
+
+            if group["grafting"] == "adam":
+                adam_beta2 = group["betas"][1]
+                state["exp_avg_sq"].mul_(adam_beta2).addcmul_(g, g, value=1 - adam_beta2)
+                denom = (state["exp_avg_sq"] / (1 - adam_beta2**t)).sqrt_().add_(group["eps"])
+                graft = g / denom
+            else:
+                graft = g
+
+            direction = graft.clone() if precondition else graft
+            for b, (rows, cols) in enumerate(blocks):
+                g_b = g[rows, cols]
+                left, right = state[f"L_{b}"], state[f"R_{b}"]
+                if beta2 == 1.0:
+                    left.addmm_(g_b, g_b.T)
+                    right.addmm_(g_b.T, g_b)
+                else:
+                    left.mul_(beta2).addmm_(g_b, g_b.T, alpha=1 - beta2)
+                    right.mul_(beta2).addmm_(g_b.T, g_b, alpha=1 - beta2)
+                if refresh:
+                    state[f"L_inv_{b}"].copy_(inverse_fourth_root(left, group["epsilon"]))
+                    state[f"R_inv_{b}"].copy_(inverse_fourth_root(right, group["epsilon"]))
+                if precondition:
+                    pre = state[f"L_inv_{b}"] @ g_b @ state[f"R_inv_{b}"]
+                    if group["grafting"] != "none":
+                        # A zero block stays zero (clamp avoids 0/0 without a device sync).
+                        pre = pre * (graft[rows, cols].norm() / pre.norm().clamp(min=1e-30))
+                    direction[rows, cols] = pre
+
+            buf = state["momentum_buffer"]
+            momentum = group["momentum"]
+            if momentum > 0:
+                buf.mul_(momentum).add_(direction, alpha=1 - momentum)
+            else:
+                buf.copy_(direction)
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(buf, alpha=-group["lr"])
+
+    return DShampoo
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DShampoo":
+        return shampoo_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register_optimizer("dshampoo", options=DShampooOptions, param_policy="matrix", max_zero_stage=0)
+def build_dshampoo(
+    param_groups: list[ParamGroup], cfg: OptimConfig, options: DShampooOptions | None
+) -> torch.optim.Optimizer:
+    """Block-diagonal Shampoo on 2-D hidden matrices, AdamW on the side groups (ZeRO-0 only)."""
+    groups = [
+        g.as_torch_group(rule="matrix" if g.rule == "matrix" else "adamw") for g in param_groups
+    ]
+    return shampoo_class()(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+        options=options,
+    )
