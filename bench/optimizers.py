@@ -58,7 +58,7 @@ def step_cost(names: list[str], hidden: int, layers: int, steps: int) -> dict[st
         grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
         for name in names:
             spec = get_optimizer_spec(name)
-            cfg = resolve(parse_args([*flags, "--optimizer", name]).config, DistEnv()).config.optim
+            cfg = parse_args([*flags, "--optimizer", name]).config.optim
             groups = split_param_groups(model.named_parameters(), policy=spec.param_policy,
                                         weight_decay=cfg.weight_decay)
             opt = spec.build(groups, cfg, cfg.options.get(name))
