@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
+from megatron.optimizer.adamw_side import adamw_step_
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -228,26 +229,9 @@ def _muon_class() -> type:
                 p.add_(update.to(p.dtype), alpha=-lr * scale)
 
         def _adamw_step(self, group: dict[str, Any]) -> None:
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1.0 - lr * wd)
-                exp_avg.lerp_(grad, 1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                step_size = lr / (1.0 - beta1**t)
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
+                if p.grad is not None:
+                    adamw_step_(p, self.state[p], group)
 
     Muon.__module__ = __name__
     Muon.__qualname__ = "Muon"

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron.config.fields import SECTION, ConfigError
+from megatron.optimizer.adamw_side import adamw_step_
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -176,20 +177,7 @@ def shampoo_class() -> type:
             return loss
 
         def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            beta1, beta2 = group["betas"]
-            state["step"] += 1
-            t = state["step"]
-            g = p.grad
-            state["exp_avg"].lerp_(g, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5).add_(group["eps"])
-            p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+            adamw_step_(p, self.state[p], group)
 
         def _shampoo(self, p: torch.Tensor, group: dict[str, Any]) -> None:
             if p.ndim != 2:
