@@ -62,6 +62,8 @@ def step_cost(names: list[str], hidden: int, layers: int, steps: int) -> dict[st
             groups = split_param_groups(model.named_parameters(), policy=spec.param_policy,
                                         weight_decay=cfg.weight_decay)
             opt = spec.build(groups, cfg, cfg.options.get(name))
+            if spec.train_mode is not None:
+                spec.train_mode(opt)  # schedule-free steps in train mode
             times = []
             for k in range(steps + 2):
                 for p, g in zip(params, grads, strict=True):
