@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import random
+import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -113,10 +115,10 @@ def save_checkpoint(
     tag = checkpoint_tag(iteration)
     path = os.path.join(save_dir, tag)
     engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
-    if dist.get_rank() == 0:
-        _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
     dist.barrier()
     if dist.get_rank() == 0:
+        # Written once every rank's files are complete: its presence marks a complete checkpoint.
+        _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
         _write_atomic(os.path.join(save_dir, LATEST_FILE), tag)
         _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
     dist.barrier()
@@ -125,6 +127,35 @@ def save_checkpoint(
 
 
 PRE_COOLDOWN_FILE = "pre_cooldown_checkpoint.txt"
+_STEP_DIR = re.compile(r"global_step(\d+)")
+
+
+def prune_checkpoints(save_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` complete checkpoints (rank 0; after a save).
+
+    The checkpoint ``latest`` names and the pre-cooldown one are never deleted; neither is
+    anything that is not a ``global_step<N>`` directory (universal conversions, logs).
+
+    Returns:
+        The deleted directories.
+    """
+    if dist.get_rank() != 0:
+        return []
+    protected = {read_latest_tag(save_dir)}
+    pre = os.path.join(save_dir, PRE_COOLDOWN_FILE)
+    if os.path.isfile(pre):
+        with open(pre) as f:
+            protected.add(f.read().strip())
+    steps = sorted(
+        (int(m.group(1)), entry)
+        for entry in os.listdir(save_dir)
+        if (m := _STEP_DIR.fullmatch(entry)) and os.path.isfile(os.path.join(save_dir, entry, METADATA_FILE))
+    )
+    doomed = [entry for _, entry in steps[: max(0, len(steps) - keep)] if entry not in protected]
+    for entry in doomed:
+        shutil.rmtree(os.path.join(save_dir, entry), ignore_errors=True)
+        log.info("--keep-last-n-checkpoints %d: deleted %s", keep, os.path.join(save_dir, entry))
+    return doomed
 
 
 def mark_pre_cooldown(save_dir: str, iteration: int) -> None:

@@ -17,6 +17,10 @@ class CheckpointConfig:
     """Directory to resume from (its ``latest`` checkpoint)."""
     save_interval: int | None = None
     """Save every this many iterations (a final checkpoint is always written with --save)."""
+    keep_last_n_checkpoints: int | None = None
+    """Keep only the newest N checkpoints in --save (the pre-cooldown one is always kept)."""
+    universal_checkpoint: bool = False
+    """--load names a universal checkpoint (tools/convert_checkpoint.py): any TP/PP/DP, ZeRO stage."""
     finetune: bool = False
     """Load weights only: iteration, optimizer, scheduler and data position start fresh."""
     no_load_optim: bool = False
@@ -30,6 +34,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, "save_interval")
+        require_positive(self, "keep_last_n_checkpoints")
+        if self.universal_checkpoint and self.load is None:
+            raise ConfigError("--universal-checkpoint: needs --load (the converted checkpoint)")
         if self.save_interval is not None and self.save is None:
             raise ConfigError("--save-interval: needs --save (a directory to write to)")
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:

@@ -38,6 +38,24 @@ def build_mp_config(tp: int) -> ModelParallelConfig:
     )
 
 
+def _drop_empty_extra_state(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    if state_dict.get(prefix + "_extra_state", 0) is None:
+        del state_dict[prefix + "_extra_state"]
+
+
+def _default_extra_state(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    state_dict.setdefault(prefix + "_extra_state", None)
+
+
+def without_empty_extra_state(layer: nn.Module) -> nn.Module:
+    """megatron-core's TP layers save an ``_extra_state`` of None (a Transformer Engine hook):
+    keep it out of checkpoints (DeepSpeed's ``ds_to_universal`` reads every module entry as a
+    tensor) and accept its absence on load."""
+    layer.register_state_dict_post_hook(_drop_empty_extra_state)
+    layer.register_load_state_dict_pre_hook(_default_extra_state)
+    return layer
+
+
 def build_norm(spec: GPTSpec) -> nn.Module:
     """LayerNorm or RMSNorm over the hidden size."""
     if spec.normalization == "rmsnorm":
@@ -62,22 +80,26 @@ class SelfAttention(nn.Module):
         q_width = spec.num_attention_heads * spec.head_dim
         qkv_width = (spec.num_attention_heads + 2 * spec.num_key_value_heads) * spec.head_dim
         name = f"layers.{layer}.attention"
-        self.query_key_value = mtp.ColumnParallelLinear(
-            spec.hidden_size,
-            qkv_width,
-            config=config,
-            init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.query_key_value"),
-            bias=spec.bias,
-            gather_output=False,
+        self.query_key_value = without_empty_extra_state(
+            mtp.ColumnParallelLinear(
+                spec.hidden_size,
+                qkv_width,
+                config=config,
+                init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.query_key_value"),
+                bias=spec.bias,
+                gather_output=False,
+            )
         )
-        self.dense = mtp.RowParallelLinear(
-            q_width,
-            spec.hidden_size,
-            config=config,
-            init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense"),
-            bias=spec.bias,
-            input_is_parallel=True,
-            skip_bias_add=False,
+        self.dense = without_empty_extra_state(
+            mtp.RowParallelLinear(
+                q_width,
+                spec.hidden_size,
+                config=config,
+                init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense"),
+                bias=spec.bias,
+                input_is_parallel=True,
+                skip_bias_add=False,
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,23 +136,27 @@ class MLP(nn.Module):
         self.swiglu = spec.swiglu
         width = spec.ffn_hidden_size * (2 if spec.swiglu else 1)
         name = f"layers.{layer}.mlp"
-        self.dense_h_to_4h = mtp.ColumnParallelLinear(
-            spec.hidden_size,
-            width,
-            config=config,
-            init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.dense_h_to_4h"),
-            bias=spec.bias,
-            gather_output=False,
-            stride=2 if spec.swiglu else 1,
+        self.dense_h_to_4h = without_empty_extra_state(
+            mtp.ColumnParallelLinear(
+                spec.hidden_size,
+                width,
+                config=config,
+                init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.dense_h_to_4h"),
+                bias=spec.bias,
+                gather_output=False,
+                stride=2 if spec.swiglu else 1,
+            )
         )
-        self.dense_4h_to_h = mtp.RowParallelLinear(
-            spec.ffn_hidden_size,
-            spec.hidden_size,
-            config=config,
-            init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense_4h_to_h"),
-            bias=spec.bias,
-            input_is_parallel=True,
-            skip_bias_add=False,
+        self.dense_4h_to_h = without_empty_extra_state(
+            mtp.RowParallelLinear(
+                spec.ffn_hidden_size,
+                spec.hidden_size,
+                config=config,
+                init_method=normal_init(spec.output_init_std, spec.seed, f"{name}.dense_4h_to_h"),
+                bias=spec.bias,
+                input_is_parallel=True,
+                skip_bias_add=False,
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,14 +213,16 @@ class Embedding(nn.Module):
             )
         # A weightless column-parallel matmul: tied logits = hidden @ word_embeddings.T, with
         # megatron-core handling the TP gradient all-reduce of the input.
-        self.tied_head = mtp.ColumnParallelLinear(
-            spec.hidden_size,
-            spec.vocab_size,
-            config=config,
-            init_method=lambda w: w,
-            bias=False,
-            gather_output=False,
-            skip_weight_param_allocation=True,
+        self.tied_head = without_empty_extra_state(
+            mtp.ColumnParallelLinear(
+                spec.hidden_size,
+                spec.vocab_size,
+                config=config,
+                init_method=lambda w: w,
+                bias=False,
+                gather_output=False,
+                skip_weight_param_allocation=True,
+            )
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -225,13 +253,15 @@ class OutputLayer(nn.Module):
 
     def __init__(self, spec: GPTSpec, config: ModelParallelConfig):
         super().__init__()
-        self.output_layer = mtp.ColumnParallelLinear(
-            spec.hidden_size,
-            spec.vocab_size,
-            config=config,
-            init_method=normal_init(spec.init_method_std, spec.seed, "output_layer"),
-            bias=False,
-            gather_output=False,
+        self.output_layer = without_empty_extra_state(
+            mtp.ColumnParallelLinear(
+                spec.hidden_size,
+                spec.vocab_size,
+                config=config,
+                init_method=normal_init(spec.init_method_std, spec.seed, "output_layer"),
+                bias=False,
+                gather_output=False,
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ class OptimizerSpec:
         max_zero_stage: Highest ZeRO stage this optimizer is correct under.
         train_mode: Called before training steps (schedule-free switches to y), or None.
         eval_mode: Called before evaluation and saving (schedule-free switches to x), or None.
+        group_state_keys: Param-group entries that are optimizer state, not hyperparameters
+            (schedule-free's averaging counters); universal checkpoints carry them over.
     """
 
     name: str
@@ -46,6 +48,7 @@ class OptimizerSpec:
     max_zero_stage: int = 3
     train_mode: Callable[[Any], None] | None = None
     eval_mode: Callable[[Any], None] | None = None
+    group_state_keys: tuple[str, ...] = ()
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

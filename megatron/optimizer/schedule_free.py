@@ -111,6 +111,7 @@ def _eval(optimizer: Any) -> None:
     max_zero_stage=0,
     train_mode=_train,
     eval_mode=_eval,
+    group_state_keys=("k", "weight_sum", "lr_max"),
 )
 def build_schedulefree(
     param_groups: list[ParamGroup], cfg: OptimConfig, options: ScheduleFreeOptions | None

@@ -8,6 +8,7 @@ runs DeepSpeed's 1F1B schedule over the step's micro-batches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +64,19 @@ class TrainEngine:
         ctx: This rank's parallel placement.
     """
 
-    def __init__(self, plan: RunPlan, ctx: ParallelContext):
+    def __init__(
+        self,
+        plan: RunPlan,
+        ctx: ParallelContext,
+        before_initialize: Callable[[torch.nn.Module], None] | None = None,
+    ):
         cfg = plan.config
         self.plan = plan
         self.ctx = ctx
         self.pipeline = plan.pp > 1
         model = self._build_model()
+        if before_initialize is not None:
+            before_initialize(model)  # e.g. universal-checkpoint weights, before DeepSpeed copies them
         self.optimizer_spec: OptimizerSpec = get_optimizer_spec(cfg.optim.optimizer)
         groups = split_param_groups(
             model.named_parameters(),
@@ -80,6 +88,10 @@ class TrainEngine:
         self.optimizer = self.optimizer_spec.build(
             groups, cfg.optim, cfg.optim.options.get(cfg.optim.optimizer)
         )
+        names = {id(p): n for n, p in model.named_parameters()}
+        # What a converter needs to name the optimizer's tensors (saved with every checkpoint).
+        self.param_names = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
+        self.param_shapes = {n: list(p.shape) for n, p in model.named_parameters()}
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=self.optimizer,

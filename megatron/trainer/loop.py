@@ -5,19 +5,33 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
     load_engine_states,
     mark_pre_cooldown,
+    prune_checkpoints,
     read_latest_tag,
     read_metadata,
     rng_state,
     save_checkpoint,
     set_rng_state,
+)
+from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_universal_info
+from megatron.checkpointing.reader import CLIENT_KEY
+from megatron.checkpointing.universal import (
+    LATEST_UNIVERSAL_FILE,
+    UniversalCheckpoint,
+    client_info,
+    is_universal,
+    load_optimizer_states,
+    load_weights,
+    resolve_universal_dir,
 )
 from megatron.config.deepspeed import to_deepspeed_config
 from megatron.config.env import DistEnv
@@ -35,6 +49,8 @@ from megatron.trainer.metrics import Reporter
 from megatron.trainer.state import (
     TrainState,
     check_model_shape,
+    check_tokenizer,
+    check_topology,
     data_state,
     log_config_diff,
     restore_data_state,
@@ -89,7 +105,8 @@ class Trainer:
         self.streams: DataStreams = build_streams(
             plan, is_builder=ctx.env.rank == 0, barrier=_barrier
         )
-        self.engine = TrainEngine(plan, ctx)
+        self.universal = self._open_universal()
+        self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
         self.cooldown_start = cooldown_start(plan)
@@ -98,6 +115,20 @@ class Trainer:
         self.losses: list[float] = []
         self.valid_loss: float | None = None
         self.test_loss: float | None = None
+
+    def _open_universal(self) -> UniversalCheckpoint | None:
+        """``--universal-checkpoint``: open and check it before the model is built."""
+        ckpt = self.cfg.checkpoint
+        if not ckpt.universal_checkpoint:
+            return None
+        uc = UniversalCheckpoint(resolve_universal_dir(ckpt.load))
+        check_model_shape(self.plan, uc.metadata, uc.directory)
+        check_tokenizer(self.plan, uc.metadata, uc.directory)
+        return uc
+
+    def _universal_weights(self, module: torch.nn.Module) -> None:
+        if self.universal is not None:
+            load_weights(module, self.universal, self.plan.model, self.ctx.tp_rank, self.ctx.tp_size)
 
     def _reader(self, stream: object) -> BatchReader:
         return BatchReader(
@@ -188,20 +219,24 @@ class Trainer:
         if self.cfg.checkpoint.save is None:
             return
         started = time.perf_counter()
+        ckpt = self.cfg.checkpoint
         self.engine.eval_mode()
-        save_checkpoint(
-            self.engine.engine,
-            self.cfg.checkpoint.save,
-            state.iteration,
-            run_metadata(
-                self.plan, state, self.engine.scheduler.state_dict(),
-                data_state(self.streams.train.stream, state.consumed_samples),
-            ),
-            {"rng": rng_state()},
+        metadata = run_metadata(
+            self.plan, state, self.engine.scheduler.state_dict(),
+            data_state(self.streams.train.stream, state.consumed_samples),
         )
+        client = {
+            "rng": rng_state(),
+            "iteration": state.iteration,  # DeepSpeed's ds_to_universal reads these two
+            UNIVERSAL_CHECKPOINT_INFO: deepspeed_universal_info(self.plan.model),
+            CLIENT_KEY: client_info(self.engine, self.ctx, self.plan, metadata),
+        }
+        save_checkpoint(self.engine.engine, ckpt.save, state.iteration, metadata, client)
         self.engine.train_mode()
         if state.iteration == self.cooldown_start:
-            mark_pre_cooldown(self.cfg.checkpoint.save, state.iteration)
+            mark_pre_cooldown(ckpt.save, state.iteration)
+        if ckpt.keep_last_n_checkpoints:
+            prune_checkpoints(ckpt.save, ckpt.keep_last_n_checkpoints)
         self.reporter.exclude(time.perf_counter() - started)
 
     def finish(self, state: TrainState) -> None:
@@ -215,29 +250,36 @@ class Trainer:
         ckpt = self.cfg.checkpoint
         if ckpt.load is None:
             return TrainState()
-        tag = read_latest_tag(ckpt.load)
-        if tag is None:
-            log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
-            return TrainState()
-        metadata = read_metadata(ckpt.load, tag)
-        check_model_shape(self.plan, metadata, f"{ckpt.load}/{tag}")
-        log_config_diff(self.plan, metadata)
-        client = load_engine_states(
-            self.engine.engine,
-            ckpt.load,
-            tag,
-            weights_only=ckpt.finetune,
-            load_optimizer=not ckpt.no_load_optim,
-        )
+        if self.universal is not None:
+            metadata, client, where = self._restore_universal()
+        else:
+            tag = read_latest_tag(ckpt.load)
+            if tag is None:
+                if is_universal(ckpt.load) or os.path.isfile(os.path.join(ckpt.load, LATEST_UNIVERSAL_FILE)):
+                    raise ConfigError(f"--load: {ckpt.load} holds a universal checkpoint; add --universal-checkpoint")
+                log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
+                return TrainState()
+            where = f"{ckpt.load}/{tag}"
+            metadata = read_metadata(ckpt.load, tag)
+            check_model_shape(self.plan, metadata, where)
+            check_topology(self.plan, metadata, where)
+            check_tokenizer(self.plan, metadata, where)
+            log_config_diff(self.plan, metadata)
+            client = load_engine_states(
+                self.engine.engine,
+                ckpt.load,
+                tag,
+                weights_only=ckpt.finetune,
+                load_optimizer=not ckpt.no_load_optim,
+            )
         # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
         scheduler = self.engine.scheduler
         scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
         if ckpt.finetune:
             log.info(
-                "--finetune: loaded weights of %s/%s; iteration, optimizer, LR schedule and data "
+                "--finetune: loaded weights of %s; iteration, optimizer, LR schedule and data "
                 "position start from zero",
-                ckpt.load,
-                tag,
+                where,
             )
             self._log_next_lrs(0)
             return TrainState()
@@ -251,6 +293,21 @@ class Trainer:
         log.info("resumed at iteration %d", state.iteration)
         self._log_next_lrs(state.iteration)
         return state
+
+    def _restore_universal(self) -> tuple[dict, dict, str]:
+        """Optimizer states of a universal checkpoint (its weights went in before DeepSpeed)."""
+        uc, ckpt = self.universal, self.cfg.checkpoint
+        log_config_diff(self.plan, uc.metadata)
+        source = uc.metadata.get("universal", {})
+        log.info("universal checkpoint %s (saved at TP=%s PP=%s DP=%s ZeRO-%s) loaded at TP=%d PP=%d DP=%d "
+                 "ZeRO-%d; RNG states start from the seed (the rank layout changed)", uc.directory,
+                 source.get("tp"), source.get("pp"), source.get("dp"), source.get("zero_stage"),
+                 self.plan.tp, self.plan.pp, self.plan.dp, self.cfg.parallel.zero_stage)
+        if not (ckpt.finetune or ckpt.no_load_optim):
+            self.engine.eval_mode()  # the saved weights are the eval-mode ones (schedule-free x)
+            load_optimizer_states(self.engine, uc, self.engine.optimizer_spec.group_state_keys)
+            self.engine.train_mode()
+        return uc.metadata, {}, uc.directory
 
     def _log_next_lrs(self, iteration: int) -> None:
         """After any load: the LRs of the next steps, so a reset or kept schedule is visible."""

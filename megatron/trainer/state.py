@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import os
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +76,9 @@ def run_metadata(
     """The JSON metadata stored in every checkpoint."""
     return {
         "data": data,
+        "tokenizer": tokenizer_identity(plan),
+        "code_version": code_version(),
+        "zero_stage": plan.config.parallel.zero_stage,
         "metadata_version": METADATA_VERSION,
         "iteration": state.iteration,
         "consumed_samples": state.consumed_samples,
@@ -80,6 +87,85 @@ def run_metadata(
         "plan": plan.summary(),
         "model": {k: v for k, v in _model_fields(plan).items()},
     }
+
+
+@functools.cache
+def _file_sha256(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(plan: RunPlan) -> dict[str, Any]:
+    """The tokenizer type, its files and their SHA-256 (so a resumed run can tell a changed one)."""
+    d = plan.config.data
+    files = [f for f in (d.tokenizer_model, d.vocab_file, d.merge_file) if f]
+    return {"type": d.tokenizer_type, "files": files, "sha256": [_file_sha256(f) for f in files],
+            "vocab_size": plan.model.original_vocab_size}
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when it is a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"megatron-ds-cpt {_package_version()} ({commit})"
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("megatron-ds-cpt")
+    except Exception:  # noqa: BLE001  (not installed: a source checkout)
+        return "source"
+
+
+def check_tokenizer(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint trained with another tokenizer (same files compare by content).
+
+    Raises:
+        ConfigError: Type or file contents differ.
+    """
+    before, now = saved.get("tokenizer"), tokenizer_identity(plan)
+    if before is None or plan.config.data.mock_data:
+        return
+    if before["type"] != now["type"] or (
+        any(before["sha256"]) and any(now["sha256"]) and before["sha256"] != now["sha256"]
+    ):
+        raise ConfigError(
+            f"--tokenizer-type/--tokenizer-model: {where} was trained with tokenizer {before['type']} "
+            f"{before['files']} (sha256 {before['sha256']}); this run uses {now['type']} {now['files']}. "
+            "Token ids would mean other text: use the checkpoint's tokenizer"
+        )
+
+
+def check_topology(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
+    """Refuse a (non-universal) checkpoint of another parallel layout, naming both.
+
+    TP and PP must match; with ZeRO >= 1 so must DP and the stage (the optimizer is partitioned).
+    """
+    before = saved.get("plan", {})
+    if not before:
+        return
+    then = (before.get("tp"), before.get("pp"), before.get("dp"), saved.get("zero_stage", 0))
+    now = (plan.tp, plan.pp, plan.dp, plan.config.parallel.zero_stage)
+    zero = max(then[3] or 0, now[3])
+    if then[:2] != now[:2] or (zero > 0 and then != now):
+        raise ConfigError(
+            f"--load: {where} was saved at TP={then[0]} PP={then[1]} DP={then[2]} ZeRO-{then[3]}; this "
+            f"run is TP={now[0]} PP={now[1]} DP={now[2]} ZeRO-{now[3]}. Convert it once with "
+            f"python tools/convert_checkpoint.py --input {where}, then load with --universal-checkpoint"
+        )
 
 
 def _model_fields(plan: RunPlan) -> dict[str, Any]:
