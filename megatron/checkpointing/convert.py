@@ -106,7 +106,7 @@ def convert(
     Raises:
         CheckpointError: Unreadable or foreign source, existing output, failed verification.
     """
-    source = _step_dir(source)
+    source = step_dir(source)
     output = output or f"{source.rstrip('/')}_universal"
     if os.path.exists(output):
         raise CheckpointError(f"--output: {output} already exists; remove it or choose another directory")
@@ -200,7 +200,7 @@ def verify_universal(directory: str, ckpt: SavedCheckpoint) -> None:
                                           f"pipeline stage {slot.pp} in the source")
 
 
-def _step_dir(source: str) -> str:
+def step_dir(source: str) -> str:
     latest = os.path.join(source, "latest")
     if os.path.isfile(latest):
         with open(latest) as f:

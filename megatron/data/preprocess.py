@@ -198,9 +198,11 @@ def tokenize_to_indexed(
         # Timed from here: the first writer imports megatron.core (seconds), which is not work.
         started = last_report = time.perf_counter()
         if workers > 1:
-            pool = stack.enter_context(
-                multiprocessing.Pool(workers, _init_worker, (tokenizer_cfg,))
-            )
+            pool = multiprocessing.Pool(workers, _init_worker, (tokenizer_cfg,))
+            # On success the pool is closed and joined (below); terminate() only on an error:
+            # it kills workers that may hold the task queue's lock, and joining the others can
+            # then hang (CPython's Pool.terminate deadlock).
+            stack.callback(pool.terminate)
             # imap keeps input order, so the output is the same for any number of workers.
             results = pool.imap(_encode_chunk, tasks)
         else:
@@ -216,6 +218,9 @@ def tokenize_to_indexed(
             if now - last_report >= progress_every:
                 last_report = now
                 on_progress(PreprocessProgress(documents, tokens, now - started))
+        if workers > 1:
+            pool.close()
+            pool.join()
     seconds = time.perf_counter() - started
     on_progress(PreprocessProgress(documents, tokens, seconds, done=True))
     return PreprocessStats(

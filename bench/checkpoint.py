@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Checkpoint benchmark: save and load time, and universal conversion against DeepSpeed's tool.
+
+    DS_ACCELERATOR=cpu .venv/bin/python bench/checkpoint.py [--hidden 512 --layers 6 --vocab 32000]
+
+1. Trains one step of a GPT at ZeRO-1, DP=2 (2 gloo processes) and times our save and our load
+   (resume of the same layout) of that checkpoint.
+2. Converts the checkpoint to a universal one with DeepSpeed's ``ds_to_universal`` (the
+   baseline) and with ``tools/convert_checkpoint.py`` (ours, verification included and separately
+   timed), each in a fresh process with 1 worker, and prints time, peak resident memory of the
+   converter process and peak disk used under its output directory (temporaries included), with
+   ratios ours / DeepSpeed's. The two outputs are compared tensor for tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MEASURE = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+t = time.perf_counter()
+{body}
+print("RESULT", time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+DS_BODY = """
+sys.argv = ["ds_to_universal", "--input_folder", {src!r}, "--output_folder", {out!r},
+            "--num_extract_workers", "1", "--num_merge_workers", "1"]
+from deepspeed.checkpoint import ds_to_universal
+ds_to_universal.main(ds_to_universal.parse_arguments())
+"""
+OURS_BODY = """
+from megatron.checkpointing.convert import convert
+r = convert({src!r}, {out!r}, workers=1, verify=True)
+print("VERIFY", r.verify_seconds)
+"""
+
+
+def _flags(args: argparse.Namespace, save: str) -> list[str]:
+    return ["--num-layers", str(args.layers), "--hidden-size", str(args.hidden), "--num-attention-heads", "8",
+            "--seq-length", "128", "--micro-batch-size", "1", "--mock-data", "--vocab-size", str(args.vocab),
+            "--swiglu", "--normalization", "rmsnorm", "--zero-stage", "1", "--train-iters", "2",
+            "--eval-iters", "0", "--log-interval", "1", "--save", save, "--load", save]
+
+
+def _save_and_load(env, flags: list[str]) -> tuple[float, float]:  # noqa: ANN001
+    from megatron.config import parse_args, resolve
+    from megatron.dist import destroy_distributed, init_distributed
+    from megatron.trainer.loop import Trainer
+    from megatron.trainer.state import TrainState
+
+    plan = resolve(parse_args(flags).config, env)
+    ctx = init_distributed(plan, env)
+    try:
+        trainer = Trainer(plan, ctx)
+        state = TrainState()
+        trainer.train_step(state)
+        t0 = time.perf_counter()
+        trainer.save(state)
+        save_s = time.perf_counter() - t0
+        trainer.reporter.close()
+        trainer.stop.close()
+        again = Trainer(plan, ctx)
+        t0 = time.perf_counter()
+        again.restore()
+        load_s = time.perf_counter() - t0
+        again.reporter.close()
+        again.stop.close()
+        return save_s, load_s
+    finally:
+        destroy_distributed()
+
+
+def _du(path: str) -> int:
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(d, f))
+            except OSError:
+                pass
+    return total
+
+
+def _measure(body: str, watch: str) -> tuple[float, int, int, str]:
+    """Run ``body`` in a fresh interpreter; (seconds, peak RSS, peak bytes under ``watch``, stdout)."""
+    peak = [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _du(watch))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    proc = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, body=body)], capture_output=True,
+                          text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, check=False)
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"converter failed:\n{proc.stderr[-3000:]}")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    _, seconds, rss = line.split()
+    return float(seconds), int(rss), peak[0], proc.stdout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=32000)
+    args = p.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import logging
+
+    from tests.helpers import run_distributed
+
+    work = tempfile.mkdtemp(prefix="bench_ckpt_")
+    try:
+        save = os.path.join(work, "ckpt")
+        logging.disable(logging.INFO)
+        save_s, load_s = run_distributed(_save_and_load, _flags(args, save), timeout_s=900)[0]
+        step = os.path.join(save, "global_step1")
+        size = _du(step)
+        print(f"model: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; checkpoint "
+              f"(ZeRO-1, DP=2, weights + Adam) {size / 2**20:.1f} MiB")
+        print(f"save {save_s:.2f}s ({size / 2**20 / save_s:.0f} MiB/s), load {load_s:.2f}s")
+        ds_out, our_out = os.path.join(work, "ds_universal"), os.path.join(work, "our_universal")
+        ds = _measure(DS_BODY.format(src=step, out=ds_out), ds_out)
+        ours = _measure(OURS_BODY.format(src=step, out=our_out), work)
+        verify_s = float(next(x for x in ours[3].splitlines() if x.startswith("VERIFY")).split()[1])
+        ours_disk = ours[2] - _du(save) - _du(ds_out)  # the watch covered the whole work dir
+        print(f"{'converter':<34} {'seconds':>8} {'peak RSS MiB':>13} {'peak disk MiB':>14}")
+        print(f"{'ds_to_universal (baseline)':<34} {ds[0]:>8.2f} {ds[1] / 2**20:>13.0f} {ds[2] / 2**20:>14.1f}")
+        print(f"{'ours (incl. verification)':<34} {ours[0]:>8.2f} {ours[1] / 2**20:>13.0f} {ours_disk / 2**20:>14.1f}")
+        print(f"ratio ours/baseline: time {ours[0] / ds[0]:.2f} (without the {verify_s:.2f}s verification "
+              f"{(ours[0] - verify_s) / ds[0]:.2f}), peak RSS {ours[1] / ds[1]:.2f}, peak disk "
+              f"{ours_disk / ds[2]:.2f}")
+        from megatron.checkpointing.universal import UniversalCheckpoint
+
+        a, b = UniversalCheckpoint(our_out), UniversalCheckpoint(ds_out)
+        import torch
+
+        same = all(torch.equal(a.full(n, k), b.full(n, k)) for n in a.dirs for k in ("fp32", "exp_avg", "exp_avg_sq"))
+        print(f"outputs identical: {same} ({len(a.dirs)} parameters)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

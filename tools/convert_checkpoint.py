@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Convert a checkpoint to a universal checkpoint, loadable at any TP/PP/DP and ZeRO stage.
+
+    python tools/convert_checkpoint.py --input SAVE                    # SAVE's latest checkpoint
+    python tools/convert_checkpoint.py --input SAVE/global_step1000 --workers 8
+    bash train_alcf.sh --load SAVE --universal-checkpoint [--finetune]  # then, at any layout
+
+Writes ``SAVE/global_stepN_universal/`` (DeepSpeed's universal layout: ``zero/<param>/fp32.pt``,
+``exp_avg.pt``, ...) and points ``SAVE/latest_universal`` at it. One pass over the source, read
+memory-mapped: the only disk used is the output (written under a temporary name, renamed when
+complete, removed if the conversion fails). A verification pass (``--no-verify`` skips it)
+re-splits every tensor for every source TP rank and compares it bit for bit with the source.
+DeepSpeed's own ``ds_to_universal`` also works on our checkpoints (ZeRO >= 1); this tool adds
+ZeRO-0, progress, workers, bounded disk and the verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
+from megatron.checkpointing.convert import convert  # noqa: E402
+
+PROG = "convert_checkpoint.py"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="SAVE directory (its latest) or SAVE/global_stepN")
+    p.add_argument("--output", default=None, help="target directory (default: <step dir>_universal)")
+    p.add_argument("--workers", type=int, default=1, help="parallel reader/writer processes (default 1)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification pass")
+    return p.parse_args(argv)
+
+
+def _progress(started: float):  # noqa: ANN202
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        print(f"\r{PROG}: {done}/{total} parameters, {elapsed:.1f}s", end="", file=sys.stderr, flush=True)
+        if done == total:
+            print(file=sys.stderr)
+
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers < 1:
+        print(f"{PROG}: error: --workers: must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(args.input):
+        print(f"{PROG}: error: --input: {args.input} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        report = convert(args.input, args.output, workers=args.workers, verify=not args.no_verify,
+                         progress=_progress(time.perf_counter()))
+    except CheckpointError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    verified = f", verified in {report.verify_seconds:.1f}s" if not args.no_verify else ""
+    print(f"{PROG}: wrote {report.output}: {report.parameters} parameters, states {list(report.states)}, "
+          f"{report.bytes_written / 2**20:.1f} MiB in {report.seconds:.1f}s{verified}", file=sys.stderr)
+    print(f"{PROG}: load it with --load {report.output} --universal-checkpoint",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
