@@ -109,6 +109,19 @@ env_to_flags() {
         fi
         FLAG_SOURCES+=("${name}=${!name} -> ${flag}")
     done
+    if [[ -n "${MODEL_ARCH:-}" ]]; then
+        local preset="${HELPERS_DIR}/presets/arch/${MODEL_ARCH}.yaml"
+        if [[ ! -f "${preset}" ]]; then
+            local known=() file
+            for file in "${HELPERS_DIR}"/presets/arch/*.yaml; do
+                file="${file##*/}"
+                known+=("${file%.yaml}")
+            done
+            _die "MODEL_ARCH=${MODEL_ARCH}: unknown preset; known: ${known[*]} (files in ALCF/presets/arch/)"
+        fi
+        FLAGS+=(--config "${preset}")
+        FLAG_SOURCES+=("MODEL_ARCH=${MODEL_ARCH} -> --config ${preset}")
+    fi
     if [[ -n "${DTYPE:-}" ]]; then
         case "${DTYPE}" in
             bf16) FLAGS+=(--bf16) ;;

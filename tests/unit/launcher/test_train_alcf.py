@@ -95,3 +95,17 @@ def test_fake_slurm_job_launches_srun(repo_root, tmp_path, shakespeare_prefix):
     assert "topology: slurm, 4 node(s) x 2 rank(s) = world size 8, master nid0012:29500" in out.stdout
     assert "command: srun --nodes 4 --ntasks 8 --ntasks-per-node 2" in out.stdout
     assert plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]["world_size"] == 8
+
+
+def test_model_arch_presets_and_unknown_names(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", MODEL_ARCH="7B",
+                 NLAYERS="2", TRAIN_ITERS="10")
+    assert out.returncode == 0, out.stderr
+    assert "MODEL_ARCH=7B -> --config" in out.stdout
+    plan = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]
+    # The preset's shape, with the variable's layer count winning (it becomes a flag).
+    d, f, vocab = 4096, 11008, plan["padded_vocab_size"]
+    assert plan["num_parameters"] == 2 * (4 * d * d + 3 * d * f + 2 * d) + d + 2 * vocab * d
+    bad = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", MODEL_ARCH="1B")
+    assert bad.returncode == 2
+    assert "MODEL_ARCH=1B: unknown preset; known: 425M 7B" in bad.stderr
