@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -124,7 +125,7 @@ def convert(
         os.makedirs(zero)
         keys: set[str] = set()
         done = 0
-        chunks = _chunks(sorted(names, key=lambda n: -_numel(expected[n])), max(1, workers) * 4)
+        chunks = _chunks(sorted(names, key=lambda n: -math.prod(expected[n])), max(1, workers) * 4)
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 for chunk, seen in zip(chunks, pool.map(_write_params, [source] * len(chunks), [zero] * len(chunks), chunks), strict=True):
@@ -206,13 +207,6 @@ def step_dir(source: str) -> str:
         with open(latest) as f:
             return os.path.join(source, f.read().strip())
     return source
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _du(path: str) -> int:

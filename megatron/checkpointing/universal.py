@@ -169,6 +169,7 @@ def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_stat
         raise CheckpointError(f"--universal-checkpoint: {uc.directory} holds no optimizer states; "
                               "add --no-load-optim to start the optimizer fresh")
     flats = _master_partitions(engine.optimizer)
+    low_precision = flats is not None and (engine.bfloat16_enabled() or engine.fp16_enabled())
     if flats is not None:
         base = engine.optimizer.optimizer
         step = next(iter(steps.values()), None)
@@ -183,7 +184,8 @@ def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_stat
     optimizer = engine.optimizer if flats is None else engine.optimizer.optimizer
     for name, param in named:
         layout = tp_layout(name, spec)
-        if flats is not None:
+        if low_precision:
+            # The master copies were made from the bf16/fp16 module: give them the fp32 values.
             safe_set_full_fp32_param(param, split(uc.full(name, WEIGHT), layout, ctx.tp_rank, ctx.tp_size))
         for key in keys[name]:
             value = uc.full(name, key)
