@@ -23,7 +23,6 @@ Transformers is not needed to export, only to load the result.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from megatron.checkpointing.convert import step_dir
 from megatron.checkpointing.reader import WEIGHT, SavedCheckpoint
 from megatron.checkpointing.universal import UniversalCheckpoint, is_universal
 from megatron.config.fields import ConfigError
+from megatron.data.tokenizers import file_sha256
 from megatron.model.spec import GPTSpec
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,9 @@ def _hf_tokenizer_file(metadata: dict[str, Any]) -> str | None:
         log.warning("hf export: tokenizer %s is missing; no tokenizer.json exported", path)
         return None
     saved = (info.get("sha256") or [None])[0]
-    if saved is not None:
-        with open(path, "rb") as f:  # a tokenizer.json is small: a few MB at most
-            digest = hashlib.sha256(f.read()).hexdigest()
-        if digest != saved:
-            log.warning("hf export: %s changed since training; no tokenizer.json exported", path)
-            return None
+    if saved is not None and file_sha256(path) != saved:
+        log.warning("hf export: %s changed since training; no tokenizer.json exported", path)
+        return None
     return path
 
 

@@ -17,6 +17,7 @@ Registered names:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ EOD_TOKEN_NAMES: tuple[str, ...] = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_
 
 GPT2_EOD_TOKEN = "<|endoftext|>"
 """GPT-2's end-of-document token; ``tools/train_tokenizer.py`` gives BPE models the same."""
+
+
+def file_sha256(path: str) -> str | None:
+    """SHA-256 of a file's content (None when it does not exist): identifies tokenizer files."""
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Tokenizer(Protocol):

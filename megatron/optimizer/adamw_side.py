@@ -1,6 +1,7 @@
 """The AdamW update of the side groups of matrix optimizers (muon, dshampoo): embeddings, head,
 norms and biases. Same arithmetic, in the same order, as ``torch.optim.AdamW``'s single-tensor path,
-so a side group matches torch bit for bit. Torch-free at import time."""
+so a side group matches torch bit for bit; and the group-rule check both optimizers share.
+Torch-free at import time."""
 
 from __future__ import annotations
 
@@ -26,3 +27,14 @@ def adamw_step_(p: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
     denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
     p.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**t))
+
+
+def check_group_rules(optimizer: Any, name: str) -> None:
+    """Every param group of a matrix optimizer is ``matrix`` or ``adamw`` (the side group).
+
+    Raises:
+        ValueError: Naming the optimizer and the unknown rule.
+    """
+    for group in optimizer.param_groups:
+        if group["rule"] not in ("matrix", "adamw"):
+            raise ValueError(f"{name}: group rule must be 'matrix' or 'adamw', got {group['rule']!r}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
-from megatron.optimizer.adamw_side import adamw_step_
+from megatron.optimizer.adamw_side import adamw_step_, check_group_rules
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -184,9 +184,7 @@ def _muon_class() -> type:
             }
             super().__init__(params, defaults)
             self.ns_dtype = ns_dtype
-            for group in self.param_groups:
-                if group["rule"] not in ("matrix", "adamw"):
-                    raise ValueError(f"muon group rule must be matrix or adamw: {group['rule']!r}")
+            check_group_rules(self, "muon")
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> Any:

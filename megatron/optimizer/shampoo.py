@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron.config.fields import SECTION, ConfigError
-from megatron.optimizer.adamw_side import adamw_step_
+from megatron.optimizer.adamw_side import adamw_step_, check_group_rules
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -156,9 +156,7 @@ def shampoo_class() -> type:
                 "grafting": opts.grafting,
             }
             super().__init__(params, defaults)
-            for group in self.param_groups:
-                if group["rule"] not in ("matrix", "adamw"):
-                    raise ValueError(f"dshampoo: unknown group rule {group['rule']!r}")
+            check_group_rules(self, "dshampoo")
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> Any:

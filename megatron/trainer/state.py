@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
 from megatron.config.schema import config_values, iter_knobs
+from megatron.data.tokenizers import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +89,15 @@ def run_metadata(
     }
 
 
-@functools.cache
-def _file_sha256(path: str) -> str | None:
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# Hashed once per process: run_metadata is built at every save.
+_cached_sha256 = functools.cache(file_sha256)
 
 
 def tokenizer_identity(plan: RunPlan) -> dict[str, Any]:
     """The tokenizer type, its files and their SHA-256 (so a resumed run can tell a changed one)."""
     d = plan.config.data
     files = [f for f in (d.tokenizer_model, d.vocab_file, d.merge_file) if f]
-    return {"type": d.tokenizer_type, "files": files, "sha256": [_file_sha256(f) for f in files],
+    return {"type": d.tokenizer_type, "files": files, "sha256": [_cached_sha256(f) for f in files],
             "vocab_size": plan.model.original_vocab_size}
 
 
