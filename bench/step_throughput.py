@@ -115,7 +115,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
 
         def our_step(batch: Batch) -> None:
-            ours.train_step([batch])
+            ours.train_step([batch], iteration=0)
 
         gen = torch.Generator().manual_seed(0)
         shape = (plan.config.train.micro_batch_size, spec.seq_length + 1)

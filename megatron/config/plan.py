@@ -257,6 +257,12 @@ def _check_optimizer(cfg: Config) -> None:
             f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
             f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
         )
+    if not spec.pipeline and cfg.parallel.pipeline_model_parallel_size > 1:
+        raise ConfigError(
+            f"--optimizer: {spec.name} needs the dense model for its extra forward/backward, "
+            f"which --pipeline-model-parallel-size {cfg.parallel.pipeline_model_parallel_size} "
+            "splits into stages; use PP=1 (tensor or data parallelism) or another optimizer"
+        )
     if spec.train_mode is not None and (cfg.train.bf16 or cfg.train.fp16):
         # DeepSpeed's mixed-precision wrappers hand the optimizer fp32 copies, so the optimizer's
         # eval()/train() weight swap would never reach the model that evaluates and saves.

@@ -9,6 +9,7 @@ from megatron.optimizer import (
     muon,  # noqa: F401  (registers muon)
     pytorch_optimizer_family,  # noqa: F401  (lamb, lion, adopt, soap)
     schedule_free,  # noqa: F401  (registers schedulefree)
+    sophia,  # noqa: F401  (registers sophia)
     torch_optimizers,  # noqa: F401  (registers adamw, adam, sgd)
 )
 from megatron.optimizer.registry import OPTIMIZERS, get_optimizer_spec, register_optimizer

@@ -19,12 +19,8 @@ param_policy: all four are ``elementwise``. soap preconditions every tensor with
 unrotated) and its implementation updates 1-D tensors with plain Adam itself, so no AdamW side
 group is needed.
 
-sophia is not registered: ``SophiaH`` estimates the Hessian diagonal from a Hessian-vector
-product of ``p.grad``, which needs ``loss.backward(create_graph=True)`` (or a Hessian passed to
-``step``). DeepSpeed's ``engine.backward`` neither keeps the graph of the gradient nor can it
-through its gradient accumulation, all-reduce and clipping, and ``engine.step`` passes nothing
-to the client optimizer; SophiaG's Gauss-Newton estimator needs an extra forward/backward on
-sampled labels that our step does not have. Adding it means a Sophia-aware train step.
+sophia (Sophia-G) is ours, in sophia.py: pytorch-optimizer has only SophiaH, whose Hutchinson
+estimate needs ``loss.backward(create_graph=True)``, which DeepSpeed's ``engine.backward`` does not do.
 """
 
 from __future__ import annotations

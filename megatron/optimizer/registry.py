@@ -38,6 +38,9 @@ class OptimizerSpec:
         eval_mode: Called before evaluation and saving (schedule-free switches to x), or None.
         group_state_keys: Param-group entries that are optimizer state, not hyperparameters
             (schedule-free's averaging counters); universal checkpoints carry them over.
+        before_step: Called as ``before_step(train_engine, batches, iteration)`` before each
+            step's forward/backward (Sophia's Hessian estimate), or None.
+        pipeline: False when ``before_step`` needs the dense model (PP > 1 is refused).
     """
 
     name: str
@@ -49,6 +52,8 @@ class OptimizerSpec:
     train_mode: Callable[[Any], None] | None = None
     eval_mode: Callable[[Any], None] | None = None
     group_state_keys: tuple[str, ...] = ()
+    before_step: Callable[[Any, list, int], None] | None = None
+    pipeline: bool = True
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

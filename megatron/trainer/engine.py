@@ -152,11 +152,16 @@ class TrainEngine:
             meter.add(token_losses, batch.loss_mask, batch.dataset_ids)
         return masked_mean(token_losses, batch.loss_mask)
 
-    def train_step(self, batches: list[Batch], meter: CorpusLoss | None = None) -> StepResult:
+    def train_step(
+        self, batches: list[Batch], meter: CorpusLoss | None = None, *, iteration: int
+    ) -> StepResult:
         """Forward/backward over the step's micro-batches and one optimizer update.
 
-        ``meter`` (optional) receives the per-token losses by dataset.
+        ``meter`` (optional) receives the per-token losses by dataset; ``iteration`` is the
+        number of steps done before this one (optimizers with a ``before_step`` hook use it).
         """
+        if self.optimizer_spec.before_step is not None:
+            self.optimizer_spec.before_step(self, batches, iteration)
         skipped_before = self.engine.skipped_steps
         if self.pipeline:
             self._set_pipeline_meter(meter)

@@ -181,7 +181,9 @@ class Trainer:
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
         result = self.engine.train_step(
-            self.train_reader.step_batches(state.consumed_samples), self.train_meter
+            self.train_reader.step_batches(state.consumed_samples),
+            self.train_meter,
+            iteration=state.iteration,
         )
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size

@@ -61,13 +61,15 @@ def test_checkpoint_without_metadata_is_refused(tmp_path):
         run("--train-iters", "4", "--load", save)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lion", "muon", "dshampoo", "schedulefree"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lion", "muon", "dshampoo", "schedulefree", "sophia"])
 def test_universal_round_trip_continues_every_optimizer(tmp_path, optimizer):
     flags = ["--optimizer", optimizer, "--train-iters", "5", "--hidden-size", "32"]
     if optimizer == "schedulefree":
         flags += ["--lr-decay-style", "constant"]
     if optimizer == "dshampoo":
         flags += ["--dshampoo-start-preconditioning-step", "1", "--dshampoo-precondition-frequency", "1"]
+    if optimizer == "sophia":
+        flags += ["--sophia-hessian-interval", "2"]
     save = str(tmp_path / "ckpt")
     full = run(*flags)
     run(*flags, "--save", save, "--exit-interval", "3")
