@@ -3,7 +3,10 @@
 1. Step cost: seconds of ``optimizer.step()`` per parameter, as a ratio to AdamW's, on the same
    GPT (hidden 512 by default) with the same random gradients.
 2. State: optimizer-state bytes per parameter after a few steps.
-3. Quality: validation loss after a fixed number of steps on the bundled Shakespeare corpus
+3. Whole training step: forward + backward + optimizer (+ Sophia's Hessian pass, amortized
+   over its interval) per step at a stated tokens/step, as a ratio to AdamW's. Muon's
+   Newton-Schulz cost does not depend on the batch, so this ratio falls as tokens/step grow.
+4. Quality: validation loss after a fixed number of steps on the bundled Shakespeare corpus
    (each optimizer at its own LR, same data, model and schedule shape).
 
     .venv/bin/python bench/optimizers.py                       # every registered optimizer
@@ -38,9 +41,9 @@ QUALITY_LR = {"adamw": 2e-3, "adam": 2e-3, "muon": 2e-2, "schedulefree": 2e-3, "
 CONSTANT_LR = {"schedulefree"}
 
 
-def model_flags(hidden: int, layers: int, micro_batch: int = 4) -> list[str]:
+def model_flags(hidden: int, layers: int, micro_batch: int = 4, seq: int = 128) -> list[str]:
     return ["--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", "8",
-            "--seq-length", "128", "--micro-batch-size", str(micro_batch), "--normalization", "rmsnorm",
+            "--seq-length", str(seq), "--micro-batch-size", str(micro_batch), "--normalization", "rmsnorm",
             "--swiglu", "--disable-bias-linear", "--tokenizer-type", "byte"]
 
 
@@ -80,6 +83,41 @@ def step_cost(names: list[str], hidden: int, layers: int, steps: int) -> dict[st
     return out
 
 
+def train_step_cost(names: list[str], hidden: int, layers: int, seq: int, micro_batch: int,
+                    steps: int) -> dict[str, float]:
+    """name -> mean seconds of a whole training step (forward, backward, optimizer, and any
+    ``before_step`` work such as Sophia's Hessian pass) over ``steps`` consecutive iterations
+    starting at iteration 10 (Sophia's default interval puts one Hessian pass in every 10),
+    timed in interleaved blocks."""
+    from megatron.data.loader import Batch
+    from megatron.trainer.engine import TrainEngine
+
+    base = [*model_flags(hidden, layers, micro_batch, seq), "--mock-data",
+            "--vocab-size", "258", "--train-iters", "1000", "--lr", "1e-3"]
+    plan = resolve(parse_args(base).config, DistEnv())
+    ctx = init_distributed(plan, DistEnv())
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 258, (micro_batch, seq + 1), generator=gen)
+    batch = Batch(data[:, :-1], data[:, 1:], torch.ones(micro_batch, seq),
+                  torch.zeros(micro_batch, dtype=torch.long))
+    try:
+        engines = {name: TrainEngine(resolve(parse_args([*base, "--optimizer", name]).config,
+                                             DistEnv()), ctx) for name in names}
+        for engine in engines.values():
+            engine.train_step([batch], iteration=1)  # warm-up
+        # Interleaved blocks of 2 steps, so machine noise hits every optimizer alike.
+        spent = dict.fromkeys(names, 0.0)
+        for first in range(0, steps, 2):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                for i in range(first, min(first + 2, steps)):
+                    engine.train_step([batch], iteration=10 + i)
+                spent[name] += time.perf_counter() - start
+    finally:
+        destroy_distributed()
+    return {name: total / steps for name, total in spent.items()}
+
+
 def quality(name: str, steps: int) -> float | None:
     from megatron.trainer.loop import train
     from tools.prepare_default_corpus import main as prepare
@@ -100,8 +138,13 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--train-step-optimizers", default="adamw,muon,sophia",
+                        help="optimizers timed over whole training steps ('' to skip)")
+    parser.add_argument("--train-seq-length", type=int, default=512)
+    parser.add_argument("--train-micro-batch", type=int, default=8)
+    parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--quality-steps", type=int, default=150)
-    parser.add_argument("--quality-optimizers", default="adamw,muon,schedulefree,dshampoo")
+    parser.add_argument("--quality-optimizers", default="adamw,muon,schedulefree,dshampoo,sophia")
     args = parser.parse_args()
     names = [n for n in args.optimizers.split(",") if n in OPTIMIZERS]
     if "adamw" not in names:
@@ -114,6 +157,19 @@ def main() -> None:
     for name in names:
         per_param, state = cost[name]
         print(f"{name:<14}{per_param * 1e9:>15.2f}{per_param / base:>16.2f}{state:>19.1f}")
+    timed = [n for n in args.train_step_optimizers.split(",") if n in OPTIMIZERS]
+    if timed:
+        if "adamw" not in timed:
+            timed.insert(0, "adamw")
+        tokens = args.train_seq_length * args.train_micro_batch
+        full = train_step_cost(timed, args.hidden_size, args.num_layers, args.train_seq_length,
+                               args.train_micro_batch, args.train_steps)
+        print(f"\nwhole training step (forward + backward + optimizer) at hidden {args.hidden_size}, "
+              f"{args.num_layers} layers, {tokens} tokens/step, mean of {args.train_steps} steps "
+              "(baseline: adamw)")
+        print(f"{'optimizer':<14}{'s/step':>10}{'ratio to adamw':>16}")
+        for name in timed:
+            print(f"{name:<14}{full[name]:>10.3f}{full[name] / full['adamw']:>16.2f}")
     if args.quality_steps:
         print(f"\nvalidation loss after {args.quality_steps} steps (hidden 128, 2 layers, Shakespeare bytes)")
         for name in args.quality_optimizers.split(","):

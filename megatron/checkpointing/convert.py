@@ -87,6 +87,12 @@ def _chunks(names: list[str], n: int) -> list[list[str]]:
     return [names[i::n] for i in range(n) if names[i::n]]
 
 
+def _one_thread() -> None:
+    # A forked worker must not enter the parent's OpenMP thread pool (libgomp can hang or crash
+    # there); the workers are the parallelism anyway.
+    torch.set_num_threads(1)
+
+
 def convert(
     source: str,
     output: str | None = None,
@@ -127,7 +133,7 @@ def convert(
         done = 0
         chunks = _chunks(sorted(names, key=lambda n: -math.prod(expected[n])), max(1, workers) * 4)
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
                 for chunk, seen in zip(chunks, pool.map(_write_params, [source] * len(chunks), [zero] * len(chunks), chunks), strict=True):
                     keys.update(seen)
                     done += len(chunk)

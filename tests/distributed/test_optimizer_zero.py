@@ -1,5 +1,6 @@
-"""Element-wise optimizers from pytorch-optimizer (lion, adopt) under ZeRO-1 at 2 processes
-reproduce the single-process losses: on flat fp32 shards their update is the same per element.
+"""Element-wise optimizers (lion, adopt from pytorch-optimizer; adam, sgd from torch) under
+ZeRO-1 at 2 processes reproduce the single-process losses: on flat fp32 shards their update is
+the same per element. Muon splits its Newton-Schulz work across DP ranks without changing it.
 Sophia at ZeRO-1/2 reproduces its ZeRO-0 run, and samples consistently under TP=2.
 
 Tolerance as in test_parallel_equivalence: relative 1e-4 on every step's loss.
@@ -15,7 +16,9 @@ from tests.helpers import run_distributed, tiny_plan
 
 pytestmark = pytest.mark.deepspeed
 
-STEPS = {"lion": ["--lr", "3e-3"], "adopt": ["--lr", "1e-2"]}
+STEPS = {
+    "lion": ["--lr", "3e-3"], "adopt": ["--lr", "1e-2"], "adam": ["--lr", "1e-2"], "sgd": ["--lr", "0.3"],
+}
 
 
 def _losses(env: DistEnv, flags: list[str]) -> list[float]:
@@ -80,3 +83,38 @@ def test_sophia_trains_at_tensor_parallel_2():
     losses = ranks[0]
     assert ranks[0] == ranks[1]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
+
+
+def _muon_run(env: DistEnv, flags: list[str], split: bool = True) -> tuple[list[float], int]:
+    from megatron.optimizer import muon
+
+    calls = 0
+    real = muon.orthogonalize
+    if not split:  # every rank orthogonalizes every matrix itself (runs in a forked child)
+        muon._data_parallel_group = lambda: None
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    muon.orthogonalize = counting
+    try:
+        return _losses(env, flags), calls
+    finally:
+        muon.orthogonalize = real
+
+
+def test_muon_splits_newton_schulz_across_data_parallel_ranks():
+    # 2 layers x 4 matrices x 4 steps = 32 orthogonalizations; each DP rank does half and
+    # receives the other half (tall matrices too: a transposed result must be sent contiguous).
+    flags = ["--optimizer", "muon", "--lr", "1e-2"]
+    reference, calls = _muon_run(DistEnv(), [*flags, "--micro-batch-size", "4"])
+    assert calls == 32
+    ranks = run_distributed(_muon_run, [*flags, "--micro-batch-size", "2"])
+    assert [r[1] for r in ranks] == [16, 16]
+    assert ranks[0][0] == ranks[1][0]
+    assert ranks[0][0] == pytest.approx(reference, rel=1e-5)
+    unsplit = run_distributed(_muon_run, [*flags, "--micro-batch-size", "2"], False)
+    assert [r[1] for r in unsplit] == [32, 32]
+    assert unsplit[0][0] == ranks[0][0]  # bit for bit

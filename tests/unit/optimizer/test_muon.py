@@ -244,3 +244,30 @@ def test_resume_is_bit_exact(tmp_path):
     assert first.stop_reason == "exit interval 4 reached" and first.iteration == 4
     second = run(*flags, "--save", save, "--load", save)
     assert first.losses + second.losses == full.losses  # bit for bit
+
+
+def test_newton_schulz_owners_balance_the_cost():
+    shapes = [(1536, 512), (512, 512), (2730, 512), (512, 1365)] * 4
+    owners = muon.assign_owners(shapes, 2)
+    assert owners == muon.assign_owners(shapes, 2)  # every rank computes the same
+    load = [0, 0]
+    for shape, owner in zip(shapes, owners, strict=True):
+        load[owner] += min(muon.ns_cost(*shape, steps=5))
+    assert max(load) / min(load) < 1.1
+    assert muon.assign_owners(shapes, 1) == [0] * len(shapes)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 40), (24, 24)])
+def test_gram_and_direct_newton_schulz_agree(shape):
+    # The same polynomial evaluated two ways; fp64 direct is the reference.
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(shape[0], 3, generator=g) @ torch.randn(3, shape[1], generator=g)
+    for m in (torch.randn(shape, generator=g), low_rank + 1e-3 * torch.randn(shape, generator=g)):
+        ref = muon.orthogonalize(m.double(), steps=5, dtype=torch.float64, gram=False)
+        for gram in (True, False):
+            out = muon.orthogonalize(m, steps=5, gram=gram)
+            assert out.shape == shape
+            assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-4, gram
+    direct, gram_cost = muon.ns_cost(512, 2048, 5)
+    assert gram_cost < 0.7 * direct  # the MLP weight of hidden 512 takes the Gram form
+    assert muon.ns_cost(512, 512, 5)[0] < muon.ns_cost(512, 512, 5)[1]  # square: direct
