@@ -13,6 +13,7 @@ source TP rank gives back that rank's saved slice bit for bit.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -133,6 +134,9 @@ def convert(
         done = 0
         chunks = _chunks(sorted(names, key=lambda n: -math.prod(expected[n])), max(1, workers) * 4)
         if workers > 1:
+            # Garbage left in this process (e.g. a finished run's process groups) must not be
+            # collected in a forked worker: its finalizers segfault there (seen in the tests).
+            gc.collect()
             with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
                 for chunk, seen in zip(chunks, pool.map(_write_params, [source] * len(chunks), [zero] * len(chunks), chunks), strict=True):
                     keys.update(seen)

@@ -57,7 +57,7 @@ class SophiaOptions:
     beta2: float = 0.99
     """Decay of the Hessian-diagonal EMA (applied at each Hessian refresh)."""
     rho: float = 0.04
-    """Scale of the Hessian in the denominator; the update is clipped to [-1, 1] per element."""
+    """Hessian scale in the denominator (update clipped to [-1, 1]); tune so 10-50% of coordinates stay unclipped (small models need larger values)."""
     hessian_interval: int = 10
     """Steps between Gauss-Newton-Bartlett Hessian estimates (k); each costs one extra forward/backward."""
     eps: float = 1e-12
@@ -215,13 +215,11 @@ def gnb_estimate(
                 acc.add_(g.float())
     dp_group = parallel_state.get_data_parallel_group()
     dp = dist.get_world_size(dp_group)
-    if dp > 1:
-        flat = torch.cat([t.reshape(-1) for t in total])
-        dist.all_reduce(flat, group=dp_group)
-        flat /= dp
-        pieces = flat.split([t.numel() for t in total])
-        total = [piece.view_as(t) for piece, t in zip(pieces, total, strict=True)]
-    return [g.square_().mul_(tokens) for g in total]
+    if dp > 1:  # in place, tensor by tensor: no second fp32 copy of the model
+        works = [dist.all_reduce(t, group=dp_group, async_op=True) for t in total]
+        for work in works:
+            work.wait()
+    return [g.div_(dp).square_().mul_(tokens) for g in total]
 
 
 def _fold_into_optimizer(train_engine: Any, estimates: dict[str, torch.Tensor]) -> None:
