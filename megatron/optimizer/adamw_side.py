@@ -1,6 +1,7 @@
 """The AdamW update of the side groups of matrix optimizers (muon, dshampoo): embeddings, head,
 norms and biases. Same arithmetic, in the same order, as ``torch.optim.AdamW``'s single-tensor path,
-so a side group matches torch bit for bit; and the group-rule check both optimizers share.
+so a side group matches torch bit for bit; the group-rule check both optimizers share; and the
+closure call every optimizer of ours (muon, dshampoo, sophia) makes in ``step``.
 Torch-free at import time."""
 
 from __future__ import annotations
@@ -38,3 +39,13 @@ def check_group_rules(optimizer: Any, name: str) -> None:
     for group in optimizer.param_groups:
         if group["rule"] not in ("matrix", "adamw"):
             raise ValueError(f"{name}: group rule must be 'matrix' or 'adamw', got {group['rule']!r}")
+
+
+def closure_loss(closure: Any) -> Any:
+    """``torch.optim``'s ``step(closure)`` convention: re-evaluate the loss with grad enabled."""
+    if closure is None:
+        return None
+    import torch
+
+    with torch.enable_grad():
+        return closure()

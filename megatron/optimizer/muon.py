@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
-from megatron.optimizer.adamw_side import adamw_step_, check_group_rules
+from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -241,10 +241,7 @@ def _muon_class() -> type:
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> Any:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+            loss = closure_loss(closure)
             for group in self.param_groups:
                 if group["rule"] == "matrix":
                     self._matrix_step(group)

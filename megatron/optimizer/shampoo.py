@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron.config.fields import SECTION, ConfigError
-from megatron.optimizer.adamw_side import adamw_step_, check_group_rules
+from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -160,10 +160,7 @@ def shampoo_class() -> type:
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> Any:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+            loss = closure_loss(closure)
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is None:

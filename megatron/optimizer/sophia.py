@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
+from megatron.optimizer.adamw_side import closure_loss
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -131,10 +132,7 @@ def _sophia_class() -> type:
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> Any:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+            loss = closure_loss(closure)
             for group in self.param_groups:
                 lr, wd, rho, eps = group["lr"], group["weight_decay"], group["rho"], group["eps"]
                 beta1 = group["betas"][0]
