@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -90,8 +91,10 @@ def _chunks(names: list[str], n: int) -> list[list[str]]:
 
 def _one_thread() -> None:
     # A forked worker must not enter the parent's OpenMP thread pool (libgomp can hang or crash
-    # there); the workers are the parallelism anyway.
+    # there); the workers are the parallelism anyway. It dies on SIGTERM even when the parent
+    # has a Python handler (a training run's graceful stop).
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def convert(

@@ -257,6 +257,11 @@ def _check_optimizer(cfg: Config) -> None:
             f"{cfg.parallel.zero_stage} (supports up to ZeRO-{spec.max_zero_stage}); use "
             f"--zero-stage {spec.max_zero_stage} or an element-wise optimizer such as adamw"
         )
+    if cfg.logging.log_optimizer_states_to_tensorboard and cfg.parallel.zero_stage == 3:
+        raise ConfigError(
+            "--log-optimizer-states-to-tensorboard: not available under --zero-stage 3 (its "
+            "parameters are partitioned); use --zero-stage 0-2 or drop the flag"
+        )
     if not spec.pipeline and cfg.parallel.pipeline_model_parallel_size > 1:
         raise ConfigError(
             f"--optimizer: {spec.name} needs the dense model for its extra forward/backward, "

@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 def _init_worker(cfg: DataConfig) -> None:
     global _WORKER_TOKENIZER
+    # A forked worker inherits the parent's Python SIGTERM handler (a training run's graceful
+    # stop), which would make Pool.terminate() wait for it forever: workers die on SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_TOKENIZER = build_tokenizer(cfg)
 
 

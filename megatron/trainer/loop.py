@@ -46,6 +46,7 @@ from megatron.schedules.registry import cooldown_start, schedule_from_state
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
+from megatron.trainer.optimizer_states import optimizer_state_stats
 from megatron.trainer.state import (
     TrainState,
     check_model_shape,
@@ -73,6 +74,8 @@ class TrainResult:
         losses: Per-step training losses of this process's run.
         stop_reason: Why the run stopped early, or None.
         lr_suggestion: ``--lr-finder`` runs: (steepest-descent LR, minimum LR / 10).
+        optimizer_states: The last logged optimizer-state norms
+            (``--log-optimizer-states-to-tensorboard``), else None.
     """
 
     iteration: int
@@ -82,6 +85,7 @@ class TrainResult:
     losses: tuple[float, ...]
     stop_reason: str | None
     lr_suggestion: tuple[float, float] | None = None
+    optimizer_states: dict[str, float] | None = None
 
 
 def log_plan(plan: RunPlan) -> None:
@@ -114,6 +118,7 @@ class Trainer:
         self.stop = StopSignals(self.cfg.train, ctx.device)
         self.losses: list[float] = []
         self.valid_loss: float | None = None
+        self.optimizer_states: dict[str, float] | None = None
         self.test_loss: float | None = None
 
     def _open_universal(self) -> UniversalCheckpoint | None:
@@ -142,9 +147,9 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train until the plan's last iteration or a stop signal; evaluate and save."""
-        state = self.restore()
         stop_reason = None
-        try:
+        try:  # a refused checkpoint must also restore the SIGTERM handler (finally below)
+            state = self.restore()
             while state.iteration < self.plan.train_iters:
                 self.train_step(state)
                 if self._due(state.iteration, self.cfg.train.eval_interval):
@@ -171,6 +176,7 @@ class Trainer:
             test_loss=self.test_loss,
             losses=tuple(self.losses),
             stop_reason=stop_reason,
+            optimizer_states=self.optimizer_states,
         )
 
     def _due(self, iteration: int, interval: int | None) -> bool:
@@ -192,6 +198,9 @@ class Trainer:
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)
+        if self.cfg.logging.log_optimizer_states_to_tensorboard and self.reporter.due(state.iteration):
+            self.optimizer_states = optimizer_state_stats(self.engine)
+            self.reporter.on_optimizer_states(state.iteration, self.optimizer_states)
 
     def evaluate(self, state: TrainState, split: str) -> float | None:
         """Mean loss over ``--eval-iters`` global batches of ``split`` (the same ones each time)."""

@@ -140,6 +140,14 @@ class Reporter:
         for corpus, loss in losses.items():
             self.scalar(f"{split}/loss_by_corpus/{corpus}", loss, iteration)
 
+    def on_optimizer_states(self, iteration: int, stats: dict[str, float]) -> None:
+        """Report optimizer-state norms (``optimizer_states.optimizer_state_stats``)."""
+        if not self.active or not stats:
+            return
+        log.info("optimizer states: %s", " | ".join(f"{k} {v:.4e}" for k, v in stats.items()))
+        for name, value in stats.items():
+            self.scalar(f"optimizer_state/{name}", value, iteration)
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""
         self.window.start += seconds

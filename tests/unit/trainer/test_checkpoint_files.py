@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -57,8 +58,11 @@ def test_checkpoint_without_metadata_is_refused(tmp_path):
     save = str(tmp_path / "ckpt")
     run("--train-iters", "2", "--save", save)
     os.remove(os.path.join(save, "global_step2", METADATA_FILE))
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(CheckpointError, match="incomplete or was not written by this framework"):
         run("--train-iters", "4", "--load", save)
+    # The run's graceful-stop handler is gone with it (a leaked one kept forked workers alive).
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lion", "muon", "dshampoo", "schedulefree", "sophia"])

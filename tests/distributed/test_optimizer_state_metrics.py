@@ -1,0 +1,39 @@
+"""Optimizer-state norms are the same numbers at every layout: TP=2 (replicated norms counted
+once), ZeRO-1 DP=2 (flat partitions), ZeRO-0 DP=2 (full copies counted once), PP=2 with tied
+embeddings (the last stage's copy not counted). Reference: one process; relative 1e-4 as in
+test_parallel_equivalence."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron.config import DistEnv
+from megatron.trainer.loop import train
+from tests.helpers import run_distributed, tiny_plan
+
+pytestmark = pytest.mark.deepspeed
+
+BASE = ["--train-iters", "3", "--lr", "1e-2", "--log-optimizer-states-to-tensorboard"]
+
+
+def _states(env: DistEnv, flags: list[str]) -> dict[str, float]:
+    return train(tiny_plan(*BASE, *flags, env=env), env).optimizer_states
+
+
+@pytest.mark.parametrize(
+    ("layout", "single_flags"),
+    [
+        (["--tensor-model-parallel-size", "2"], []),
+        (["--zero-stage", "1", "--micro-batch-size", "2"], ["--micro-batch-size", "4"]),
+        (["--zero-stage", "0", "--micro-batch-size", "2"], ["--micro-batch-size", "4"]),
+        (["--pipeline-model-parallel-size", "2", "--gradient-accumulation-steps", "2"],
+         ["--gradient-accumulation-steps", "2"]),
+    ],
+    ids=["tp2", "zero1-dp2", "zero0-dp2", "pp2-tied"],
+)
+def test_norms_do_not_depend_on_the_layout(layout, single_flags):
+    reference = _states(DistEnv(), single_flags)
+    assert {k.split("/")[0] for k in reference} == {"exp_avg", "exp_avg_sq"}
+    ranks = run_distributed(_states, layout)
+    got = ranks[0] if ranks[0] is not None else ranks[1]  # the logging rank reports
+    assert got == pytest.approx(reference, rel=1e-4)
