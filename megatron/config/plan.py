@@ -262,6 +262,11 @@ def _check_optimizer(cfg: Config) -> None:
             "--log-optimizer-states-to-tensorboard: not available under --zero-stage 3 (its "
             "parameters are partitioned); use --zero-stage 0-2 or drop the flag"
         )
+    if not spec.fp16 and cfg.train.fp16:
+        raise ConfigError(
+            f"--fp16: {spec.name}'s extra backward runs without DeepSpeed's loss scaling, so its "
+            "fp16 gradients can underflow; use --bf16 or fp32"
+        )
     if not spec.pipeline and cfg.parallel.pipeline_model_parallel_size > 1:
         raise ConfigError(
             f"--optimizer: {spec.name} needs the dense model for its extra forward/backward, "

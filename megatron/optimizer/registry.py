@@ -41,6 +41,7 @@ class OptimizerSpec:
         before_step: Called as ``before_step(train_engine, batches, iteration)`` before each
             step's forward/backward (Sophia's Hessian estimate), or None.
         pipeline: False when ``before_step`` needs the dense model (PP > 1 is refused).
+        fp16: False when the optimizer is not correct under --fp16 (refused in the plan).
     """
 
     name: str
@@ -54,6 +55,7 @@ class OptimizerSpec:
     group_state_keys: tuple[str, ...] = ()
     before_step: Callable[[Any, list, int], None] | None = None
     pipeline: bool = True
+    fp16: bool = True
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

@@ -20,7 +20,9 @@ per-tensor fp32 copies in the same order; at ZeRO-1/2 (and DeepSpeed's flat bf16
 holds one flat fp32 partition per group and every module parameter carries DeepSpeed's
 ``_hp_mapping``, the slice of the partition it owns; the estimate is folded into that slice.
 ZeRO-3 partitions the parameters themselves (refused: ``max_zero_stage=2``); pipeline parallelism
-has no dense forward to differentiate (refused: ``pipeline=False``).
+has no dense forward to differentiate (refused: ``pipeline=False``); the estimate's backward runs
+outside DeepSpeed's loss scaling, where fp16 gradients can underflow (refused: ``fp16=False``;
+bf16 has fp32's range).
 
 Sampling under tensor parallelism: the logits are split over the vocabulary, so each TP rank
 draws Gumbel noise for its own slice, takes its best ``logit + noise``, and the ranks agree on the
@@ -259,7 +261,12 @@ def gnb_hessian_step(train_engine: Any, batches: list[Any], iteration: int) -> N
 
 
 @register_optimizer(
-    "sophia", options=SophiaOptions, max_zero_stage=2, pipeline=False, before_step=gnb_hessian_step
+    "sophia",
+    options=SophiaOptions,
+    max_zero_stage=2,
+    pipeline=False,
+    fp16=False,
+    before_step=gnb_hessian_step,
 )
 def build_sophia(
     param_groups: list[ParamGroup], cfg: OptimConfig, options: SophiaOptions | None

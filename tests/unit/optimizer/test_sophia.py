@@ -5,6 +5,7 @@ the Hessian refresh schedule in a real run, and the refusals."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -120,6 +121,7 @@ def test_hessian_is_refreshed_every_interval(monkeypatch):
         (["--zero-stage", "3"],
          r"^--optimizer: sophia is not correct under --zero-stage 3 \(supports up to ZeRO-2\)"),
         (["--pipeline-model-parallel-size", "2"], r"^--optimizer: sophia needs the dense model"),
+        (["--fp16"], r"^--fp16: sophia's extra backward runs without DeepSpeed's loss scaling"),
         (["--sophia-rho", "0"], r"^--sophia-rho: must be > 0"),
         (["--sophia-hessian-interval", "0"], r"^--sophia-hessian-interval: must be >= 1"),
         (["--sophia-beta2", "1"], r"^--sophia-beta2: must be in \[0, 1\)"),
@@ -129,3 +131,13 @@ def test_refusals(flags, message):
     env = DistEnv(world_size=2, rank=0, local_rank=0, local_world_size=2)
     with pytest.raises(ConfigError, match=message):
         tiny_plan("--optimizer", "sophia", "--train-iters", "2", *flags, env=env)
+
+
+@pytest.mark.parametrize("zero", ["0", "1"])
+def test_bf16_trains(zero):
+    # bf16 at ZeRO-0 (per-tensor fp32 copies) and ZeRO-1 (one flat fp32 partition per group).
+    plan = tiny_plan("--optimizer", "sophia", "--lr", "1e-2", "--train-iters", "8", "--bf16",
+                     "--sophia-hessian-interval", "2", "--zero-stage", zero)
+    losses = train(plan, DistEnv()).losses
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
