@@ -42,6 +42,8 @@ class OptimizerSpec:
             step's forward/backward (Sophia's Hessian estimate), or None.
         pipeline: False when ``before_step`` needs the dense model (PP > 1 is refused).
         fp16: False when the optimizer is not correct under --fp16 (refused in the plan).
+        derived_states: ``derived_states(state, group) -> {name: tensor}``: extra per-element
+            tensors (shaped like the state) for the optimizer-state metrics, or None.
     """
 
     name: str
@@ -56,6 +58,7 @@ class OptimizerSpec:
     before_step: Callable[[Any, list, int], None] | None = None
     pipeline: bool = True
     fp16: bool = True
+    derived_states: Callable[[dict, dict], dict] | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

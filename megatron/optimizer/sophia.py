@@ -260,6 +260,15 @@ def gnb_hessian_step(train_engine: Any, batches: list[Any], iteration: int) -> N
     _fold_into_optimizer(train_engine, dict(zip(names, values, strict=True)))
 
 
+def unclipped(state: dict[str, torch.Tensor], group: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """1 where ``|m| < max(rho * h, eps)`` (the update is not clipped), else 0: its mean is the
+    fraction of unclipped coordinates the paper tunes ``rho`` by (10-50%)."""
+    if "exp_avg" not in state or "hessian" not in state:
+        return {}
+    denom = (state["hessian"] * group["rho"]).clamp(min=group["eps"])
+    return {"unclipped": (state["exp_avg"].abs() < denom).float()}
+
+
 @register_optimizer(
     "sophia",
     options=SophiaOptions,
@@ -267,6 +276,7 @@ def gnb_hessian_step(train_engine: Any, batches: list[Any], iteration: int) -> N
     pipeline=False,
     fp16=False,
     before_step=gnb_hessian_step,
+    derived_states=unclipped,
 )
 def build_sophia(
     param_groups: list[ParamGroup], cfg: OptimConfig, options: SophiaOptions | None

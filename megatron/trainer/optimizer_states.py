@@ -1,6 +1,9 @@
 """Optimizer-state metrics (``--log-optimizer-states-to-tensorboard``): for every tensor state
-key (``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``hessian``, ...) the L2 norm and the
-largest ``|x|`` over the whole model, the same numbers at any TP/PP/DP/ZeRO layout.
+key (``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``hessian``, ...) the L2 norm, the
+largest and the mean ``|x|`` over the whole model, the same numbers at any TP/PP/DP/ZeRO layout.
+An optimizer can add derived per-element states (``OptimizerSpec.derived_states``): Sophia's
+``unclipped`` is 1 where its update is not clipped, so ``unclipped/mean_abs`` is the fraction
+of unclipped coordinates, the quantity its paper tunes rho by.
 
 Where the state lives decides what a rank counts, so that summed over every rank each element of
 the model's state is counted exactly once:
@@ -36,58 +39,79 @@ def _counts(name: str, train_engine: Any) -> bool:
     return not (name.startswith("tied_modules.") and not ctx.is_first_stage)
 
 
-def _local_stats(train_engine: Any) -> tuple[dict[str, float], dict[str, float]]:
-    """This rank's (sum of squares, max |x|) per state key."""
+STATS = ("sumsq", "abs_sum", "count", "max_abs")
+
+
+def _local_stats(train_engine: Any) -> dict[str, dict[str, float]]:
+    """This rank's {key: {sum of squares, sum of |x|, element count, max |x|}}."""
     optimizer = train_engine.optimizer
-    sums: dict[str, float] = {}
-    maxes: dict[str, float] = {}
+    derive = train_engine.optimizer_spec.derived_states
+    stats: dict[str, dict[str, float]] = {}
 
     def add(key: str, value: torch.Tensor, counted: bool) -> None:
         value = value.detach().float()
-        maxes[key] = max(maxes.get(key, 0.0), float(value.abs().max()) if value.numel() else 0.0)
-        sums[key] = sums.get(key, 0.0) + (float(value.square().sum()) if counted else 0.0)
+        entry = stats.setdefault(key, dict.fromkeys(STATS, 0.0))
+        if value.numel():
+            entry["max_abs"] = max(entry["max_abs"], float(value.abs().max()))
+        if counted:
+            entry["sumsq"] += float(value.square().sum())
+            entry["abs_sum"] += float(value.abs().sum())
+            entry["count"] += value.numel()
+
+    def states(p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v)}
+        if derive is not None and state:
+            state.update(derive(state, group))
+        return state
 
     named = list(train_engine.module.named_parameters())
     if any(hasattr(p, "_hp_mapping") for _, p in named):
+        flats: dict[int, dict[str, torch.Tensor]] = {}  # one flat partition per group
         for name, p in named:
             fragment = p._hp_mapping
             if fragment is None:
                 continue
-            flat = optimizer.param_groups[fragment.param_group_index]["params"][0]
+            group = optimizer.param_groups[fragment.param_group_index]
+            flat = group["params"][0]
+            if fragment.param_group_index not in flats:
+                flats[fragment.param_group_index] = states(flat, group)
             address = fragment.hp_fragment_address
-            for key, value in optimizer.state.get(flat, {}).items():
-                if torch.is_tensor(value) and value.shape == flat.shape:
+            for key, value in flats[fragment.param_group_index].items():
+                if value.shape == flat.shape:
                     add(key, value.narrow(0, address.start, address.numel), _counts(name, train_engine))
-        return sums, maxes
+        return stats
     dp_first = train_engine.ctx.dp_rank == 0  # ZeRO-0: every DP rank holds the same state
     for group, names in zip(optimizer.param_groups, train_engine.param_names, strict=True):
         for p, name in zip(group["params"], names, strict=True):
-            for key, value in optimizer.state.get(p, {}).items():
+            for key, value in states(p, group).items():
                 # Tensors of the parameter's shape, or Shampoo's blocks; not scalar step counters.
-                if torch.is_tensor(value) and value.ndim > 0:
+                if value.ndim > 0:
                     add(key, value, dp_first and _counts(name, train_engine))
-    return sums, maxes
+    return stats
 
 
 def optimizer_state_stats(train_engine: Any) -> dict[str, float]:
-    """``{"<key>/l2": ..., "<key>/max_abs": ...}`` over the whole model (collective)."""
-    sums, maxes = _local_stats(train_engine)
-    if not (dist.is_available() and dist.is_initialized()):
-        keys = sorted(sums)
-    else:
+    """``{"<key>/l2", "<key>/max_abs", "<key>/mean_abs": ...}`` over the whole model (collective)."""
+    stats = _local_stats(train_engine)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, sorted(sums))
+        dist.all_gather_object(gathered, sorted(stats))
         keys = sorted({k for ks in gathered for k in ks})
+    else:
+        keys = sorted(stats)
     if not keys:
         return {}
-    device = train_engine.ctx.device
-    totals = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
-    peaks = torch.tensor([maxes.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
+    empty = dict.fromkeys(STATS, 0.0)
+    table = torch.tensor([[stats.get(k, empty)[s] for s in STATS] for k in keys],
+                         dtype=torch.float64, device=train_engine.ctx.device)
+    totals, peaks = table[:, :3].contiguous(), table[:, 3].contiguous()
+    if distributed:
         dist.all_reduce(totals)
         dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
     out = {}
-    for key, total, peak in zip(keys, totals.tolist(), peaks.tolist(), strict=True):
-        out[f"{key}/l2"] = math.sqrt(total)
+    for key, (sumsq, abs_sum, count), peak in zip(keys, totals.tolist(), peaks.tolist(), strict=True):
+        out[f"{key}/l2"] = math.sqrt(sumsq)
         out[f"{key}/max_abs"] = peak
+        out[f"{key}/mean_abs"] = abs_sum / max(count, 1.0)
     return out
