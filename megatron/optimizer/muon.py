@@ -114,6 +114,15 @@ def ns_cost(rows: int, cols: int, steps: int) -> tuple[int, int]:
     return steps * (4 * m * m * n + 2 * m**3), 4 * m * m * n + (8 * steps - 6) * m**3
 
 
+def ns_dtype(m: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The Newton-Schulz compute dtype: ``dtype``, else bf16 on CUDA and fp32 elsewhere."""
+    import torch
+
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if m.is_cuda else torch.float32
+
+
 def orthogonalize(
     m: torch.Tensor,
     *,
@@ -146,8 +155,7 @@ def orthogonalize(
 
     if m.ndim != 2:
         raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(m.shape)}")
-    if dtype is None:
-        dtype = torch.bfloat16 if m.is_cuda else torch.float32
+    dtype = ns_dtype(m, dtype)
     if gram is None:
         direct_cost, gram_cost = ns_cost(m.size(0), m.size(1), steps)
         gram = dtype == torch.float32 and gram_cost < direct_cost
@@ -285,8 +293,8 @@ def _muon_class() -> type:
             if size == 1:
                 return [orthogonalize(d, steps=steps, dtype=self.ns_dtype) for d in directions]
             me = dist.get_rank(self.dp_group)
-            owners = assign_owners([tuple(d.shape) for d in directions], size)
-            dtype = self.ns_dtype or (torch.bfloat16 if directions[0].is_cuda else torch.float32)
+            owners = assign_owners([tuple(d.shape) for d in directions], size, steps)
+            dtype = ns_dtype(directions[0], self.ns_dtype)
             updates = [
                 orthogonalize(d, steps=steps, dtype=dtype).contiguous()  # tall ones come transposed
                 if owner == me
@@ -312,20 +320,18 @@ def _muon_class() -> type:
     return Muon
 
 
-def assign_owners(shapes: list[tuple[int, int]], ranks: int) -> list[int]:
+def assign_owners(shapes: list[tuple[int, int]], ranks: int, steps: int) -> list[int]:
     """The rank that orthogonalizes each matrix: largest cost first, to the least-loaded rank.
 
     Cost: ``ns_cost`` of the cheaper form. Deterministic: every rank computes the same assignment.
     """
-    def cost(shape: tuple[int, int]) -> int:
-        return min(ns_cost(*shape, steps=5))
-
+    costs = [min(ns_cost(*shape, steps=steps)) for shape in shapes]
     load = [0] * ranks
     owners = [0] * len(shapes)
-    for i in sorted(range(len(shapes)), key=lambda i: (-cost(shapes[i]), i)):
+    for i in sorted(range(len(shapes)), key=lambda i: (-costs[i], i)):
         owner = min(range(ranks), key=lambda r: (load[r], r))
         owners[i] = owner
-        load[owner] += cost(shapes[i])
+        load[owner] += costs[i]
     return owners
 
 

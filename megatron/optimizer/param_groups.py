@@ -48,6 +48,11 @@ class ParamGroup:
         return sum(p.numel() for p in self.params)
 
 
+def torch_groups(param_groups: list[ParamGroup]) -> list[dict[str, Any]]:
+    """The group dicts a ``torch.optim.Optimizer`` takes (``ParamGroup.as_torch_group``)."""
+    return [g.as_torch_group() for g in param_groups]
+
+
 def split_param_groups(
     named_params: Iterable[tuple[str, Any]],
     *,

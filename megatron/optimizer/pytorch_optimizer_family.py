@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION
+from megatron.optimizer.param_groups import torch_groups
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
 
-
-def _groups(param_groups: list[ParamGroup]) -> list[dict[str, Any]]:
-    return [g.as_torch_group() for g in param_groups]
 
 
 def _whole_tensor(cls: type, name: str) -> type:
@@ -91,7 +89,7 @@ def build_lamb(
 
     opts = options or LambOptions()
     return _whole_tensor(Lamb, "lamb")(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
@@ -122,7 +120,7 @@ def build_lion(
 
     opts = options or LionOptions()
     return Lion(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(opts.beta1, opts.beta2),
         weight_decay=cfg.weight_decay,
@@ -149,7 +147,7 @@ def build_adopt(
 
     opts = options or AdoptOptions()
     return ADOPT(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, opts.beta2),
         eps=opts.eps,
@@ -183,7 +181,7 @@ def build_soap(
 
     opts = options or SoapOptions()
     return _whole_tensor(SOAP, "soap")(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(opts.beta1, opts.beta2),
         shampoo_beta=opts.shampoo_beta,

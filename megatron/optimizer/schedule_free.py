@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION
+from megatron.optimizer.param_groups import torch_groups
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def build_schedulefree(
     """``schedulefree.AdamWScheduleFree`` with Adam betas/eps and weight decay per group."""
     opts = options or ScheduleFreeOptions()
     return _optimizer_class()(
-        [g.as_torch_group() for g in param_groups],
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,

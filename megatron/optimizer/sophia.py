@@ -15,10 +15,8 @@ forward/backward of its own, which DeepSpeed's step has no place for: the regist
 ``before_step`` hook runs it (``gnb_hessian_step``) on the step's own micro-batches before their
 training forward/backward, on iterations ``0, k, 2k, ...`` (so the first update has a Hessian).
 
-Where the estimate goes: at ZeRO-0 the optimizer holds the module tensors (fp32) or DeepSpeed's
-per-tensor fp32 copies in the same order; at ZeRO-1/2 (and DeepSpeed's flat bf16 optimizer) it
-holds one flat fp32 partition per group and every module parameter carries DeepSpeed's
-``_hp_mapping``, the slice of the partition it owns; the estimate is folded into that slice.
+Where the estimate goes: ``placement.optimizer_slots``: the whole tensor at ZeRO-0, the
+parameter's slice of the flat fp32 partition at ZeRO-1/2 (and in DeepSpeed's flat bf16 optimizer).
 ZeRO-3 partitions the parameters themselves (refused: ``max_zero_stage=2``); pipeline parallelism
 has no dense forward to differentiate (refused: ``pipeline=False``); the estimate's backward runs
 outside DeepSpeed's loss scaling, where fp16 gradients can underflow (refused: ``fp16=False``;
@@ -38,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
 from megatron.optimizer.adamw_side import closure_loss
+from megatron.optimizer.param_groups import torch_groups
+from megatron.optimizer.placement import optimizer_slots
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -224,24 +224,10 @@ def gnb_estimate(
 
 def _fold_into_optimizer(train_engine: Any, estimates: dict[str, torch.Tensor]) -> None:
     """Give each optimizer tensor its slice of the per-parameter estimates (module docstring)."""
-    optimizer = train_engine.optimizer
-    named = dict(train_engine.module.named_parameters())
-    if any(hasattr(p, "_hp_mapping") for p in named.values()):
-        # ZeRO-1/2 or DeepSpeed's bf16 optimizer: flat fp32 partitions, one per group.
-        for name, est in estimates.items():
-            fragment = named[name]._hp_mapping
-            if fragment is None:  # not in this rank's partition
-                continue
-            flat = optimizer.param_groups[fragment.param_group_index]["params"][0]
-            lp = fragment.lp_fragment_address
-            optimizer.fold_hessian(
-                flat, est.reshape(-1).narrow(0, lp.start, lp.numel), start=fragment.hp_fragment_address.start
-            )
-        return
-    # ZeRO-0: the module tensors themselves, or per-tensor fp32 copies in the same group order.
-    for group, names in zip(optimizer.param_groups, train_engine.param_names, strict=True):
-        for p, name in zip(group["params"], names, strict=True):
-            optimizer.fold_hessian(p, estimates[name])
+    for slot in optimizer_slots(train_engine):
+        train_engine.optimizer.fold_hessian(
+            slot.tensor, slot.of_param(estimates[slot.name]), start=slot.start if slot.flat else None
+        )
 
 
 def gnb_hessian_step(train_engine: Any, batches: list[Any], iteration: int) -> None:
@@ -284,7 +270,7 @@ def build_sophia(
     """Sophia-G; its Hessian estimates come from the ``before_step`` hook."""
     opts = options or SophiaOptions()
     return _sophia_class()(
-        [g.as_torch_group() for g in param_groups],
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(opts.beta1, opts.beta2),
         rho=opts.rho,

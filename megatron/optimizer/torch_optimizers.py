@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from megatron.optimizer.param_groups import torch_groups
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
@@ -13,9 +14,6 @@ if TYPE_CHECKING:
     from megatron.optimizer.param_groups import ParamGroup
 
 
-def _groups(param_groups: list[ParamGroup]) -> list[dict[str, Any]]:
-    return [g.as_torch_group() for g in param_groups]
-
 
 @register_optimizer("adamw")
 def build_adamw(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torch.optim.Optimizer:
@@ -24,7 +22,7 @@ def build_adamw(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> tor
 
     # foreach=True: one fused multi-tensor kernel per group instead of a Python loop over tensors.
     return torch.optim.AdamW(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
@@ -43,7 +41,7 @@ def build_adam(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torc
     import torch
 
     return torch.optim.Adam(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
@@ -59,7 +57,7 @@ def build_sgd(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torch
     import torch
 
     return torch.optim.SGD(
-        _groups(param_groups),
+        torch_groups(param_groups),
         lr=cfg.lr,
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,

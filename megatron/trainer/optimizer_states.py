@@ -9,7 +9,7 @@ Where the state lives decides what a rank counts, so that summed over every rank
 the model's state is counted exactly once:
 - ZeRO-0: every DP rank holds the same full state: only DP rank 0 counts.
 - ZeRO-1/2 (and DeepSpeed's flat bf16 optimizer): each DP rank holds one slice of a flat fp32
-  partition per group; a module parameter's slice is found through DeepSpeed's ``_hp_mapping``.
+  partition per group (``placement.optimizer_slots`` finds a parameter's slice).
 - TP: split parameters count on every TP rank (each holds a shard); replicated ones (norms,
   row-parallel biases) only on TP rank 0.
 - PP with tied embeddings: the last stage's copy of the word embedding is not counted.
@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.layout import canonical_name, tp_layout
+from megatron.optimizer.placement import optimizer_slots
 
 
 def _counts(name: str, train_engine: Any) -> bool:
@@ -46,7 +47,9 @@ def _local_stats(train_engine: Any) -> dict[str, dict[str, float]]:
     """This rank's {key: {sum of squares, sum of |x|, element count, max |x|}}."""
     optimizer = train_engine.optimizer
     derive = train_engine.optimizer_spec.derived_states
+    dp_first = train_engine.ctx.dp_rank == 0  # ZeRO-0: every DP rank holds the same state
     stats: dict[str, dict[str, float]] = {}
+    held: dict[int, dict[str, torch.Tensor]] = {}  # per optimizer tensor (a flat one serves many)
 
     def add(key: str, value: torch.Tensor, counted: bool) -> None:
         value = value.detach().float()
@@ -58,35 +61,19 @@ def _local_stats(train_engine: Any) -> dict[str, dict[str, float]]:
             entry["abs_sum"] += float(value.abs().sum())
             entry["count"] += value.numel()
 
-    def states(p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
-        state = {k: v for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v)}
-        if derive is not None and state:
-            state.update(derive(state, group))
-        return state
-
-    named = list(train_engine.module.named_parameters())
-    if any(hasattr(p, "_hp_mapping") for _, p in named):
-        flats: dict[int, dict[str, torch.Tensor]] = {}  # one flat partition per group
-        for name, p in named:
-            fragment = p._hp_mapping
-            if fragment is None:
-                continue
-            group = optimizer.param_groups[fragment.param_group_index]
-            flat = group["params"][0]
-            if fragment.param_group_index not in flats:
-                flats[fragment.param_group_index] = states(flat, group)
-            address = fragment.hp_fragment_address
-            for key, value in flats[fragment.param_group_index].items():
-                if value.shape == flat.shape:
-                    add(key, value.narrow(0, address.start, address.numel), _counts(name, train_engine))
-        return stats
-    dp_first = train_engine.ctx.dp_rank == 0  # ZeRO-0: every DP rank holds the same state
-    for group, names in zip(optimizer.param_groups, train_engine.param_names, strict=True):
-        for p, name in zip(group["params"], names, strict=True):
-            for key, value in states(p, group).items():
+    for slot in optimizer_slots(train_engine):
+        if id(slot.tensor) not in held:
+            state = {k: v for k, v in optimizer.state.get(slot.tensor, {}).items() if torch.is_tensor(v)}
+            if derive is not None and state:
+                state.update(derive(state, slot.group))
+            held[id(slot.tensor)] = state
+        counted = (slot.flat or dp_first) and _counts(slot.name, train_engine)
+        for key, value in held[id(slot.tensor)].items():
+            if slot.flat and value.shape == slot.tensor.shape:
+                add(key, slot.of_state(value), counted)
+            elif not slot.flat and value.ndim > 0:
                 # Tensors of the parameter's shape, or Shampoo's blocks; not scalar step counters.
-                if value.ndim > 0:
-                    add(key, value, dp_first and _counts(name, train_engine))
+                add(key, value, counted)
     return stats
 
 

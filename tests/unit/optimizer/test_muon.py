@@ -248,13 +248,13 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_newton_schulz_owners_balance_the_cost():
     shapes = [(1536, 512), (512, 512), (2730, 512), (512, 1365)] * 4
-    owners = muon.assign_owners(shapes, 2)
-    assert owners == muon.assign_owners(shapes, 2)  # every rank computes the same
+    owners = muon.assign_owners(shapes, 2, 5)
+    assert owners == muon.assign_owners(shapes, 2, 5)  # every rank computes the same
     load = [0, 0]
     for shape, owner in zip(shapes, owners, strict=True):
         load[owner] += min(muon.ns_cost(*shape, steps=5))
     assert max(load) / min(load) < 1.1
-    assert muon.assign_owners(shapes, 1) == [0] * len(shapes)
+    assert muon.assign_owners(shapes, 1, 5) == [0] * len(shapes)
 
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 40), (24, 24)])
