@@ -29,9 +29,11 @@ _install_torch() {
         "${py}" -m pip install -q "torch==${TORCH_VERSION_PIN}"
         return
     fi
-    # A local wheel (pip's find-links) is preferred: no network and no index fallbacks.
+    # The CPU build carries the local version "+cpu": pip's configured sources (a find-links
+    # folder, a mirror) are tried first for exactly that build, with its dependencies from the
+    # usual index; only then PyTorch's CPU index.
     _log_env "no NVIDIA GPU: installing the CPU build of torch==${TORCH_VERSION_PIN}"
-    if ! "${py}" -m pip install -q --no-index "torch==${TORCH_VERSION_PIN}" 2>/dev/null; then
+    if ! "${py}" -m pip install -q "torch==${TORCH_VERSION_PIN}+cpu" 2>/dev/null; then
         "${py}" -m pip install -q "torch==${TORCH_VERSION_PIN}" --index-url "${TORCH_CPU_INDEX}"
     fi
 }

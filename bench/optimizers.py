@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
-from megatron.dist import destroy_distributed, init_distributed  # noqa: E402
+from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402
 from megatron.model.gpt import GPTModel  # noqa: E402
 from megatron.optimizer import OPTIMIZERS, get_optimizer_spec  # noqa: E402
 from megatron.optimizer.param_groups import split_param_groups  # noqa: E402

@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
 from megatron.data.loader import Batch  # noqa: E402
-from megatron.dist import destroy_distributed, init_distributed  # noqa: E402
+from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402
 from megatron.trainer.engine import TrainEngine  # noqa: E402
 
 

@@ -26,7 +26,7 @@ def _no_leftover_process_group():
     import torch.distributed as dist
 
     if dist.is_initialized():
-        from megatron.dist import destroy_distributed
+        from megatron.distributed import destroy_distributed
 
         destroy_distributed()
 
@@ -37,7 +37,7 @@ def dist_world1(tmp_path):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megatron.dist import destroy_distributed
+    from megatron.distributed import destroy_distributed
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdzv", rank=0, world_size=1)
     parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)

@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 from megatron.config.deepspeed import to_deepspeed_config
 from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
-from megatron.dist import MegatronMPU, ParallelContext
+from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.gpt import GPTModel, masked_mean
 from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec

@@ -39,7 +39,7 @@ from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
 from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
-from megatron.dist import ParallelContext, destroy_distributed, init_distributed
+from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
 from megatron.schedules.lr_finder import LRFinderRecorder
 from megatron.schedules.registry import cooldown_start, schedule_from_state

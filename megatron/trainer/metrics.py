@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron.config.plan import RunPlan
-from megatron.dist import ParallelContext
+from megatron.distributed import ParallelContext
 
 log = logging.getLogger(__name__)
 

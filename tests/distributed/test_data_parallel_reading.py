@@ -7,7 +7,7 @@ import pytest
 from megatron.config import DistEnv
 from megatron.data.builder import build_streams
 from megatron.data.loader import BatchReader
-from megatron.dist import destroy_distributed, init_distributed
+from megatron.distributed import destroy_distributed, init_distributed
 from tests.helpers import run_distributed, tiny_plan
 
 pytestmark = pytest.mark.deepspeed

@@ -52,7 +52,7 @@ def test_sophia_zero_matches_zero0_at_two_processes(zero):
 def _tp_samples(env: DistEnv) -> tuple[list[int], list[float]]:
     import torch
 
-    from megatron.dist import destroy_distributed, init_distributed
+    from megatron.distributed import destroy_distributed, init_distributed
     from megatron.optimizer.sophia import sample_vocab_parallel
 
     ctx = init_distributed(tiny_plan("--tensor-model-parallel-size", "2", "--train-iters", "1", env=env), env)

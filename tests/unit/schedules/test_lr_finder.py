@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron.config import DistEnv
-from megatron.dist import destroy_distributed, init_distributed
+from megatron.distributed import destroy_distributed, init_distributed
 from megatron.schedules import functions as F
 from megatron.schedules.lr_finder import LRFinderRecorder, suggest_lr
 from megatron.trainer.loop import Trainer, range_test

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron.config import ConfigError, DistEnv
-from megatron.dist import destroy_distributed, init_distributed
+from megatron.distributed import destroy_distributed, init_distributed
 from megatron.logs import setup_logging
 from megatron.optimizer import OPTIMIZERS
 from megatron.trainer.loop import Trainer
