@@ -22,21 +22,20 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for configuration errors)."""
     from megatron.config import ConfigError, DistEnv, parse_args, resolve
-    from megatron.config.deepspeed import to_deepspeed_config
     from megatron.data.data_list import check_data_inputs
 
     try:
         args = parse_args(argv)
         env = DistEnv.from_environ()
-        plan = resolve(args.config, env)
-        ds_config = to_deepspeed_config(plan)
+        plan = resolve(args.config, env, args.sources())
         check_data_inputs(plan.config)
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
-        print(json.dumps({"plan": plan.summary(), "paths": paths, "deepspeed": ds_config}, indent=2))
+        print(json.dumps({"plan": plan.summary(), "paths": paths, "sources": plan.sources,
+                          "deepspeed": plan.deepspeed}, indent=2, default=str))
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
@@ -55,16 +54,16 @@ def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001
     import os
     import time
 
-    from megatron.config.deepspeed import to_deepspeed_config
+    from megatron.checkpointing.metadata import flat_config
     from megatron.config.env import launch_environment
-    from megatron.trainer.state import flat_config
 
     where = plan.config.checkpoint.save or plan.config.logging.tensorboard_dir
     if where is None:
         return
     os.makedirs(where, exist_ok=True)
-    record = {"argv": argv, "plan": plan.summary(), "config": flat_config(plan),
-              "deepspeed": to_deepspeed_config(plan), "environment": launch_environment()}
+    record = {"argv": argv, "plan": plan.summary(), "sources": plan.sources,
+              "config": flat_config(plan), "deepspeed": plan.deepspeed,
+              "environment": launch_environment()}
     path = os.path.join(where, f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=1, default=str)

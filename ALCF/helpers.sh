@@ -83,12 +83,13 @@ _switch_value() {
     esac
 }
 
-# env_to_flags: fills the array FLAGS from the variables that are set, and FLAG_SOURCES with
-# "VARIABLE -> --flag" lines for the echo.
+# env_to_flags: fills the array FLAGS from the variables that are set, FLAG_SOURCES with
+# "VARIABLE -> --flag" lines for the echo, and exports TRAIN_ALCF_FLAG_SOURCES ("--flag=VARIABLE"
+# pairs) so pretrain_gpt.py names the variable as each value's source.
 env_to_flags() {
     FLAGS=()
     FLAG_SOURCES=()
-    local entry name flag value
+    local entry name flag value pairs=()
     for entry in "${ENV_VALUE_FLAGS[@]}"; do
         name="${entry%%|*}"
         flag="${entry#*|}"
@@ -97,6 +98,7 @@ env_to_flags() {
         [[ -n "${value}" ]] || _die "${name} is set but empty; unset it or give a value"
         FLAGS+=("${flag}" "${value}")
         FLAG_SOURCES+=("${name}=${value} -> ${flag}")
+        pairs+=("${flag}=${name}")
     done
     for entry in "${ENV_SWITCH_FLAGS[@]}"; do
         name="${entry%%|*}"
@@ -108,6 +110,7 @@ env_to_flags() {
             FLAGS+=("--no-${flag#--}")
         fi
         FLAG_SOURCES+=("${name}=${!name} -> ${flag}")
+        pairs+=("${flag}=${name}")
     done
     if [[ -n "${MODEL_ARCH:-}" ]]; then
         local preset="${HELPERS_DIR}/presets/arch/${MODEL_ARCH}.yaml"
@@ -130,29 +133,37 @@ env_to_flags() {
             *) _die "DTYPE=${DTYPE}: expected bf16, fp16 or fp32" ;;
         esac
         FLAG_SOURCES+=("DTYPE=${DTYPE}")
+        pairs+=("--bf16=DTYPE" "--fp16=DTYPE")
     fi
+    export TRAIN_ALCF_FLAG_SOURCES="${pairs[*]+"${pairs[*]}"}"
 }
 
-# demo_flags: when DATA_FILE_LIST is unset, run the bundled demo (preparing its corpus once).
-# Otherwise checkpoints and TensorBoard logs default to names derived from the run
-# (checkpoints/ws.._ds_stage.._nl.._hs.._..., resolved by pretrain_gpt.py) unless SAVE / TBDIR or
-# the flags are given.
+# _names_own_config ARGS...: true when the arguments bring their own configuration or data.
+_names_own_config() {
+    local arg
+    for arg in "$@"; do
+        case "${arg}" in
+            --config | --config=* | --data-file-list | --data-file-list=* | --data_file_list | \
+                --data_file_list=* | --mock-data | --mock_data) return 0 ;;
+        esac
+    done
+    return 1
+}
+
+# demo_flags: the no-argument demo (DATA_FILE_LIST, MODEL_ARCH, --config, --data-file-list and
+# --mock-data all absent) runs ALCF/presets/demo.yaml, preparing its corpus once.
+# Otherwise the launcher's only defaults are --save/--tensorboard-dir "auto" (checkpoints/<run
+# name>), passed as --launcher-default: pretrain_gpt.py applies them only to values that no
+# file, variable or flag sets, and resolves the name after the merge.
 demo_flags() {
     DEMO_FLAGS=()
-    if [[ -z "${DATA_FILE_LIST:-}" ]]; then
+    if [[ -z "${DATA_FILE_LIST:-}" && -z "${MODEL_ARCH:-}" ]] && ! _names_own_config "$@"; then
         "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
         DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
+        FLAG_SOURCES+=("no DATA_FILE_LIST, MODEL_ARCH or --config -> the demo (--config ALCF/presets/demo.yaml)")
         return 0
     fi
-    local args=" $* "
-    if [[ -z "${SAVE:-}" && "${args}" != *" --save "* && "${args}" != *" --save="* ]]; then
-        DEMO_FLAGS+=(--save auto)
-        FLAG_SOURCES+=("SAVE unset -> --save auto (checkpoints/<run name>)")
-    fi
-    if [[ -z "${TBDIR:-}" && "${args}" != *" --tensorboard-dir "* && "${args}" != *" --tensorboard-dir="* ]]; then
-        DEMO_FLAGS+=(--tensorboard-dir auto)
-        FLAG_SOURCES+=("TBDIR unset -> --tensorboard-dir auto (outputs/<run name>/tensorboard)")
-    fi
+    DEMO_FLAGS=(--launcher-default save=auto --launcher-default tensorboard_dir=auto)
 }
 
 print_command() {
@@ -185,8 +196,12 @@ train_main() {
     local cmd=("${LAUNCH[@]}" "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@")
     print_command "${cmd[@]}"
     # Validate before starting any process group: a bad value stops here, naming the flag.
-    WORLD_SIZE="${WORLD_SIZE_PLANNED}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run >/dev/null ||
+    if ! WORLD_SIZE="${WORLD_SIZE_PLANNED}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run >/dev/null; then
+        if [[ "${DEMO_FLAGS[*]-}" != *demo.yaml* && -z "${DATA_FILE_LIST:-}" ]]; then
+            printf 'train_alcf.sh: note: the demo preset applies only to the no-argument demo; with MODEL_ARCH or --config give the data (DATA_FILE_LIST) and run length (TRAIN_ITERS / TRAIN_TOKENS) too\n' >&2
+        fi
         _die "the configuration above was rejected (see the message; variables map to flags as listed)"
+    fi
     if [[ "${DRY_RUN:-0}" != "0" ]]; then
         WORLD_SIZE="${WORLD_SIZE_PLANNED}" RANK=0 "${PYTHON}" -W ignore "${REPO_ROOT}/pretrain_gpt.py" "${DEMO_FLAGS[@]+"${DEMO_FLAGS[@]}"}" "${FLAGS[@]+"${FLAGS[@]}"}" "$@" --dry-run
         return 0

@@ -15,27 +15,26 @@ Muennighoff et al. 2023, https://arxiv.org/abs/2305.16264):
 
 The run length is printed as the flags our trainer takes (``--train-tokens``, ``--train-iters``, or
 ``--unique-tokens U --epochs E``) with the iterations the trainer derives from them. Counts accept
-``1e21``, ``7B``, ``2.5T``, ``1_000`` (K, M, B or G, T suffixes). This module needs only ``math``,
-so it runs from any directory without the package installed.
+``1e21``, ``7B``, ``2.5T``, ``1_000`` (K, M, B or G, T suffixes). The formulas themselves live in
+``megatron/model/spec.py`` and ``megatron/config/plan.py`` (one copy each); this tool is torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.config.plan import epoch_iterations as _plan_epoch_iterations  # noqa: E402
+from megatron.model.spec import approx_parameters, swiglu_ffn_size  # noqa: E402
+from megatron.model.spec import training_flops as _training_flops  # noqa: E402
+
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 """Multipliers accepted after a count on the command line (case-insensitive)."""
-
-
-def swiglu_ffn_size(hidden: int) -> int:
-    """Default SwiGLU MLP width: ``floor((8d/3)/64)*64``, at least 64 (as the model config does).
-
-    Integer arithmetic (``8d // 192``) avoids float rounding at exact multiples.
-    """
-    return max(64, (8 * hidden) // (3 * 64) * 64)
 
 
 def param_count(num_layers: int, hidden: int, vocab: int, ffn: int | None = None) -> int:
@@ -64,15 +63,14 @@ def param_count(num_layers: int, hidden: int, vocab: int, ffn: int | None = None
         ("--ffn-hidden-size", f),
     ):
         _require_positive(flag, value)
-    L, d, V = num_layers, hidden, vocab
-    return 4 * L * d * d + 3 * L * d * f + 6 * L * d + V * d
+    return approx_parameters(num_layers, hidden, f, vocab)
 
 
 def training_flops(n_params: int, tokens: int) -> int:
     """Training compute ``C = 6*N*D`` (forward 2ND, backward 4ND)."""
     _require_positive("--params", n_params)
     _require_positive("--train-tokens", tokens)
-    return 6 * n_params * tokens
+    return _training_flops(n_params, tokens)
 
 
 def tokens_for_budget(flops: float, n_params: int) -> int:
@@ -112,7 +110,7 @@ def epoch_iterations(
         raise ValueError(
             f"--unique-tokens: {unique_tokens} tokens hold no sample of --seq-length {seq_length}"
         )
-    return math.ceil(math.ceil(epochs * subset) / global_batch_size)
+    return _plan_epoch_iterations(subset, epochs, global_batch_size)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.metadata import (  # noqa: F401  (re-exported for callers)
+    LATEST_FILE,
+    LATEST_ITERATION_FILE,
+    METADATA_FILE,
+    CheckpointError,
+    read_metadata,
+)
+
 log = logging.getLogger(__name__)
-
-LATEST_FILE = "latest"
-LATEST_ITERATION_FILE = "latest_checkpointed_iteration.txt"
-METADATA_FILE = "run_metadata.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
 
 
 def checkpoint_tag(iteration: int) -> str:
@@ -166,23 +166,6 @@ def mark_pre_cooldown(save_dir: str, iteration: int) -> None:
         _write_atomic(os.path.join(save_dir, PRE_COOLDOWN_FILE), tag)
         log.info("checkpoint before the LR cooldown: %s (recorded in %s); start CPT from it",
                  os.path.join(save_dir, tag), PRE_COOLDOWN_FILE)
-
-
-def read_metadata(load_dir: str, tag: str) -> dict[str, Any]:
-    """The run metadata of checkpoint ``tag``.
-
-    Raises:
-        CheckpointError: Missing or unreadable (an incomplete or foreign checkpoint).
-    """
-    path = os.path.join(load_dir, tag, METADATA_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"--load: {path} is missing or unreadable ({e}); the checkpoint is incomplete or "
-            "was not written by this framework"
-        ) from None
 
 
 def load_engine_states(

@@ -24,36 +24,14 @@ from typing import Any
 
 import torch
 
-from megatron.checkpointing.checkpoint import METADATA_FILE, CheckpointError
 from megatron.checkpointing.layout import canonical_name, full_shapes, split, tp_layout
+from megatron.checkpointing.metadata import LATEST_UNIVERSAL_FILE, METADATA_FILE, CheckpointError
 from megatron.checkpointing.reader import CLIENT_KEY, WEIGHT, load_file
 from megatron.model.spec import GPTSpec
 
 log = logging.getLogger(__name__)
 
-LATEST_UNIVERSAL_FILE = "latest_universal"
 STEP = "step"
-
-
-def client_info(engine: Any, ctx: Any, plan: Any, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Our client state in every model-state file: what a converter needs to read the rank's files.
-
-    Args:
-        engine: Our ``TrainEngine``.
-        ctx: This rank's ``ParallelContext``.
-        plan: The run plan.
-        metadata: The run metadata (also in ``run_metadata.json``).
-    """
-    ds = engine.engine
-    return {
-        "pp_rank": ctx.pp_rank, "tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank,
-        "pp": ctx.pp_size, "tp": ctx.tp_size, "dp": ctx.dp_size,
-        "mp_rank": int(getattr(ds, "checkpoint_mp_rank", 0)),
-        "zero_stage": plan.config.parallel.zero_stage,
-        "param_names": engine.param_names,
-        "param_shapes": engine.param_shapes,
-        "run_metadata": metadata,
-    }
 
 
 def is_universal(directory: str) -> bool:

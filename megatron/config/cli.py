@@ -1,6 +1,8 @@
 """The command line, generated from the config dataclasses.
 
-Precedence: dataclass defaults < ``--config FILE`` (YAML/JSON, our keys only) < explicit flags.
+Precedence (``megatron/config/layers.py``): dataclass defaults < launcher defaults < the loaded
+checkpoint's shape and tokenizer < ``--config`` files in order (YAML/JSON, our keys only) <
+flags. Every value set by a layer keeps its source, printed by ``--dry-run`` and the run record.
 Flags accept ``_`` or ``-`` (``--lr_constant_plus_cooldown`` is ``--lr-constant-plus-cooldown``).
 A flag given twice with different values is an error (the launcher turns env vars into flags
 before the user's own, so this catches ``LR=1e-4 ... --lr 3e-4``). Unknown flags are errors with
@@ -11,13 +13,22 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from megatron.config.env import launcher_flag_sources
 from megatron.config.fields import ConfigError
+from megatron.config.layers import (
+    Setting,
+    Settings,
+    checkpoint_layer,
+    merge,
+    parse_launcher_defaults,
+    provenance,
+    read_config_file,
+)
 from megatron.config.root import Config
 from megatron.config.schema import (
     Knob,
@@ -38,15 +49,21 @@ class ParsedArgs:
 
     Attributes:
         config: The typed config.
-        explicit: Values given on the command line (path -> value), for logging.
-        config_file: The ``--config`` file, if any.
+        explicit: Values given as flags (path -> value).
+        config_files: The ``--config`` files, in the order they were merged.
+        settings: Every value some layer set, with its source (see ``layers.py``).
         dry_run: Print the plan and DeepSpeed dict, then exit.
     """
 
     config: Config
     explicit: dict[Path, Any]
-    config_file: str | None
+    config_files: tuple[str, ...]
+    settings: Settings
     dry_run: bool
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """``{flag: {"value", "source"}}`` of every value that is not a dataclass default."""
+        return provenance(self.settings)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,13 +86,15 @@ def _make_action(knob: Knob, base: type[argparse.Action]) -> type[argparse.Actio
             else:
                 value = convert(knob, values)
             previous = getattr(namespace, self.dest, _UNSET)
-            if previous is not _UNSET and previous != value:
+            if previous is not _UNSET and previous.value != value:
                 raise ConfigError(
-                    f"{knob.flag}: given twice with different values ({previous!r} and "
-                    f"{value!r}); if one comes from a launcher environment variable, "
-                    "unset it or drop the flag"
+                    f"{knob.flag}: given twice with different values ({previous.value!r} from "
+                    f"{previous.source} and {value!r} from {option_string}); if one comes from a "
+                    "launcher environment variable, unset it or drop the flag"
                 )
-            setattr(namespace, self.dest, value)
+            source = launcher_flag_sources().get(knob.flag, option_string or knob.flag)
+            if previous is _UNSET:
+                setattr(namespace, self.dest, Setting(value, source))
 
     return Record
 
@@ -89,7 +108,19 @@ def build_parser(prog: str = "pretrain_gpt.py") -> argparse.ArgumentParser:
         description="GPT pretraining on megatron-core tensor-parallel layers and DeepSpeed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML or JSON file of flag-name: value pairs")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="YAML or JSON file of flag-name: value pairs; may be repeated (later files override "
+        "earlier ones key by key; flags override files)",
+    )
+    parser.add_argument(
+        "--launcher-default",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a fallback value used only when no file, variable or flag sets KEY (train_alcf.sh "
+        "passes save=auto and tensorboard_dir=auto)",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved plan and DeepSpeed dict, exit"
     )
@@ -123,36 +154,8 @@ def build_parser(prog: str = "pretrain_gpt.py") -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str) -> dict[Path, Any]:
-    """Read a ``--config`` file: a flat mapping of flag names (``lr`` or ``lr-warmup-iters``).
-
-    Raises:
-        ConfigError: Unreadable file or a key that is not one of our flags.
-    """
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
-    if path.endswith(".json"):
-        raw = json.loads(text)
-    else:
-        import yaml
-
-        raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
-    table = knob_by_flag()
-    values: dict[Path, Any] = {}
-    for key, value in raw.items():
-        knob = table.get(normalize_flag("--" + str(key)))
-        if knob is None:
-            raise ConfigError(f"--config: unknown key {key!r} in {path}{_suggest('--' + str(key))}")
-        values[knob.path] = convert(knob, value)
-    return values
-
-
-def _suggest(flag: str) -> str:
+def suggest_flag(flag: str) -> str:
+    """'; did you mean --x?' for a near miss of a known flag, else ''."""
     close = difflib.get_close_matches(normalize_flag(flag), list(knob_by_flag()), n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else ""
 
@@ -176,15 +179,25 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
     if unknown:
         first = unknown[0]
         if first.startswith("-"):
-            raise ConfigError(f"{first.split('=')[0]}: unknown flag{_suggest(first.split('=')[0])}")
+            raise ConfigError(f"{first.split('=')[0]}: unknown flag{suggest_flag(first.split('=')[0])}")
         raise ConfigError(f"unexpected argument {first!r} (every option is a --flag)")
     given = vars(namespace)
-    config_file = given.pop("config", None)
+    config_files = tuple(given.pop("config", None) or ())
+    launcher = parse_launcher_defaults(given.pop("launcher_default", None) or [])
     dry_run = bool(given.pop("dry_run", False))
     given.pop("deepspeed", None)
-    explicit = {tuple(dest.split(".")): value for dest, value in given.items()}
-    values = load_config_file(config_file) if config_file else {}
-    values.update(explicit)
+    flags: Settings = {tuple(dest.split(".")): setting for dest, setting in given.items()}
+    files = [read_config_file(path) for path in config_files]
+    settings = merge(launcher, *files, flags)
+    load = settings.get(("checkpoint", "load"))
+    if load is not None and load.value:
+        universal = settings.get(("checkpoint", "universal_checkpoint"), Setting(False, ""))
+        inherited = checkpoint_layer(load.value, universal.value, settings)
+        settings = merge(launcher, inherited, *files, flags)
     return ParsedArgs(
-        config=build_config(values), explicit=explicit, config_file=config_file, dry_run=dry_run
+        config=build_config({path: s.value for path, s in settings.items()}),
+        explicit={path: s.value for path, s in flags.items()},
+        config_files=config_files,
+        settings=settings,
+        dry_run=dry_run,
     )

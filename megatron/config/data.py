@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron.config.fields import SECTION, ConfigError, require_positive
+from megatron.config.fields import SECTION, ConfigError, knob, require_positive, require_registered
 
 
 @dataclass(**SECTION)
@@ -25,7 +25,7 @@ class DataConfig:
     """Train on a fixed subset of this many unique tokens, repeated (data-constrained runs)."""
     mock_data: bool = False
     """Train on random tokens (no data files); for tests and benchmarks."""
-    tokenizer_type: str = "byte"
+    tokenizer_type: str = knob("byte", names="megatron.data.tokenizers:tokenizer_names")
     """Tokenizer, from the tokenizer registry."""
     tokenizer_model: str | None = None
     """Tokenizer model file (sentencepiece .model or Hugging Face tokenizer.json)."""
@@ -37,12 +37,7 @@ class DataConfig:
     """Vocabulary size for --mock-data (real tokenizers report their own)."""
 
     def __post_init__(self) -> None:
-        from megatron.data.tokenizers import TOKENIZERS
-
-        if self.tokenizer_type not in TOKENIZERS:
-            raise ConfigError(
-                f"--tokenizer-type: unknown tokenizer {self.tokenizer_type!r}; known: {sorted(TOKENIZERS)}"
-            )
+        require_registered(self, "tokenizer_type", "tokenizer")
         require_positive(self, "vocab_size")
         require_positive(self, "unique_tokens")
         parts = self.split.replace("/", ",").split(",")

@@ -111,3 +111,15 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
         for k, v in sorted(env.items())
         if k.startswith(_RECORDED_PREFIXES) and not any(m in k for m in _SECRET_MARKERS)
     }
+
+
+FLAG_SOURCES_VAR = "TRAIN_ALCF_FLAG_SOURCES"
+"""Set by train_alcf.sh: ``--flag=VARIABLE`` pairs (space-separated) for the flags it made from
+environment variables, so provenance can name the variable instead of the flag."""
+
+
+def launcher_flag_sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{"--lr": "LR", ...}``: which launcher variable produced each flag (empty without one)."""
+    env = os.environ if environ is None else environ
+    pairs = (item.partition("=") for item in env.get(FLAG_SOURCES_VAR, "").split())
+    return {flag: name for flag, sep, name in pairs if sep}

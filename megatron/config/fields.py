@@ -22,18 +22,44 @@ class ConfigError(ValueError):
     """A user-facing configuration error. The message starts with the flag it is about."""
 
 
-def knob(default: Any = dataclasses.MISSING, *, aliases: tuple[str, ...] = (), **kw: Any) -> Any:
+def knob(
+    default: Any = dataclasses.MISSING,
+    *,
+    aliases: tuple[str, ...] = (),
+    names: str | None = None,
+    **kw: Any,
+) -> Any:
     """A dataclass field with CLI aliases.
 
     Args:
         default: The default value.
         aliases: Extra flag spellings (with leading dashes) that set this field.
+        names: ``"module:function"`` returning the registered names a ``str`` field accepts
+            (listed by ``--help``; imported only when the CLI is built or the value checked).
         **kw: Passed to ``dataclasses.field`` (e.g. ``default_factory``).
 
     Returns:
         A ``dataclasses.Field``.
     """
-    return dataclasses.field(default=default, metadata={"aliases": aliases}, **kw)
+    return dataclasses.field(default=default, metadata={"aliases": aliases, "names": names}, **kw)
+
+
+def registered_names(ref: str) -> tuple[str, ...]:
+    """Call the ``"module:function"`` of a ``knob(names=...)`` field."""
+    import importlib
+
+    module, _, function = ref.partition(":")
+    return tuple(getattr(importlib.import_module(module), function)())
+
+
+def require_registered(obj: Any, name: str, what: str = "value") -> None:
+    """Check that field ``name`` of ``obj`` is one of its registry's names (``knob(names=...)``);
+    the error says "unknown <what>"."""
+    ref = next(f for f in dataclasses.fields(obj) if f.name == name).metadata["names"]
+    known = registered_names(ref)
+    value = getattr(obj, name)
+    if value not in known:
+        raise ConfigError(f"{flag_name(name)}: unknown {what} {value!r}; known: {list(known)}")
 
 
 def flag_name(field_name: str, prefix: str = "") -> str:

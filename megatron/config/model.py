@@ -140,7 +140,9 @@ class ModelConfig:
         if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
         if self.swiglu:
-            return max(64, int((8 * self.hidden_size / 3) // 64) * 64)
+            from megatron.model.spec import swiglu_ffn_size
+
+            return swiglu_ffn_size(self.hidden_size)
         return 4 * self.hidden_size
 
     @property

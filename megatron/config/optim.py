@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from megatron.config.fields import SECTION, ConfigError, knob, require_positive
+from megatron.config.fields import SECTION, ConfigError, knob, require_positive, require_registered
 
 
 def _default_options() -> dict[str, Any]:
@@ -18,7 +18,7 @@ def _default_options() -> dict[str, Any]:
 class OptimConfig:
     """Optimizer (SPEC section 4). Per-optimizer flags are namespaced: --muon-momentum, ..."""
 
-    optimizer: str = knob("adamw", aliases=("--opt",))
+    optimizer: str = knob("adamw", aliases=("--opt",), names="megatron.optimizer.registry:optimizer_names")
     """Optimizer name, from the optimizer registry."""
     lr: float = 3e-4
     """Peak learning rate eta_max."""
@@ -38,12 +38,7 @@ class OptimConfig:
     """Per-optimizer option sections (flags --<optimizer>-<name>), keyed by optimizer."""
 
     def __post_init__(self) -> None:
-        from megatron.optimizer.registry import OPTIMIZERS
-
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"--optimizer: unknown optimizer {self.optimizer!r}; known: {sorted(OPTIMIZERS)}"
-            )
+        require_registered(self, "optimizer", "optimizer")
         require_positive(self, "lr", "adam_eps")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")

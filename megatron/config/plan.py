@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from megatron.config.env import DistEnv
@@ -40,6 +40,9 @@ class RunPlan:
         min_lr_ratio: eta_min / eta_max.
         dtype: Parameter/compute precision.
         model: The resolved model shape.
+        unique_samples: Samples in the ``--unique-tokens`` subset (data-constrained runs), else None.
+        deepspeed: The DeepSpeed config dict (generated, with the user's JSON merged in).
+        sources: ``{flag: {"value", "source"}}`` of every value some config layer set.
     """
 
     config: Config
@@ -58,12 +61,15 @@ class RunPlan:
     min_lr_ratio: float
     dtype: Literal["fp32", "bf16", "fp16"]
     model: GPTSpec
+    unique_samples: int | None = None
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The derived values (not the config) as a flat dict, for logs and checkpoints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out.pop("config")
-        out.pop("model")
+        for name in ("config", "model", "deepspeed", "sources"):
+            out.pop(name)
         out["num_parameters"] = self.model.num_parameters()
         out["padded_vocab_size"] = self.model.vocab_size
         out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
@@ -118,7 +124,7 @@ def _batch(cfg: Config, dp: int) -> tuple[int, int]:
     return accum, per_step * accum
 
 
-def unique_samples(cfg: Config) -> int | None:
+def _unique_samples(cfg: Config) -> int | None:
     """Samples in the --unique-tokens subset (None when the run is not data-constrained)."""
     if cfg.data.unique_tokens is None:
         return None
@@ -131,17 +137,22 @@ def unique_samples(cfg: Config) -> int | None:
     return samples
 
 
-def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int) -> int:
+def epoch_iterations(subset_samples: int, epochs: float, global_batch: int) -> int:
+    """Iterations of ``--epochs E`` over a subset of ``subset_samples`` whole samples:
+    ``ceil(ceil(E * subset) / global batch)``."""
+    return math.ceil(math.ceil(epochs * subset_samples) / global_batch)
+
+
+def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int, subset: int | None) -> int:
     t = cfg.train
     candidates = {}
-    subset = unique_samples(cfg)
     if t.epochs is not None:
         if subset is None:
             raise ConfigError(
                 "--epochs: needs --unique-tokens (the size of the subset the epochs repeat); "
                 "tools/preprocess_data.py prints a dataset's token count"
             )
-        candidates["--epochs"] = math.ceil(math.ceil(t.epochs * subset) / global_batch)
+        candidates["--epochs"] = epoch_iterations(subset, t.epochs, global_batch)
     if t.train_iters is not None:
         candidates["--train-iters"] = t.train_iters
     if t.train_samples is not None:
@@ -248,7 +259,7 @@ def _check_paths(cfg: Config) -> None:
 
 def _check_optimizer(cfg: Config) -> None:
     from megatron.optimizer.registry import get_optimizer_spec
-    from megatron.schedules.registry import SCHEDULES
+    from megatron.schedules.registry import SCHEDULES, schedule_name
 
     spec = get_optimizer_spec(cfg.optim.optimizer)
     if cfg.parallel.zero_stage > spec.max_zero_stage:
@@ -295,7 +306,7 @@ def _check_optimizer(cfg: Config) -> None:
                 "(DeepSpeed's bf16/fp16 pipeline optimizer flattens the matrices); drop --bf16/--fp16 "
                 "or use PP=1"
             )
-    style = "wsd" if cfg.schedule.lr_constant_plus_cooldown else cfg.schedule.lr_decay_style
+    style = schedule_name(cfg.schedule)
     if not spec.uses_lr_schedule and SCHEDULES[style].decays:
         raise ConfigError(
             f"--lr-decay-style: {style} decays the LR, but {spec.name} is schedule-free; use "
@@ -303,8 +314,13 @@ def _check_optimizer(cfg: Config) -> None:
         )
 
 
-def resolve(cfg: Config, env: DistEnv) -> RunPlan:
+def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) -> RunPlan:
     """Derive the run plan; every cross-section check happens here, before any heavy work.
+
+    Args:
+        cfg: The typed config.
+        env: The process placement.
+        sources: Where each set value came from (``ParsedArgs.sources()``), kept for logs.
 
     Raises:
         ConfigError: An inconsistent or impossible combination; the message names the flag.
@@ -315,7 +331,8 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
     accum, global_batch = _batch(cfg, dp)
     seq = cfg.model.seq_length
     tokens_per_step = global_batch * seq
-    train_iters = _train_iters(cfg, global_batch, tokens_per_step)
+    subset = _unique_samples(cfg)
+    train_iters = _train_iters(cfg, global_batch, tokens_per_step, subset)
     warmup, decay = _schedule_steps(cfg, train_iters, global_batch, seq)
     if cfg.schedule.min_lr > cfg.optim.lr:
         raise ConfigError(f"--min-lr: {cfg.schedule.min_lr} is above --lr {cfg.optim.lr}")
@@ -339,42 +356,14 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
         min_lr_ratio=cfg.schedule.min_lr / cfg.optim.lr,
         dtype=dtype,
         model=build_model_spec(cfg, _vocab_size(cfg), tp),
+        unique_samples=subset,
+        sources=dict(sources or {}),
     )
-    from megatron.schedules.registry import build_schedule_fn
+    from megatron.config.deepspeed import to_deepspeed_config
+    from megatron.schedules.registry import schedule_state
 
-    build_schedule_fn(plan)  # the schedule's own checks (phase lengths, eta_const), before any work
-    return _auto_paths(plan)
+    schedule_state(plan)  # the schedule's own checks (phase lengths, eta_const), before any work
+    from megatron.config.paths import resolve_auto_paths
 
-
-AUTO = "auto"
-
-
-def run_name(plan: RunPlan) -> str:
-    """The run's name in the ALCF style: ``ws16_ds_stage1_nl32_hs4096_mb1_seq4096_gb3072_sp0_pp1_tp1_bf16_optadamw_lr0.0003``."""
-    c = plan.config
-    return (
-        f"ws{plan.world_size}_ds_stage{c.parallel.zero_stage}_nl{c.model.num_layers}"
-        f"_hs{c.model.hidden_size}_mb{plan.micro_batch_size}_seq{plan.seq_length}"
-        f"_gb{plan.global_batch_size}_sp{int(c.parallel.sequence_parallel)}_pp{plan.pp}_tp{plan.tp}"
-        f"_{plan.dtype}_opt{c.optim.optimizer}_lr{c.optim.lr:g}"
-    )
-
-
-def _auto_paths(plan: RunPlan) -> RunPlan:
-    """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` -> ``outputs/<run name>/tensorboard``."""
-    ckpt, logs = plan.config.checkpoint, plan.config.logging
-    if AUTO not in (ckpt.save, logs.tensorboard_dir):
-        return plan
-    name = run_name(plan)
-    config = dataclasses.replace(
-        plan.config,
-        checkpoint=dataclasses.replace(
-            ckpt, save=os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
-        ),
-        logging=dataclasses.replace(
-            logs,
-            tensorboard_dir=os.path.join("outputs", name, "tensorboard")
-            if logs.tensorboard_dir == AUTO else logs.tensorboard_dir,
-        ),
-    )
-    return dataclasses.replace(plan, config=config)
+    plan = resolve_auto_paths(plan)
+    return dataclasses.replace(plan, deepspeed=to_deepspeed_config(plan))

@@ -8,8 +8,10 @@ from megatron.config.fields import (
     SECTION,
     ConfigError,
     flag_name,
+    knob,
     require_positive,
     require_ratio,
+    require_registered,
 )
 
 
@@ -23,8 +25,8 @@ def _at_most_one(obj: object, *names: str) -> None:
 class ScheduleConfig:
     """LR schedule (SPEC section 2). Warmup is given in one unit at most; decay defaults to the run."""
 
-    lr_decay_style: str = "cosine"
-    """Decay style, from the schedule registry (cosine, linear, constant, ...)."""
+    lr_decay_style: str = knob("cosine", names="megatron.schedules.registry:schedule_names")
+    """Decay style, from the schedule registry; wsd is constant with --lr-constant-plus-cooldown."""
     min_lr: float = 0.0
     """LR floor eta_min reached at the end of the decay."""
     lr_warmup_iters: int | None = None
@@ -45,7 +47,7 @@ class ScheduleConfig:
     """With --lr-decay-style constant: hold eta_max, then cool down over the run's last steps (WSD)."""
     lr_constant_plus_cooldown_frac: float = 0.05
     """Cooldown length of --lr-constant-plus-cooldown as a fraction of the decay steps."""
-    lr_cooldown_shape: str = "1-sqrt"
+    lr_cooldown_shape: str = knob("1-sqrt", names="megatron.schedules.functions:cooldown_shapes")
     """Cooldown shape of the WSD schedule: 1-sqrt, linear, cosine, square or exp."""
     lr_rsqrt_cooldown: int | None = None
     """Linear cooldown steps at the end of the rsqrt schedule (default: none)."""
@@ -68,23 +70,13 @@ class ScheduleConfig:
     eta_min. Default: constant to the end (no anneal)."""
 
     def __post_init__(self) -> None:
-        from megatron.schedules.registry import SCHEDULES
-
-        if self.lr_decay_style not in SCHEDULES:
-            raise ConfigError(
-                f"--lr-decay-style: unknown style {self.lr_decay_style!r}; known: {sorted(SCHEDULES)}"
-            )
+        require_registered(self, "lr_decay_style", "style")
         if self.min_lr < 0:
             raise ConfigError(f"--min-lr: must be >= 0, got {self.min_lr}")
         require_positive(self, "lr_decay_iters", "lr_decay_samples", "lr_decay_tokens")
         require_ratio(self, "lr_warmup_fraction", "lr_constant_plus_cooldown_frac",
                       "lr_cooldown_fraction", "lr_constant_fraction")
-        from megatron.schedules.functions import COOLDOWN_SHAPES
-
-        if self.lr_cooldown_shape not in COOLDOWN_SHAPES:
-            raise ConfigError(
-                f"--lr-cooldown-shape: unknown shape {self.lr_cooldown_shape!r}; known: {list(COOLDOWN_SHAPES)}"
-            )
+        require_registered(self, "lr_cooldown_shape", "shape")
         if self.lr_constant_plus_cooldown and self.lr_decay_style not in ("constant", "wsd"):
             raise ConfigError(
                 "--lr-constant-plus-cooldown: needs --lr-decay-style constant (LR_DECAY_STYLE=constant), "

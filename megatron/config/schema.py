@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from megatron.config.fields import ConfigError, attribute_docs, flag_name
+from megatron.config.fields import ConfigError, attribute_docs, flag_name, registered_names
 from megatron.config.root import Config
 
 Path = tuple[str, ...]
@@ -75,6 +75,8 @@ def _section_knobs(cls: type, path: Path, prefix: str = "") -> list[Knob]:
         if path + (f.name,) == OPTIONS_FIELD:
             continue
         kind, choices, optional = _classify(hints[f.name])
+        if f.metadata.get("names"):
+            choices = registered_names(f.metadata["names"])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         knobs.append(
             Knob(
@@ -151,7 +153,7 @@ def convert(knob: Knob, value: Any) -> Any:
         if knob.kind == "float":
             return float(value)
         if knob.kind == "str":
-            return str(value)
+            return str(value)  # registry names (knob.choices) are checked by the section
     except (TypeError, ValueError):
         raise ConfigError(f"{knob.flag}: invalid {knob.kind} value {value!r}") from None
     # choice: compare as the choices' own type

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan, unique_samples
+from megatron.config.plan import RunPlan
 from megatron.data.blend import BlendedStream, cached_blend
 from megatron.data.data_list import DataEntry, parse_data_file_list
 from megatron.data.indexed import open_indexed
@@ -182,7 +182,7 @@ def build_streams(
             entries = parse_data_file_list(path, flag=flag)
             per_split[split] = _datasets(plan, entries, (1.0, 0.0, 0.0), flag)["train"]
     eval_size = cfg.train.eval_iters * plan.global_batch_size
-    subset = unique_samples(cfg)
+    subset = plan.unique_samples
     sizes = {
         "train": subset or plan.train_iters * plan.global_batch_size,
         "valid": eval_size,

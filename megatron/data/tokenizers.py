@@ -21,12 +21,9 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from megatron.config.fields import ConfigError
-
-if TYPE_CHECKING:
-    from megatron.config.data import DataConfig
 
 EOD_TOKEN_NAMES: tuple[str, ...] = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 """End-of-document token spellings looked up in a tokenizer.json, in order of preference."""
@@ -78,28 +75,44 @@ class TokenizerBase:
         return [self.encode(text) for text in texts]
 
 
+class TokenizerSettings(Protocol):
+    """What loaders read of the data settings; ``megatron.config.data.DataConfig`` satisfies it
+    (registries never import config classes)."""
+
+    tokenizer_type: str
+    tokenizer_model: str | None
+    vocab_file: str | None
+    merge_file: str | None
+    vocab_size: int | None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TokenizerSpec:
     """One registered tokenizer: ``load(data_cfg) -> Tokenizer``."""
 
     name: str
-    load: Callable[[DataConfig], Tokenizer]
+    load: Callable[[TokenizerSettings], Tokenizer]
 
 
 TOKENIZERS: dict[str, TokenizerSpec] = {}
 
 
-def register_tokenizer(name: str) -> Callable[[Callable[[DataConfig], Tokenizer]], Callable]:
+def register_tokenizer(name: str) -> Callable[[Callable[[TokenizerSettings], Tokenizer]], Callable]:
     """Decorator registering a loader under ``name``."""
 
-    def decorate(load: Callable[[DataConfig], Tokenizer]) -> Callable[[DataConfig], Tokenizer]:
+    def decorate(load: Callable[[TokenizerSettings], Tokenizer]) -> Callable[[TokenizerSettings], Tokenizer]:
         TOKENIZERS[name] = TokenizerSpec(name=name, load=load)
         return load
 
     return decorate
 
 
-def build_tokenizer(cfg: DataConfig) -> Tokenizer:
+def tokenizer_names() -> list[str]:
+    """Every registered ``--tokenizer-type`` value, sorted."""
+    return sorted(TOKENIZERS)
+
+
+def build_tokenizer(cfg: TokenizerSettings) -> Tokenizer:
     """Load the tokenizer named by ``--tokenizer-type``.
 
     Raises:
@@ -149,7 +162,7 @@ class ByteTokenizer(TokenizerBase):
 
 
 @register_tokenizer("byte")
-def _load_byte(cfg: DataConfig) -> Tokenizer:
+def _load_byte(cfg: TokenizerSettings) -> Tokenizer:
     return ByteTokenizer()
 
 
@@ -172,7 +185,7 @@ class NullTokenizer(TokenizerBase):
 
 
 @register_tokenizer("null")
-def _load_null(cfg: DataConfig) -> Tokenizer:
+def _load_null(cfg: TokenizerSettings) -> Tokenizer:
     if cfg.vocab_size is None:
         raise ConfigError("--vocab-size: required with --tokenizer-type null")
     return NullTokenizer(cfg.vocab_size)
@@ -219,7 +232,7 @@ def find_eod_token(tokenizer: Any) -> str | None:
 
 
 @register_tokenizer("hf")
-def _load_hf(cfg: DataConfig) -> Tokenizer:
+def _load_hf(cfg: TokenizerSettings) -> Tokenizer:
     from tokenizers import Tokenizer as RustTokenizer
 
     path = _require_file(cfg.tokenizer_model, "--tokenizer-model", "hf", "a tokenizer.json")
@@ -239,7 +252,7 @@ def _load_hf(cfg: DataConfig) -> Tokenizer:
 
 
 @register_tokenizer("gpt2bpe")
-def _load_gpt2bpe(cfg: DataConfig) -> Tokenizer:
+def _load_gpt2bpe(cfg: TokenizerSettings) -> Tokenizer:
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
@@ -292,7 +305,7 @@ class SentencePieceTokenizer:
 
 
 @register_tokenizer("sentencepiece")
-def _load_sentencepiece(cfg: DataConfig) -> Tokenizer:
+def _load_sentencepiece(cfg: TokenizerSettings) -> Tokenizer:
     import sentencepiece
 
     path = _require_file(

@@ -178,7 +178,7 @@ def seed_everything(seed: int) -> None:
 
 def _reset_deepspeed_groups() -> None:
     # DeepSpeed caches process groups in module globals; a later run in the same process (tests,
-    # the continual runner) must not reuse groups of a destroyed default group.
+    # tools that train or evaluate several times) must not reuse groups of a destroyed default group.
     from deepspeed.utils import groups
 
     for name, value in list(vars(groups).items()):

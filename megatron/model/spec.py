@@ -98,6 +98,27 @@ class GPTSpec:
         return 6.0 * self.matmul_parameters() + 12.0 * self.num_layers * self.hidden_size * self.seq_length
 
 
+def swiglu_ffn_size(hidden: int) -> int:
+    """Default SwiGLU MLP width (SPEC section 6): ``floor((8d/3)/64)*64``, at least 64.
+
+    Integer arithmetic (``8d // 192``) avoids float rounding at exact multiples.
+    """
+    return max(64, (8 * hidden) // (3 * 64) * 64)
+
+
+def approx_parameters(num_layers: int, hidden: int, ffn: int, vocab: int) -> int:
+    """SPEC section 6's budget formula ``N = 4*L*d^2 + 3*L*d*f + 6*L*d + V*d``: attention (4 d x d),
+    a SwiGLU MLP (3 d x f), ~6d of norms and biases per layer and one tied embedding table
+    (``GPTSpec.num_parameters`` is the exact count of a built model)."""
+    L, d, f, V = num_layers, hidden, ffn, vocab
+    return 4 * L * d * d + 3 * L * d * f + 6 * L * d + V * d
+
+
+def training_flops(num_parameters: int, tokens: int) -> int:
+    """Training compute ``C = 6*N*D`` (forward 2ND, backward 4ND; Kaplan et al. 2020)."""
+    return 6 * num_parameters * tokens
+
+
 def pad_vocab_size(vocab_size: int, multiple: int) -> int:
     """Round the vocabulary up to a multiple of ``multiple`` (independent of TP, so shapes and
     checkpoints do not change with the tensor-parallel size)."""

@@ -35,8 +35,8 @@ from megatron.optimizer.registry import register_optimizer
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
+    from megatron.optimizer.registry import OptimSettings
 
 
 
@@ -82,7 +82,7 @@ class LambOptions:
 
 @register_optimizer("lamb", options=LambOptions, max_zero_stage=0)
 def build_lamb(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: LambOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: LambOptions | None
 ) -> torch.optim.Optimizer:
     """``pytorch_optimizer.Lamb``: Adam update scaled by a per-tensor trust ratio."""
     from pytorch_optimizer import Lamb
@@ -113,7 +113,7 @@ class LionOptions:
 
 @register_optimizer("lion", options=LionOptions)
 def build_lion(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: LionOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: LionOptions | None
 ) -> torch.optim.Optimizer:
     """``pytorch_optimizer.Lion``: sign of interpolated momentum, decoupled weight decay."""
     from pytorch_optimizer import Lion
@@ -140,7 +140,7 @@ class AdoptOptions:
 
 @register_optimizer("adopt", options=AdoptOptions)
 def build_adopt(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: AdoptOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: AdoptOptions | None
 ) -> torch.optim.Optimizer:
     """``pytorch_optimizer.ADOPT`` with decoupled weight decay and its default step**0.25 clip."""
     from pytorch_optimizer import ADOPT
@@ -174,7 +174,7 @@ class SoapOptions:
 
 @register_optimizer("soap", options=SoapOptions, max_zero_stage=0)
 def build_soap(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: SoapOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: SoapOptions | None
 ) -> torch.optim.Optimizer:
     """``pytorch_optimizer.SOAP``; eps is --adam-eps."""
     from pytorch_optimizer import SOAP

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
 
-BuildFn = Callable[["list[ParamGroup]", "OptimConfig", Any], "torch.optim.Optimizer"]
+
+class OptimSettings(Protocol):
+    """What ``build`` functions read of the common optimizer settings (``--lr``, ...). The config
+    section (``megatron.config.optim.OptimConfig``) satisfies it; registries never import config
+    classes (the config validates names against the registries, not the other way round)."""
+
+    lr: float
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    sgd_momentum: float
+
+
+BuildFn = Callable[["list[ParamGroup]", OptimSettings, Any], "torch.optim.Optimizer"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,6 +106,12 @@ def get_optimizer_spec(name: str) -> OptimizerSpec:
     if name not in OPTIMIZERS:
         raise KeyError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
     return OPTIMIZERS[name]
+
+
+def optimizer_names() -> list[str]:
+    """Every registered ``--optimizer`` value, sorted."""
+    _ensure_loaded()
+    return sorted(OPTIMIZERS)
 
 
 def option_sections() -> dict[str, type]:

@@ -32,8 +32,8 @@ from megatron.optimizer.registry import register_optimizer
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
+    from megatron.optimizer.registry import OptimSettings
 
 
 @dataclass(**SECTION)
@@ -115,7 +115,7 @@ def _eval(optimizer: Any) -> None:
     group_state_keys=("k", "weight_sum", "lr_max"),
 )
 def build_schedulefree(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: ScheduleFreeOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: ScheduleFreeOptions | None
 ) -> torch.optim.Optimizer:
     """``schedulefree.AdamWScheduleFree`` with Adam betas/eps and weight decay per group."""
     opts = options or ScheduleFreeOptions()

@@ -10,13 +10,13 @@ from megatron.optimizer.registry import register_optimizer
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
+    from megatron.optimizer.registry import OptimSettings
 
 
 
 @register_optimizer("adamw")
-def build_adamw(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torch.optim.Optimizer:
+def build_adamw(param_groups: list[ParamGroup], cfg: OptimSettings, _: Any) -> torch.optim.Optimizer:
     """``torch.optim.AdamW`` with decoupled weight decay per group."""
     import torch
 
@@ -32,7 +32,7 @@ def build_adamw(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> tor
 
 
 @register_optimizer("adam")
-def build_adam(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torch.optim.Optimizer:
+def build_adam(param_groups: list[ParamGroup], cfg: OptimSettings, _: Any) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay.
 
     In Megatron(-DeepSpeed), ``--optimizer adam`` is apex FusedAdam in AdamW mode, and the seeds
@@ -52,7 +52,7 @@ def build_adam(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torc
 
 
 @register_optimizer("sgd")
-def build_sgd(param_groups: list[ParamGroup], cfg: OptimConfig, _: Any) -> torch.optim.Optimizer:
+def build_sgd(param_groups: list[ParamGroup], cfg: OptimSettings, _: Any) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` with momentum ``--sgd-momentum``."""
     import torch
 

@@ -89,6 +89,11 @@ def cooldown_fraction(x: float, shape: str) -> float:
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine", "square", "exp")
 
 
+def cooldown_shapes() -> tuple[str, ...]:
+    """The ``--lr-cooldown-shape`` values."""
+    return COOLDOWN_SHAPES
+
+
 def wsd(
     step: int, *, warmup_steps: int, total_steps: int, cooldown_steps: int,
     min_ratio: float = 0.0, shape: str = "1-sqrt",

@@ -9,15 +9,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from megatron.config.fields import ConfigError
 from megatron.schedules import functions as F
 
-if TYPE_CHECKING:
-    from megatron.config.plan import RunPlan
-
 ScheduleFn = Callable[..., float]
+
+
+class SchedulePlan(Protocol):
+    """What schedule arguments are computed from: the run plan (``megatron.config.plan.RunPlan``
+    satisfies it; registries never import config classes)."""
+
+    train_iters: int
+    warmup_steps: int
+    decay_steps: int
+    min_lr_ratio: float
+    config: Any
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -29,12 +37,14 @@ class ScheduleSpec:
         fn: The pure function ``fn(step, **kwargs) -> multiplier``.
         kwargs: ``kwargs(plan) -> dict`` of the function's keyword arguments.
         decays: False when the LR stays at eta_max after warmup (allowed with schedule-free).
+        user_facing: False for internal entries a flag selects (``lr-range`` is ``--lr-finder``).
     """
 
     name: str
     fn: ScheduleFn
-    kwargs: Callable[[RunPlan], dict[str, Any]]
+    kwargs: Callable[[SchedulePlan], dict[str, Any]]
     decays: bool = True
+    user_facing: bool = True
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {}
@@ -48,7 +58,7 @@ def register_schedule(spec: ScheduleSpec) -> ScheduleSpec:
     return spec
 
 
-def _decay_kwargs(plan: RunPlan) -> dict[str, Any]:
+def _decay_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     return {
         "warmup_steps": plan.warmup_steps,
         "decay_steps": plan.decay_steps,
@@ -68,7 +78,7 @@ register_schedule(
 )
 
 
-def _wsd_kwargs(plan: RunPlan) -> dict[str, Any]:
+def _wsd_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     s = plan.config.schedule
     return {
         "warmup_steps": plan.warmup_steps,
@@ -79,7 +89,7 @@ def _wsd_kwargs(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def _rsqrt_kwargs(plan: RunPlan) -> dict[str, Any]:
+def _rsqrt_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     if plan.warmup_steps == 0:
         raise ConfigError("--lr-warmup-iters: the rsqrt schedule needs a warmup (W > 0)")
     cooldown = plan.config.schedule.lr_rsqrt_cooldown or 0
@@ -96,7 +106,7 @@ def _rsqrt_kwargs(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def _infinite_kwargs(plan: RunPlan) -> dict[str, Any]:
+def _infinite_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     s, lr = plan.config.schedule, plan.config.optim.lr
     if s.constant_lr is None:
         raise ConfigError(f"--constant-lr: required by --lr-decay-style {s.lr_decay_style} (eta_const)")
@@ -150,6 +160,7 @@ register_schedule(
     ScheduleSpec(
         name="lr-range",
         fn=F.lr_range,
+        user_facing=False,
         kwargs=lambda plan: {
             "total_steps": plan.train_iters,
             "start": plan.config.schedule.lr_finder_start,
@@ -160,10 +171,14 @@ register_schedule(
 )
 
 
-def schedule_name(plan: RunPlan) -> str:
-    """The registry entry a run uses: ``--lr-finder`` is ``lr-range``, ``constant`` +
-    ``--lr-constant-plus-cooldown`` is ``wsd``."""
-    s = plan.config.schedule
+def schedule_names() -> list[str]:
+    """The ``--lr-decay-style`` values (internal entries such as ``lr-range`` excluded)."""
+    return sorted(name for name, spec in SCHEDULES.items() if spec.user_facing)
+
+
+def schedule_name(s: Any) -> str:
+    """The registry entry a schedule config (``plan.config.schedule``) uses: ``--lr-finder`` is
+    ``lr-range``, ``constant`` + ``--lr-constant-plus-cooldown`` is ``wsd``."""
     if s.lr_finder:
         return "lr-range"
     return "wsd" if s.lr_constant_plus_cooldown else s.lr_decay_style
@@ -174,9 +189,9 @@ def _bind(name: str, kwargs: dict[str, Any], lr: float) -> tuple[Callable[[int],
     return functools.partial(SCHEDULES[name].fn, **kwargs), f"{name}({args})@lr={lr!r}"
 
 
-def schedule_state(plan: RunPlan) -> dict[str, Any]:
+def schedule_state(plan: SchedulePlan) -> dict[str, Any]:
     """The plan's schedule as data: ``{"name", "kwargs", "lr"}`` (stored in checkpoints)."""
-    name = schedule_name(plan)
+    name = schedule_name(plan.config.schedule)
     return {"name": name, "kwargs": SCHEDULES[name].kwargs(plan), "lr": plan.config.optim.lr}
 
 
@@ -185,7 +200,7 @@ def schedule_from_state(state: dict[str, Any]) -> tuple[Callable[[int], float], 
     return _bind(state["name"], dict(state["kwargs"]), state["lr"])
 
 
-def cooldown_start(plan: RunPlan) -> int | None:
+def cooldown_start(plan: SchedulePlan) -> int | None:
     """The first step of the plan's final cooldown (CPT restarts from the step before), if any."""
     state = schedule_state(plan)
     k = state["kwargs"]
@@ -196,7 +211,7 @@ def cooldown_start(plan: RunPlan) -> int | None:
     return None
 
 
-def build_schedule_fn(plan: RunPlan) -> tuple[Callable[[int], float], str]:
+def build_schedule_fn(plan: SchedulePlan) -> tuple[Callable[[int], float], str]:
     """The plan's schedule as ``step -> multiplier`` and its fingerprint.
 
     The fingerprint names the function and every argument; a checkpoint stores it so that a

@@ -17,14 +17,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron.config.deepspeed import to_deepspeed_config
 from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.gpt import GPTModel, masked_mean
 from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
-from megatron.schedules.registry import build_schedule_fn, schedule_state
+from megatron.schedules.registry import schedule_from_state, schedule_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
@@ -95,7 +94,7 @@ class TrainEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=self.optimizer,
-            config=to_deepspeed_config(plan),
+            config=plan.deepspeed,
             mpu=None if self.pipeline else MegatronMPU(),
         )
         if (
@@ -104,10 +103,9 @@ class TrainEngine:
             and not self.engine.fp16_enabled()
         ):
             _record_grad_norm_at_zero0(self.engine)
-        fn, fingerprint = build_schedule_fn(plan)
-        self.scheduler = LRScheduler(
-            self.optimizer, fn, fingerprint, cfg.optim.lr, schedule_state(plan)
-        )
+        state = schedule_state(plan)  # the schedule's arguments, computed once
+        fn, fingerprint = schedule_from_state(state)
+        self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, state)
         self.train_mode()
 
     def _build_model(self) -> torch.nn.Module:

@@ -23,17 +23,23 @@ from megatron.checkpointing.checkpoint import (
     set_rng_state,
 )
 from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_universal_info
+from megatron.checkpointing.metadata import (
+    check_model_shape,
+    check_tokenizer,
+    check_topology,
+    client_info,
+    log_config_diff,
+    run_metadata,
+)
 from megatron.checkpointing.reader import CLIENT_KEY
 from megatron.checkpointing.universal import (
     LATEST_UNIVERSAL_FILE,
     UniversalCheckpoint,
-    client_info,
     is_universal,
     load_optimizer_states,
     load_weights,
     resolve_universal_dir,
 )
-from megatron.config.deepspeed import to_deepspeed_config
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
@@ -47,16 +53,7 @@ from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
 from megatron.trainer.optimizer_states import optimizer_state_stats
-from megatron.trainer.state import (
-    TrainState,
-    check_model_shape,
-    check_tokenizer,
-    check_topology,
-    data_state,
-    log_config_diff,
-    restore_data_state,
-    run_metadata,
-)
+from megatron.trainer.state import TrainState, data_state, restore_data_state
 from megatron.trainer.stop import StopSignals
 
 log = logging.getLogger(__name__)
@@ -91,7 +88,9 @@ class TrainResult:
 def log_plan(plan: RunPlan) -> None:
     """Print the derived values and the DeepSpeed config once, at start."""
     log.info("run plan: %s", json.dumps(plan.summary()))
-    log.info("deepspeed config: %s", json.dumps(to_deepspeed_config(plan)))
+    for flag, row in plan.sources.items():
+        log.info("config %s = %r  (from %s)", flag, row["value"], row["source"])
+    log.info("deepspeed config: %s", json.dumps(plan.deepspeed))
 
 
 class Trainer:
@@ -240,7 +239,7 @@ class Trainer:
             "rng": rng_state(),
             "iteration": state.iteration,  # DeepSpeed's ds_to_universal reads these two
             UNIVERSAL_CHECKPOINT_INFO: deepspeed_universal_info(self.plan.model),
-            CLIENT_KEY: client_info(self.engine, self.ctx, self.plan, metadata),
+            CLIENT_KEY: client_info(self.engine, self.ctx, metadata),
         }
         save_checkpoint(self.engine.engine, ckpt.save, state.iteration, metadata, client)
         self.engine.train_mode()

@@ -1,22 +1,11 @@
-"""Training progress and the run metadata a checkpoint carries about it."""
+"""Training progress: where the run is, and the training stream's position in a checkpoint."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
-from megatron.config.schema import config_values, iter_knobs
-from megatron.data.tokenizers import file_sha256
-
-log = logging.getLogger(__name__)
-
-METADATA_VERSION = 1
 
 
 @dataclass
@@ -30,12 +19,6 @@ class TrainState:
 
     iteration: int = 0
     consumed_samples: int = 0
-
-
-def flat_config(plan: RunPlan) -> dict[str, Any]:
-    """The config as ``{flag: value}`` (JSON-friendly, diffable)."""
-    values = config_values(plan.config)
-    return {k.flag: values[k.path] for k in iter_knobs()}
 
 
 def data_state(stream: object, consumed_samples: int) -> dict[str, Any] | None:
@@ -65,151 +48,3 @@ def restore_data_state(stream: object, consumed_samples: int, metadata: dict[str
             f"--data-file-list: the checkpoint's data position does not fit this data list ({e}); "
             "use the checkpoint's list to resume, or --finetune to start a new data stream"
         ) from None
-
-
-def run_metadata(
-    plan: RunPlan,
-    state: TrainState,
-    scheduler_state: dict[str, Any],
-    data: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The JSON metadata stored in every checkpoint."""
-    return {
-        "data": data,
-        "tokenizer": tokenizer_identity(plan),
-        "code_version": code_version(),
-        "zero_stage": plan.config.parallel.zero_stage,
-        "metadata_version": METADATA_VERSION,
-        "iteration": state.iteration,
-        "consumed_samples": state.consumed_samples,
-        "scheduler": scheduler_state,
-        "config": flat_config(plan),
-        "plan": plan.summary(),
-        "model": {k: v for k, v in _model_fields(plan).items()},
-    }
-
-
-# Hashed once per process: run_metadata is built at every save.
-_cached_sha256 = functools.cache(file_sha256)
-
-
-def tokenizer_identity(plan: RunPlan) -> dict[str, Any]:
-    """The tokenizer type, its files and their SHA-256 (so a resumed run can tell a changed one)."""
-    d = plan.config.data
-    files = [f for f in (d.tokenizer_model, d.vocab_file, d.merge_file) if f]
-    return {"type": d.tokenizer_type, "files": files, "sha256": [_cached_sha256(f) for f in files],
-            "vocab_size": plan.model.original_vocab_size}
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version plus the git commit of the source tree, when it is a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return f"megatron-ds-cpt {_package_version()} ({commit})"
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("megatron-ds-cpt")
-    except Exception:  # noqa: BLE001  (not installed: a source checkout)
-        return "source"
-
-
-def check_tokenizer(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
-    """Refuse a checkpoint trained with another tokenizer (same files compare by content).
-
-    Raises:
-        ConfigError: Type or file contents differ.
-    """
-    before, now = saved.get("tokenizer"), tokenizer_identity(plan)
-    if before is None or plan.config.data.mock_data:
-        return
-    if before["type"] != now["type"] or (
-        any(before["sha256"]) and any(now["sha256"]) and before["sha256"] != now["sha256"]
-    ):
-        raise ConfigError(
-            f"--tokenizer-type/--tokenizer-model: {where} was trained with tokenizer {before['type']} "
-            f"{before['files']} (sha256 {before['sha256']}); this run uses {now['type']} {now['files']}. "
-            "Token ids would mean other text: use the checkpoint's tokenizer"
-        )
-
-
-def check_topology(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
-    """Refuse a (non-universal) checkpoint of another parallel layout, naming both.
-
-    TP and PP must match; with ZeRO >= 1 so must DP and the stage (the optimizer is partitioned).
-    """
-    before = saved.get("plan", {})
-    if not before:
-        return
-    then = (before.get("tp"), before.get("pp"), before.get("dp"), saved.get("zero_stage", 0))
-    now = (plan.tp, plan.pp, plan.dp, plan.config.parallel.zero_stage)
-    zero = max(then[3] or 0, now[3])
-    if then[:2] != now[:2] or (zero > 0 and then != now):
-        raise ConfigError(
-            f"--load: {where} was saved at TP={then[0]} PP={then[1]} DP={then[2]} ZeRO-{then[3]}; this "
-            f"run is TP={now[0]} PP={now[1]} DP={now[2]} ZeRO-{now[3]}. Convert it once with "
-            f"python tools/convert_checkpoint.py --input {where}, then load with --universal-checkpoint"
-        )
-
-
-def _model_fields(plan: RunPlan) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(plan.model)
-
-
-# Shape-defining fields of the model: a checkpoint with other values cannot be loaded.
-SHAPE_FIELDS = (
-    "num_layers",
-    "hidden_size",
-    "ffn_hidden_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "max_position_embeddings",
-    "position_embedding",
-    "normalization",
-    "swiglu",
-    "bias",
-    "tie_embeddings",
-)
-
-
-def check_model_shape(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
-    """Refuse a checkpoint whose model differs in shape, listing every difference.
-
-    Raises:
-        ConfigError: Shapes differ.
-    """
-    saved_model = saved.get("model", {})
-    now = _model_fields(plan)
-    diffs = [
-        f"{name}: checkpoint {saved_model[name]!r}, this run {now[name]!r}"
-        for name in SHAPE_FIELDS
-        if name in saved_model and saved_model[name] != now[name]
-    ]
-    if diffs:
-        raise ConfigError(
-            f"--load: {where} holds a model of another shape ({'; '.join(diffs)}); set the model "
-            "flags to the checkpoint's values"
-        )
-
-
-def log_config_diff(plan: RunPlan, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Log and return the flags whose value changed since the checkpoint: flag -> (old, new)."""
-    before = saved.get("config", {})
-    now = flat_config(plan)
-    diff = {f: (before[f], v) for f, v in now.items() if f in before and before[f] != v}
-    for flag, (old, new) in sorted(diff.items()):
-        log.info("resume: %s was %r in the checkpoint, now %r", flag, old, new)
-    return diff

@@ -136,5 +136,6 @@ def test_layout_change_without_universal_is_refused_with_the_fix(tmp_path):
         convert(universal, str(tmp_path / "again"))
     with pytest.raises(ConfigError, match="holds a universal checkpoint; add --universal-checkpoint"):
         _single("--train-iters", "4", "--load", universal)
-    with pytest.raises(ConfigError, match=r"another shape \(hidden_size: checkpoint 16, this run 32"):
+    # A given shape value that differs from the checkpoint's is refused while parsing, naming both.
+    with pytest.raises(ConfigError, match=r"--hidden-size: 32 \(from --hidden-size\) differs from the 16 of the checkpoint"):
         _single("--train-iters", "4", "--load", save, "--universal-checkpoint", "--hidden-size", "32")

@@ -35,7 +35,7 @@ def _parser_flags() -> set[str]:
     parser = build_parser()
     found = set()
     for action in parser._actions:
-        if action.dest in ("help", "config", "dry_run", "deepspeed"):
+        if action.dest in ("help", "config", "launcher_default", "dry_run", "deepspeed"):
             continue
         found.add(action.option_strings[0])
     return found
@@ -118,3 +118,24 @@ def test_config_file_unknown_key_is_an_error(tmp_path):
     path.write_text("hidden_sise: 64\n")
     with pytest.raises(ConfigError, match=r"--config: unknown key 'hidden_sise'.*did you mean --hidden-size"):
         parse_args(["--config", str(path)])
+
+
+def test_help_lists_the_registered_choices(capsys):
+    from megatron.optimizer.registry import OPTIMIZERS
+    from megatron.schedules.functions import COOLDOWN_SHAPES
+    from megatron.schedules.registry import SCHEDULES
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--optimizer {" + ",".join(sorted(OPTIMIZERS)) + "}" in text
+    styles = sorted(name for name, spec in SCHEDULES.items() if spec.user_facing)
+    assert "--lr-decay-style {" + ",".join(styles) + "}" in text
+    assert "lr-range" not in styles and "wsd" in styles  # wsd is documented; lr-range is --lr-finder's
+    assert "--lr-cooldown-shape {" + ",".join(COOLDOWN_SHAPES) + "}" in text
+    assert "--tokenizer-type {byte,gpt2bpe,hf,null,sentencepiece}" in text
+
+
+def test_internal_schedule_names_are_refused_as_styles():
+    with pytest.raises(ConfigError, match=r"--lr-decay-style: unknown style 'lr-range'; known: .*'wsd'"):
+        parse_args(["--lr-decay-style", "lr-range"])

@@ -109,3 +109,53 @@ def test_model_arch_presets_and_unknown_names(repo_root, tmp_path, shakespeare_p
     bad = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", MODEL_ARCH="1B")
     assert bad.returncode == 2
     assert "MODEL_ARCH=1B: unknown preset; known: 425M 7B" in bad.stderr
+
+
+def test_layered_presets_keep_every_file_and_show_where_values_came_from(repo_root, tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("num_layers: 3\n")
+    out = launch(repo_root, tmp_path, "--config", str(user), "--mock-data", MODEL_ARCH="7B", TRAIN_ITERS="10")
+    assert out.returncode == 0, out.stderr
+    result = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
+    plan, sources = result["plan"], result["sources"]
+    # The 7B shape (hidden 4096, ffn 11008, untied head, seq 4096) with the user's 3 layers: ~0.6B.
+    d, f, vocab = 4096, 11008, plan["padded_vocab_size"]
+    assert plan["num_parameters"] == 3 * (4 * d * d + 3 * d * f + 2 * d) + d + 2 * vocab * d
+    assert 0.55e9 < plan["num_parameters"] < 0.65e9
+    assert plan["seq_length"] == 4096
+    assert sources["--num-layers"] == {"value": 3, "source": f"{user}:1"}
+    assert sources["--hidden-size"]["source"].endswith("ALCF/presets/arch/7B.yaml:4")
+    assert sources["--train-iters"] == {"value": 10, "source": "TRAIN_ITERS"}
+    assert sources["--save"] == {"value": "auto", "source": "train_alcf.sh default"}
+    assert "--data-file-list" not in sources  # the demo's list is not inherited
+
+
+def test_a_preset_without_data_says_what_is_missing(repo_root, tmp_path):
+    out = launch(repo_root, tmp_path, MODEL_ARCH="425M", TRAIN_ITERS="10")
+    assert out.returncode == 2
+    assert "--data-file-list: no training data" in out.stderr
+    assert "the demo preset applies only to the no-argument demo" in out.stderr
+
+
+def test_save_in_a_file_is_not_replaced_by_the_launcher_default(repo_root, tmp_path, shakespeare_prefix):
+    user = tmp_path / "user.yaml"
+    user.write_text(f"save: {tmp_path}/mine\nnum_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\n")
+    out = launch(repo_root, tmp_path, "--config", str(user), prefix=shakespeare_prefix,
+                 DATA_FILE_LIST="{list}", TRAIN_ITERS="10")
+    assert out.returncode == 0, out.stderr
+    paths = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["paths"]
+    assert paths["save"] == f"{tmp_path}/mine"
+
+
+def test_every_launcher_variable_maps_to_a_real_flag(repo_root):
+    from megatron.config.schema import knob_by_flag
+
+    text = open(os.path.join(repo_root, "ALCF", "helpers.sh")).read()
+    entries = []
+    for table in ("ENV_VALUE_FLAGS", "ENV_SWITCH_FLAGS"):
+        body = text.split(f"{table}=(", 1)[1].split("\n)", 1)[0]
+        entries += [line.strip().strip('"') for line in body.splitlines() if "|" in line]
+    assert len(entries) > 40
+    known = knob_by_flag()
+    unknown = [e for e in entries if e.split("|")[1] not in known]
+    assert unknown == []

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from megatron.checkpointing.checkpoint import LATEST_FILE, LATEST_ITERATION_FILE, METADATA_FILE
+from megatron.checkpointing.metadata import check_model_shape
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
 from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
@@ -83,8 +84,15 @@ def test_changed_schedule_on_resume_is_an_error(tmp_path):
 def test_model_shape_mismatch_is_refused_with_the_differences(tmp_path):
     save = str(tmp_path / "ckpt")
     run("--train-iters", "2", "--save", save)
-    with pytest.raises(ConfigError, match=r"holds a model of another shape \(hidden_size: checkpoint 16, this run 32"):
+    with pytest.raises(ConfigError, match=r"--hidden-size: 32 \(from --hidden-size\) differs from the 16 of the checkpoint"):
         run("--train-iters", "2", "--load", save, "--hidden-size", "32")
+    # The trainer's own check (for metadata without a config, e.g. older checkpoints) lists them all.
+
+    with open(os.path.join(save, "global_step2", "run_metadata.json")) as f:
+        metadata = json.load(f)
+    metadata.pop("config")
+    with pytest.raises(ConfigError, match=r"holds a model of another shape \(hidden_size: checkpoint 16, this run 32"):
+        check_model_shape(tiny_plan("--train-iters", "2", "--hidden-size", "32"), metadata, save)
 
 
 def test_kill_switch_saves_and_stops(tmp_path):

@@ -1,0 +1,41 @@
+"""Run names and the ``auto`` output paths derived from them (ALCF style)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from megatron.config.plan import RunPlan
+
+AUTO = "auto"
+
+
+def run_name(plan: RunPlan) -> str:
+    """The run's name in the ALCF style: ``ws16_ds_stage1_nl32_hs4096_mb1_seq4096_gb3072_sp0_pp1_tp1_bf16_optadamw_lr0.0003``."""
+    c = plan.config
+    return (
+        f"ws{plan.world_size}_ds_stage{c.parallel.zero_stage}_nl{c.model.num_layers}"
+        f"_hs{c.model.hidden_size}_mb{plan.micro_batch_size}_seq{plan.seq_length}"
+        f"_gb{plan.global_batch_size}_sp{int(c.parallel.sequence_parallel)}_pp{plan.pp}_tp{plan.tp}"
+        f"_{plan.dtype}_opt{c.optim.optimizer}_lr{c.optim.lr:g}"
+    )
+
+
+def resolve_auto_paths(plan: RunPlan) -> RunPlan:
+    """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` -> ``outputs/<run name>/tensorboard``."""
+    ckpt, logs = plan.config.checkpoint, plan.config.logging
+    if AUTO not in (ckpt.save, logs.tensorboard_dir):
+        return plan
+    name = run_name(plan)
+    config = dataclasses.replace(
+        plan.config,
+        checkpoint=dataclasses.replace(
+            ckpt, save=os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
+        ),
+        logging=dataclasses.replace(
+            logs,
+            tensorboard_dir=os.path.join("outputs", name, "tensorboard")
+            if logs.tensorboard_dir == AUTO else logs.tensorboard_dir,
+        ),
+    )
+    return dataclasses.replace(plan, config=config)
