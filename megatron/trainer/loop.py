@@ -33,7 +33,7 @@ from megatron.checkpointing.universal import (
     load_weights,
     resolve_universal_dir,
 )
-from megatron.config.deepspeed import to_deepspeed_config
+from megatron.config.deepspeed import deepspeed_agreements, to_deepspeed_config
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
@@ -92,6 +92,8 @@ def log_plan(plan: RunPlan) -> None:
     """Print the derived values and the DeepSpeed config once, at start."""
     log.info("run plan: %s", json.dumps(plan.summary()))
     log.info("deepspeed config: %s", json.dumps(to_deepspeed_config(plan)))
+    for line in deepspeed_agreements(plan):
+        log.info(line)
 
 
 class Trainer:
