@@ -188,15 +188,15 @@ class Trainer:
         """One optimizer step at the scheduled LR; report it."""
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
-        result = self.engine.train_step(
-            self.train_reader.step_batches(state.consumed_samples),
-            self.train_meter,
-            iteration=state.iteration,
-        )
+        with self.engine.timers.phase("data"):
+            batches = self.train_reader.step_batches(state.consumed_samples)
+        result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        if self.reporter.due(state.iteration):
+            self.reporter.on_timers(state.iteration, self.engine.timers.collect())
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)
