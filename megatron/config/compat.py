@@ -2,8 +2,8 @@
 
 Every such flag is one entry of a registry, and nothing is silently ignored:
 
-- **implemented**: one of our knobs under the same name (``MEGATRON_FLAGS``, checked against
-  the schema by a test);
+- **implemented**: one of our knobs under the same name (``compat_table.MEGATRON_FLAGS``,
+  checked against the schema by a test);
 - **alias of**: one of our knobs under another spelling (a knob alias or a value alias, e.g.
   ``--tokenizer-type GPT2BPETokenizer``);
 - **mapped**: rewritten into our flags before parsing (``--data-path 0.3 A 0.7 B``);
@@ -11,7 +11,7 @@ Every such flag is one entry of a registry, and nothing is silently ignored:
 - **refused**: an error at start with the reason and the fix.
 
 ``translate_argv`` applies the registry to a command line (``megatron.config.cli.parse_args``
-calls it once, before argparse); ``compat_table`` renders the README's compatibility table
+calls it once, before argparse); ``compat_table.py`` renders the README's compatibility table
 from the same registry, so the table cannot drift from the code.
 """
 
@@ -70,7 +70,9 @@ def mapped(flag: str, note: str, nargs: int | Literal["*"] = 1) -> Callable[[Tra
     """Decorator registering ``translate`` as the mapping of ``flag``."""
 
     def decorate(fn: Translate) -> Translate:
-        register_compat(CompatEntry(flag=flag, status="mapped", note=note, nargs=nargs, translate=fn))
+        register_compat(
+            CompatEntry(flag=flag, status="mapped", note=note, nargs=nargs, translate=fn)
+        )
         return fn
 
     return decorate
@@ -87,44 +89,6 @@ def refuse(flag: str, reason: str, nargs: int | Literal["*"] = 0) -> None:
     """Register ``flag`` as refused: ``reason`` says why and what to use instead."""
     register_compat(CompatEntry(flag=flag, status="refused", note=reason, nargs=nargs))
 
-
-MEGATRON_FLAGS: tuple[str, ...] = (
-    # model
-    "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
-    "--kv-channels", "--num-query-groups", "--seq-length", "--max-position-embeddings",
-    "--use-rotary-position-embeddings", "--rope-theta", "--normalization", "--layernorm-epsilon",
-    "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
-    "--hidden-dropout", "--attention-dropout", "--init-method-std",
-    "--make-vocab-size-divisible-by", "--recompute-activations", "--checkpoint-activations",
-    "--use-flash-attn", "--use-flash-attn-v2", "--use-flash-attn-triton",
-    # data and tokenizer
-    "--split", "--data-cache-path", "--mock-data", "--tokenizer-type", "--tokenizer-model",
-    "--vocab-file", "--merge-file", "--vocab-size", "--data-file-list",
-    # batch, length, precision
-    "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples",
-    "--train-tokens", "--bf16", "--fp16", "--seed",
-    # optimizer and schedule
-    "--optimizer", "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters",
-    "--lr-decay-samples", "--lr-decay-tokens", "--lr-warmup-iters", "--lr-warmup-samples",
-    "--lr-warmup-tokens", "--lr-warmup-fraction", "--weight-decay", "--clip-grad",
-    "--adam-beta1", "--adam-beta2", "--adam-eps", "--sgd-momentum",
-    "--lr-constant-plus-cooldown",
-    # parallelism and DeepSpeed
-    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--sequence-parallel",
-    "--zero-stage", "--cpu-optimizer", "--deepspeed-config", "--distributed-backend",
-    "--distributed-timeout-minutes",
-    # checkpoints and run control
-    "--save", "--load", "--save-interval", "--finetune", "--no-load-optim", "--no-load-rng",
-    "--universal-checkpoint", "--override-opt-param-scheduler",
-    "--use-checkpoint-opt-param-scheduler", "--exit-interval", "--exit-duration-in-mins",
-    "--kill-switch-file", "--eval-interval", "--eval-iters",
-    # logging
-    "--log-interval", "--tensorboard-dir", "--tensorboard-queue-size",
-    "--log-timers-to-tensorboard", "--log-batch-size-to-tensorboard",
-    "--log-optimizer-states-to-tensorboard", "--wandb-project", "--wandb-exp-name",
-    "--wandb-save-dir", "--wandb-group",
-)  # fmt: skip
-"""Megatron flags that are our knobs (same name or a knob alias); a test checks each parses."""
 
 VALUE_ALIASES: dict[str, dict[str, str]] = {
     "--tokenizer-type": {
@@ -179,13 +143,21 @@ def translate_argv(argv: Sequence[str]) -> list[str]:
         if entry.status == "refused" or entry.translate is None:
             raise ConfigError(f"{entry.flag}: not supported: {entry.note}")
         ours = entry.translate(values, list(argv))
-        log.info("%s %s -> %s (%s: %s)", entry.flag, " ".join(values), " ".join(ours) or "nothing",
-                 entry.status, entry.note)
+        log.info(
+            "%s %s -> %s (%s: %s)",
+            entry.flag,
+            " ".join(values),
+            " ".join(ours) or "nothing",
+            entry.status,
+            entry.note,
+        )
         out += ours
     return _infer_tokenizer(out)
 
 
-def _copy_with_value_alias(name: str, inline: str | None, rest: Sequence[str], out: list[str]) -> int:
+def _copy_with_value_alias(
+    name: str, inline: str | None, rest: Sequence[str], out: list[str]
+) -> int:
     """Copy one of our flags to ``out``, replacing a Megatron value name (``GPT2BPETokenizer``);
     returns how many tokens after the flag were consumed."""
     table = VALUE_ALIASES.get(name)
@@ -217,6 +189,7 @@ def _infer_tokenizer(argv: list[str]) -> list[str]:
 
 # ---- mapped -------------------------------------------------------------------------------
 
+
 def inline_data_list(values: Sequence[str], flag: str) -> str:
     """Megatron's ``w1 prefix1 w2 prefix2 ...`` (or one prefix) as an inline data file list.
 
@@ -238,7 +211,9 @@ def inline_data_list(values: Sequence[str], flag: str) -> str:
         try:
             float(weight)
         except ValueError:
-            raise ConfigError(f"{flag}: weight {weight!r} (before {prefix}) is not a number") from None
+            raise ConfigError(
+                f"{flag}: weight {weight!r} (before {prefix}) is not a number"
+            ) from None
         corpus = os.path.basename(prefix.removesuffix(".bin")) or "data"
         lines.append(f"{weight} {prefix} {corpus}")
     return INLINE_DATA_LIST + ";".join(lines)
@@ -255,38 +230,56 @@ def _data_path(values: list[str], argv: list[str]) -> list[str]:
     return ["--data-file-list", inline_data_list(values, "--data-path")]
 
 
-for _split, _ours in (("train", "data-file-list"), ("valid", "valid-data-file-list"),
-                      ("test", "test-data-file-list")):
+for _split, _ours in (
+    ("train", "data-file-list"),
+    ("valid", "valid-data-file-list"),
+    ("test", "test-data-file-list"),
+):
 
-    def _inline(values: list[str], argv: list[str], ours: str = _ours, split: str = _split) -> list[str]:
+    def _inline(
+        values: list[str], argv: list[str], ours: str = _ours, split: str = _split
+    ) -> list[str]:
         return ["--" + ours, inline_data_list(values, f"--{split}-data-path"), *_whole_lists(argv)]
 
     def _file(values: list[str], argv: list[str], ours: str = _ours) -> list[str]:
         return ["--" + ours, values[0], *_whole_lists(argv)]
 
-    mapped(f"--{_split}-data-path", f"--{_ours} (inline list; --split 100,0,0 unless given)",
-           nargs="*")(_inline)
-    mapped(f"--{_split}-data-path-file", f"--{_ours} (our data file list format; --split "
-           "100,0,0 unless given)")(_file)
+    mapped(
+        f"--{_split}-data-path", f"--{_ours} (inline list; --split 100,0,0 unless given)", nargs="*"
+    )(_inline)
+    mapped(
+        f"--{_split}-data-path-file",
+        f"--{_ours} (our data file list format; --split 100,0,0 unless given)",
+    )(_file)
 
 
-@mapped("--position-embedding-type", "--use-rotary-position-embeddings (rope) or "
-        "--no-use-rotary-position-embeddings (learned_absolute); other types refused")
+@mapped(
+    "--position-embedding-type",
+    "--use-rotary-position-embeddings (rope) or "
+    "--no-use-rotary-position-embeddings (learned_absolute); other types refused",
+)
 def _position_embedding_type(values: list[str], argv: list[str]) -> list[str]:
-    choice = {"rope": "--use-rotary-position-embeddings",
-              "learned_absolute": "--no-use-rotary-position-embeddings"}.get(values[0])
+    choice = {
+        "rope": "--use-rotary-position-embeddings",
+        "learned_absolute": "--no-use-rotary-position-embeddings",
+    }.get(values[0])
     if choice is None:
-        raise ConfigError(f"--position-embedding-type: {values[0]!r} is not supported; use rope "
-                          "or learned_absolute")
+        raise ConfigError(
+            f"--position-embedding-type: {values[0]!r} is not supported; use rope "
+            "or learned_absolute"
+        )
     return [choice]
 
 
-@mapped("--data-impl", "no-op for mmap (our indexed datasets are memory-mapped); other values "
-        "refused")
+@mapped(
+    "--data-impl", "no-op for mmap (our indexed datasets are memory-mapped); other values refused"
+)
 def _data_impl(values: list[str], argv: list[str]) -> list[str]:
     if values[0] != "mmap":
-        raise ConfigError(f"--data-impl: {values[0]!r} is not supported: datasets are read "
-                          "memory-mapped (mmap); re-tokenize with tools/preprocess_data.py")
+        raise ConfigError(
+            f"--data-impl: {values[0]!r} is not supported: datasets are read "
+            "memory-mapped (mmap); re-tokenize with tools/preprocess_data.py"
+        )
     return []
 
 
@@ -301,68 +294,63 @@ no_op("--deepspeed", "DeepSpeed is always used")
 no_op("--log-validation-ppl-to-tensorboard", "always on: valid/ppl and test/ppl are written")
 no_op("--log-learning-rate-to-tensorboard", "always on: train/lr is written")
 no_op("--log-throughput", "always on: tokens/s, samples/s and TFLOP/s are logged")
-_FUSION = "attention runs in torch SDPA and the other ops are plain torch; no fused kernel to switch"
-for _flag in ("--no-masked-softmax-fusion", "--no-bias-gelu-fusion", "--no-bias-dropout-fusion",
-              "--no-bias-swiglu-fusion", "--no-rope-fusion", "--no-persist-layer-norm",
-              "--masked-softmax-fusion", "--bias-gelu-fusion", "--bias-dropout-fusion"):
+_FUSION = (
+    "attention runs in torch SDPA and the other ops are plain torch; no fused kernel to switch"
+)
+for _flag in (
+    "--no-masked-softmax-fusion",
+    "--no-bias-gelu-fusion",
+    "--no-bias-dropout-fusion",
+    "--no-bias-swiglu-fusion",
+    "--no-rope-fusion",
+    "--no-persist-layer-norm",
+    "--masked-softmax-fusion",
+    "--bias-gelu-fusion",
+    "--bias-dropout-fusion",
+):
     no_op(_flag, _FUSION)
-no_op("--no-gradient-accumulation-fusion", "weight gradients accumulate through autograd; there is "
-      "no fused (APEX/TE) wgrad kernel")
-no_op("--no-async-tensor-model-parallel-allreduce", "megatron-core's TP layers run without the "
-      "async all-reduce overlap here")
-no_op("--apply-query-key-layer-scaling", "SDPA scales by 1/sqrt(head dim) inside the kernel; the "
-      "layer-number rescaling only guarded Megatron's fp16 fused softmax")
+no_op(
+    "--no-gradient-accumulation-fusion",
+    "weight gradients accumulate through autograd; there is no fused (APEX/TE) wgrad kernel",
+)
+no_op(
+    "--no-async-tensor-model-parallel-allreduce",
+    "megatron-core's TP layers run without the async all-reduce overlap here",
+)
+no_op(
+    "--apply-query-key-layer-scaling",
+    "SDPA scales by 1/sqrt(head dim) inside the kernel; the "
+    "layer-number rescaling only guarded Megatron's fp16 fused softmax",
+)
 no_op("--no-query-key-layer-scaling", "SDPA scales by 1/sqrt(head dim) inside the kernel")
 no_op("--attention-softmax-in-fp32", "SDPA's fused kernels accumulate the softmax in fp32")
-no_op("--deepspeed-activation-checkpointing", "--recompute-activations uses torch checkpointing; "
-      "DeepSpeed's implementation would recompute the same activations")
+no_op(
+    "--deepspeed-activation-checkpointing",
+    "--recompute-activations uses torch checkpointing; "
+    "DeepSpeed's implementation would recompute the same activations",
+)
 no_op("--num-workers", "samples are read memory-mapped in the training process", nargs=1)
-no_op("--use-cpu-initialization", "weights are initialized from per-tensor seeds, identical on "
-      "any device")
+no_op(
+    "--use-cpu-initialization",
+    "weights are initialized from per-tensor seeds, identical on any device",
+)
 
 # ---- refused ------------------------------------------------------------------------------
 
-refuse("--use-distributed-optimizer", "Megatron's distributed optimizer is ZeRO-1 here; use "
-       "--zero-stage 1")
-refuse("--rampup-batch-size", "batch-size ramp-up is not implemented; use a fixed "
-       "--global-batch-size", nargs="*")
-refuse("--ds-sequence-parallel-size", "DeepSpeed-Ulysses sequence parallelism is not "
-       "implemented; use tensor or pipeline parallelism", nargs=1)
+refuse(
+    "--use-distributed-optimizer",
+    "Megatron's distributed optimizer is ZeRO-1 here; use --zero-stage 1",
+)
+refuse(
+    "--rampup-batch-size",
+    "batch-size ramp-up is not implemented; use a fixed --global-batch-size",
+    nargs="*",
+)
+refuse(
+    "--ds-sequence-parallel-size",
+    "DeepSpeed-Ulysses sequence parallelism is not implemented; use tensor or pipeline parallelism",
+    nargs=1,
+)
 refuse("--fp8-format", "FP8 (Transformer Engine) training is not implemented; use --bf16", nargs=1)
 refuse("--moe-expert-parallel-size", "mixture-of-experts models are not implemented", nargs=1)
 refuse("--num-experts", "mixture-of-experts models are not implemented", nargs="*")
-
-
-# ---- the README table ---------------------------------------------------------------------
-
-def compat_rows() -> list[tuple[str, str, str]]:
-    """(flag, status, note) for every flag Megatron users bring, sorted by flag.
-
-    Knob flags come from the schema (implemented, or alias of the canonical flag); the rest from
-    ``COMPAT`` and ``VALUE_ALIASES``.
-    """
-    from megatron.config.schema import knob_by_flag
-
-    table = knob_by_flag()
-    rows = []
-    for flag in MEGATRON_FLAGS:
-        knob = table[flag]
-        if knob.flag == flag:
-            rows.append((flag, "implemented", knob.help))
-        else:
-            rows.append((flag, "alias", f"of {knob.flag}"))
-    for flag, values in VALUE_ALIASES.items():
-        rows += [(f"{flag} {theirs}", "alias", f"of {flag} {ours}") for theirs, ours in values.items()]
-    rows += [(e.flag, e.status, e.note) for e in COMPAT.values()]
-    return sorted(rows)
-
-
-TABLE_BEGIN = "<!-- compat-table:begin (generated by tools/compat_table.py; do not edit) -->"
-TABLE_END = "<!-- compat-table:end -->"
-
-
-def compat_table() -> str:
-    """The Markdown compatibility table, between its begin/end markers."""
-    lines = [TABLE_BEGIN, "| Megatron flag | status | target or reason |", "|---|---|---|"]
-    lines += [f"| `{flag}` | {status} | {note.replace('|', '/')} |" for flag, status, note in compat_rows()]
-    return "\n".join([*lines, TABLE_END])

@@ -23,13 +23,21 @@ from megatron.model.spec import GPTSpec
 
 log = logging.getLogger(__name__)
 
-KERNEL_NAMES = {0: "math (unfused)", 1: "flash", 2: "memory-efficient", 3: "cuDNN", 4: "fused (device-specific)"}
+KERNEL_NAMES = {
+    0: "math (unfused)",
+    1: "flash",
+    2: "memory-efficient",
+    3: "cuDNN",
+    4: "fused (device-specific)",
+}
 """``torch.nn.attention.SDPBackend`` values -> names in the start-up report."""
 
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def sdpa_choice(spec: GPTSpec, tp: int, device: torch.device, dtype: str, flash_only: bool) -> tuple[int, list[str]]:
+def sdpa_choice(
+    spec: GPTSpec, tp: int, device: torch.device, dtype: str, flash_only: bool
+) -> tuple[int, list[str]]:
     """The SDPA backend the dispatcher picks for one micro-batch row of this model's attention.
 
     Returns:
@@ -46,9 +54,17 @@ def sdpa_choice(spec: GPTSpec, tp: int, device: torch.device, dtype: str, flash_
     with restrict, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            choice = int(torch._fused_sdp_choice(
-                q, kv, kv, None, spec.attention_dropout, spec.causal, enable_gqa=heads != kv_heads
-            ))
+            choice = int(
+                torch._fused_sdp_choice(
+                    q,
+                    kv,
+                    kv,
+                    None,
+                    spec.attention_dropout,
+                    spec.causal,
+                    enable_gqa=heads != kv_heads,
+                )
+            )
         except RuntimeError:
             choice = -1
     reasons = [str(w.message).split(" (Triggered internally")[0] for w in caught]
@@ -74,8 +90,13 @@ def attention_context(
             "(SDPA then picks the fastest kernel that can run)"
         )
     name = KERNEL_NAMES.get(choice, f"backend {choice}")
-    log.info("attention: SDPA %s kernel on %s (%s%s)", name, device.type, dtype,
-             ", restricted by --use-flash-attn" if use_flash_attn else "")
+    log.info(
+        "attention: SDPA %s kernel on %s (%s%s)",
+        name,
+        device.type,
+        dtype,
+        ", restricted by --use-flash-attn" if use_flash_attn else "",
+    )
     if not use_flash_attn:
         return contextlib.nullcontext
     return lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION])

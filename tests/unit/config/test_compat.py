@@ -10,7 +10,8 @@ import re
 import pytest
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
-from megatron.config.compat import COMPAT, MEGATRON_FLAGS, VALUE_ALIASES, compat_rows, compat_table
+from megatron.config.compat import COMPAT, VALUE_ALIASES
+from megatron.config.compat_table import MEGATRON_FLAGS, compat_rows, compat_table
 from megatron.config.schema import knob_by_flag
 from tests.helpers import tiny_args
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import struct
 
 import pytest
@@ -91,13 +90,14 @@ def seed_command(files: dict[str, str], ds_config: str) -> list[str]:
             *gpt, *optimizer, *output, *data, *deepspeed]
 
 
-def read_wandb_history(run_file: str) -> list[dict]:
-    """History rows of an offline ``run-*.wandb`` file (W&B's LevelDB-style log of protobufs)."""
+def read_wandb_run(run_file: str) -> tuple[dict, list[dict]]:
+    """The config and history rows of an offline ``run-*.wandb`` file (W&B's LevelDB-style log
+    of protobuf records)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     with open(run_file, "rb") as f:
         data = f.read()
-    block, pos, pending, rows = 32768, 7, b"", []  # 7-byte file header, then 32 KiB blocks
+    block, pos, pending, rows, config = 32768, 7, b"", [], {}  # 7-byte header, 32 KiB blocks
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a record header is padding
             pos += block - pos % block
@@ -111,9 +111,13 @@ def read_wandb_history(run_file: str) -> list[dict]:
             record = pb.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-    return rows
+            elif kind in ("run", "config"):
+                items = record.run.config.update if kind == "run" else record.config.update
+                config.update({i.key: json.loads(i.value_json) for i in items})
+    return config, rows
 
 
 @pytest.mark.slow
@@ -155,13 +159,15 @@ def test_seed003_command_trains_and_logs(seed_files, monkeypatch, capsys):
 
     # W&B (offline): the run directory holds the same scalars at the same steps.
     run_file = glob.glob(f"{root}/wandb/wandb/offline-run-*/run-*.wandb")[0]
-    rows = read_wandb_history(run_file)
+    config, rows = read_wandb_run(run_file)
+    assert (config["lr"], config["wandb-group"], config["plan/train_iters"]) == (2e-3, "G", 10)
     by_step = {row["_step"]: row for row in rows}
     assert sorted(by_step) == [5, 10]
     for tag in ("train/loss", "train/batch_size", "valid/ppl", *sorted(timers)):
         assert [by_step[s][tag] for s in (5, 10)] == pytest.approx([e.value for e in acc.Scalars(tag)], rel=1e-5), tag
 
 
+@pytest.mark.slow  # the module fixture trains a BPE and tokenizes (~7-15 s)
 def test_seed003_json_with_one_disagreeing_value_is_refused(seed_files, capsys):
     import pretrain_gpt
 
