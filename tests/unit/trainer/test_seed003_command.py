@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import glob
 import json
-import struct
 
 import pytest
 
 from megatron.config.data import DataConfig
 from megatron.data.preprocess import tokenize_to_indexed
 from megatron.data.train_tokenizer import TrainOptions, train_tokenizer
+from tests.unit.trainer.test_wandb import read_wandb_run
 from tools.prepare_default_corpus import play_files
 
 MICRO, GLOBAL, SAMPLES = 2, 4, 40  # 10 steps
@@ -90,42 +90,13 @@ def seed_command(files: dict[str, str], ds_config: str) -> list[str]:
             *gpt, *optimizer, *output, *data, *deepspeed]
 
 
-def read_wandb_run(run_file: str) -> tuple[dict, list[dict]]:
-    """The config and history rows of an offline ``run-*.wandb`` file (W&B's LevelDB-style log
-    of protobuf records)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    with open(run_file, "rb") as f:
-        data = f.read()
-    block, pos, pending, rows, config = 32768, 7, b"", [], {}  # 7-byte header, 32 KiB blocks
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a record header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST fragment
-            record = pb.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            kind = record.WhichOneof("record_type")
-            if kind == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-            elif kind in ("run", "config"):
-                items = record.run.config.update if kind == "run" else record.config.update
-                config.update({i.key: json.loads(i.value_json) for i in items})
-    return config, rows
-
-
 @pytest.mark.slow
 def test_seed003_command_trains_and_logs(seed_files, monkeypatch, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import pretrain_gpt
 
+    pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     root = seed_files["root"]
