@@ -65,7 +65,8 @@ def parse_data_file_list(path: str, *, flag: str = "--data-file-list", check_fil
     """Read and validate a data file list.
 
     Args:
-        path: The list file.
+        path: The list file, or ``inline:line;line;...`` (Megatron's ``--data-path``, mapped by
+            ``megatron/config/compat.py``; messages then name ``flag:N``).
         flag: Flag that named the list (for messages).
         check_files: Also check every ``.bin``/``.idx`` pair exists.
 

@@ -127,3 +127,25 @@ def test_wandb_flags_need_a_project_and_the_package(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"--wandb-project: the wandb package is not installed; pip install wandb"):
         parse_args(["--wandb-project", "P"])
+
+
+MAPPED_SAMPLES = {
+    "--data-path": (["0.3", "a", "0.7", "b"], ("data", "data_file_list"), "inline:0.3 a a;0.7 b b"),
+    "--train-data-path": (["a"], ("data", "data_file_list"), "inline:1 a a"),
+    "--valid-data-path": (["v"], ("data", "valid_data_file_list"), "inline:1 v v"),
+    "--test-data-path": (["t"], ("data", "test_data_file_list"), "inline:1 t t"),
+    "--train-data-path-file": (["a.txt"], ("data", "data_file_list"), "a.txt"),
+    "--valid-data-path-file": (["v.txt"], ("data", "valid_data_file_list"), "v.txt"),
+    "--test-data-path-file": (["t.txt"], ("data", "test_data_file_list"), "t.txt"),
+    "--position-embedding-type": (["learned_absolute"], ("model", "use_rotary_position_embeddings"), False),
+    "--data-impl": (["mmap"], ("data", "split"), "98,1,1"),
+    "--no-pipeline-parallel": ([], ("parallel", "pipeline_model_parallel_size"), 1),
+}
+
+
+@pytest.mark.parametrize("flag", sorted(f for f, e in COMPAT.items() if e.status == "mapped"))
+def test_every_mapped_flag_parses_onto_our_knob(flag):
+    values, (section, field), expected = MAPPED_SAMPLES[flag]
+    needs_train = ("--train-data-path-file", "a.txt") if "valid" in flag or "test" in flag else ()
+    cfg = parse_args([flag, *values, *needs_train]).config
+    assert getattr(getattr(cfg, section), field) == expected
