@@ -78,7 +78,7 @@ def parse_data_file_list(path: str, *, flag: str = "--data-file-list", check_fil
     """
     if path.startswith(INLINE_DATA_LIST):  # Megatron's --data-path, mapped by config/compat.py
         lines = path.removeprefix(INLINE_DATA_LIST).split(";")
-        path = flag
+        path = f"{flag} (inline list)"
     else:
         try:
             with open(path) as f:

@@ -149,3 +149,12 @@ def test_every_mapped_flag_parses_onto_our_knob(flag):
     needs_train = ("--train-data-path-file", "a.txt") if "valid" in flag or "test" in flag else ()
     cfg = parse_args([flag, *values, *needs_train]).config
     assert getattr(getattr(cfg, section), field) == expected
+
+
+def test_data_path_prefix_errors_name_the_inline_list(tmp_path):
+    from megatron.data.data_list import check_data_inputs
+
+    missing = str(tmp_path / "nope")
+    cfg = parse_args(["--data-path", "0.5", missing, "0.5", missing + "2"]).config
+    with pytest.raises(ConfigError, match=r"--data-file-list \(inline list\):1: dataset prefix '.*nope' is missing"):
+        check_data_inputs(cfg)
