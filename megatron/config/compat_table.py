@@ -3,6 +3,8 @@ the config schema (``tools/compat_table.py --write`` puts it in README.md; a tes
 
 from __future__ import annotations
 
+from collections import Counter
+
 from megatron.config.compat import COMPAT, VALUE_ALIASES
 
 MEGATRON_FLAGS: tuple[str, ...] = (
@@ -57,7 +59,7 @@ def compat_rows() -> list[tuple[str, str, str]]:
     for flag in MEGATRON_FLAGS:
         knob = table[flag]
         if knob.flag == flag:
-            rows.append((flag, "implemented", knob.help))
+            rows.append((flag, "implemented", "same flag (see --help)"))
         else:
             rows.append((flag, "alias", f"of {knob.flag}"))
     for flag, values in VALUE_ALIASES.items():
@@ -74,9 +76,20 @@ TABLE_END = "<!-- compat-table:end -->"
 
 def compat_table() -> str:
     """The Markdown compatibility table, between its begin/end markers."""
-    lines = [TABLE_BEGIN, "| Megatron flag | status | target or reason |", "|---|---|---|"]
+    rows = compat_rows()
+    counts = Counter(status for _, status, _ in rows)
+    summary = ", ".join(
+        f"{counts[s]} {s}" for s in ("implemented", "alias", "mapped", "no-op", "refused")
+    )
+    lines = [
+        TABLE_BEGIN,
+        f"<details><summary>Compatibility table: {len(rows)} Megatron flags ({summary})</summary>",
+        "",
+        "| Megatron flag | status | target or reason |",
+        "|---|---|---|",
+    ]
     lines += [
         f"| `{flag}` | {status} | {note.replace('|', '/')} |"
-        for flag, status, note in compat_rows()
+        for flag, status, note in rows
     ]
-    return "\n".join([*lines, TABLE_END])
+    return "\n".join([*lines, "", "</details>", TABLE_END])
