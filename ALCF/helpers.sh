@@ -61,6 +61,8 @@ ENV_VALUE_FLAGS=(
     "EXIT_DURATION_MINS|--exit-duration-in-mins"
     "KILL_SWITCH_FILE|--kill-switch-file"
     "SEED|--seed"
+    "WANDB_PROJECT|--wandb-project"
+    "WANDB_EXP_NAME|--wandb-exp-name"
 )
 # VARIABLE|--flag  (switches: 1/true/yes -> --flag, 0/false/no -> --no-flag).
 ENV_SWITCH_FLAGS=(

@@ -5,6 +5,11 @@
     python tools/convert_checkpoint.py --input SAVE/global_step1000 --workers 8
     bash train_alcf.sh --load SAVE --universal-checkpoint [--finetune]  # then, at any layout
 
+DeepSpeed's ``ds_to_universal.py`` spellings work too, so a script only changes the script name:
+``--input_folder SAVE/global_stepN --output_folder SAVE/global_stepN_universal --keep_temp_folder
+--num_extract_workers 4 --num_merge_workers 2`` (workers: the larger of the two; no temporary
+folder is ever kept: the output is written under a temporary name and renamed when complete).
+
 Writes ``SAVE/global_stepN_universal/`` (DeepSpeed's universal layout: ``zero/<param>/fp32.pt``,
 ``exp_avg.pt``, ...) and points ``SAVE/latest_universal`` at it. One pass over the source, read
 memory-mapped: the only disk used is the output (written under a temporary name, renamed when
@@ -32,11 +37,19 @@ PROG = "convert_checkpoint.py"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="SAVE directory (its latest) or SAVE/global_stepN")
-    p.add_argument("--output", default=None, help="target directory (default: <step dir>_universal)")
-    p.add_argument("--workers", type=int, default=1, help="parallel reader/writer processes (default 1)")
+    p.add_argument("--input", "--input_folder", required=True,
+                   help="SAVE directory (its latest) or SAVE/global_stepN")
+    p.add_argument("--output", "--output_folder", default=None,
+                   help="target directory (default: <step dir>_universal)")
+    p.add_argument("--workers", type=int, default=None, help="parallel reader/writer processes (default 1)")
+    p.add_argument("--num_extract_workers", "--num_merge_workers", type=int, action="append",
+                   dest="ds_workers", default=[], help="ds_to_universal.py spellings of --workers")
+    p.add_argument("--keep_temp_folder", action="store_true",
+                   help="accepted for ds_to_universal.py scripts; no temporary folder is kept")
     p.add_argument("--no-verify", action="store_true", help="skip the verification pass")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.workers = max([1 if args.workers is None else args.workers, *args.ds_workers])
+    return args
 
 
 def _progress(started: float):  # noqa: ANN202

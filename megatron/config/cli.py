@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from megatron.config.compat import translate_argv
 from megatron.config.env import launcher_flag_sources
 from megatron.config.fields import ConfigError
 from megatron.config.layers import (
@@ -174,6 +175,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
         ConfigError: Unknown flag, bad value, conflicting repeat, or failed validation.
     """
     argv = [normalize_flag(a) for a in (sys.argv[1:] if argv is None else argv)]
+    argv = translate_argv(argv)  # Megatron(-DeepSpeed) flags: mapped, no-op or refused
     parser = build_parser(prog)
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:

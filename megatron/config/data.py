@@ -38,6 +38,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require_registered(self, "tokenizer_type", "tokenizer")
+        if (self.vocab_file or self.merge_file) and self.tokenizer_type != "gpt2bpe":
+            raise ConfigError(
+                f"--vocab-file: only --tokenizer-type gpt2bpe (Megatron's GPT2BPETokenizer) reads "
+                f"--vocab-file/--merge-file, but the tokenizer is {self.tokenizer_type!r}; add "
+                "--tokenizer-type gpt2bpe or drop the files"
+            )
         require_positive(self, "vocab_size")
         require_positive(self, "unique_tokens")
         parts = self.split.replace("/", ",").split(",")

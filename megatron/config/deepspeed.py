@@ -2,9 +2,10 @@
 
 We own batch sizes, accumulation, clipping, precision, optimizer, scheduler and the ZeRO stage.
 A user ``--deepspeed-config`` JSON may add keys we do not own (ZeRO sub-options, communication
-tuning); an owned key in it is an error even when its value matches, because two owners of one
-knob is how runs silently diverge (the bigscience notes: mismatched accumulation "can fail
-silently").
+tuning). It may also repeat a key we own, as Megatron-DeepSpeed scripts do, when the value
+equals the one our flags resolve to (the agreement is logged once at start); a different value
+is an error naming both places, because two owners of one knob disagreeing is how runs silently
+diverge (the bigscience notes: mismatched accumulation "can fail silently").
 """
 
 from __future__ import annotations
@@ -52,17 +53,67 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
     }
 
 
-def _owned_keys_in(user: dict[str, Any]) -> list[str]:
+def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` -> ``[("prefix.a.b", 1)]`` (a non-dict value is one leaf)."""
+    if not isinstance(value, dict) or not value:
+        return [(prefix, value)]
+    return [leaf for k, v in value.items() for leaf in _leaves(v, f"{prefix}.{k}")]
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _owned_leaves(user: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(owned key, dotted leaf, user value) for every leaf the user sets under a key we own."""
     found = []
     for key in OWNED_KEYS:
-        node: Any = user
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
-            found.append(key)
+        present, value = _lookup(user, key)
+        if present:
+            found += [(key, leaf, v) for leaf, v in _leaves(value, key)]
     return found
+
+
+def _equal(ours: Any, theirs: Any) -> bool:
+    if isinstance(ours, bool) or isinstance(theirs, bool):
+        return type(ours) is type(theirs) and ours == theirs
+    return ours == theirs
+
+
+def check_owned_keys(user: dict[str, Any], generated: dict[str, Any], path: str) -> list[str]:
+    """Compare the owned keys a user JSON repeats with the generated values.
+
+    Returns:
+        One line per agreeing value ("ds.json: train_batch_size=768 agrees with
+        --global-batch-size").
+
+    Raises:
+        ConfigError: A value that differs from ours (or that we never set), naming the JSON key
+            and the flag that owns it.
+    """
+    agreements, conflicts = [], []
+    for key, leaf, value in _owned_leaves(user):
+        flag = OWNED_KEYS[key]
+        present, ours = _lookup(generated, leaf)
+        shown = json.dumps(value)
+        if present and _equal(ours, value):
+            agreements.append(f"{path}: {leaf}={shown} agrees with {flag}")
+        elif present:
+            conflicts.append(f"{leaf}={shown} but {flag} gives {json.dumps(ours)}")
+        else:
+            conflicts.append(f"{leaf}={shown} is not set by this framework ({flag} owns {key})")
+    if conflicts:
+        raise ConfigError(
+            f"--deepspeed-config: {path} disagrees with the flags: {'; '.join(conflicts)}. "
+            "Remove the key from the JSON (the flags, or their train_alcf.sh variables, set it) "
+            "or change the flag"
+        )
+    return agreements
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +130,7 @@ def load_user_deepspeed_config(path: str) -> dict[str, Any]:
     """Read a ``--deepspeed-config`` JSON file.
 
     Raises:
-        ConfigError: Unreadable, not a JSON object, or holding a key we own.
+        ConfigError: Unreadable or not a JSON object.
     """
     try:
         with open(path) as f:
@@ -88,20 +139,27 @@ def load_user_deepspeed_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"--deepspeed-config: cannot read {path}: {e}") from None
     if not isinstance(user, dict):
         raise ConfigError(f"--deepspeed-config: {path} must hold a JSON object")
-    owned = _owned_keys_in(user)
-    if owned:
-        detail = "; ".join(f"'{key}' is set by {OWNED_KEYS[key]}" for key in owned)
-        raise ConfigError(
-            f"--deepspeed-config: {path} sets keys this framework owns ({detail}); remove them "
-            "from the JSON and use the flags (or their train_alcf.sh variables) instead"
-        )
     return user
 
 
+def deepspeed_agreements(plan: RunPlan) -> list[str]:
+    """The owned keys the user JSON repeats with our values (for the start-up log)."""
+    path = plan.config.parallel.deepspeed_config
+    if path is None:
+        return []
+    return check_owned_keys(load_user_deepspeed_config(path), _generated(plan), path)
+
+
 def to_deepspeed_config(plan: RunPlan) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``plan``, with the user's extra keys merged in."""
+    """The DeepSpeed config dict for ``plan``, with the user's extra keys merged in.
+
+    Raises:
+        ConfigError: The user JSON sets an owned key to another value than the flags.
+    """
     generated = _generated(plan)
     path = plan.config.parallel.deepspeed_config
     if path is None:
         return generated
-    return _merge(generated, load_user_deepspeed_config(path))
+    user = load_user_deepspeed_config(path)
+    check_owned_keys(user, generated, path)
+    return _merge(generated, user)

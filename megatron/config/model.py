@@ -67,6 +67,8 @@ class ModelConfig:
     """Pad the vocabulary to a multiple of this (must be divisible by the TP size)."""
     recompute_activations: bool = knob(False, aliases=("--checkpoint-activations",))
     """Recompute each transformer layer's activations in the backward pass (saves memory)."""
+    use_flash_attn: bool = knob(False, aliases=("--use-flash-attn-v2", "--use-flash-attn-triton"))
+    """Run attention only on SDPA's flash kernel (an error at start where it cannot run: e.g. attention dropout on CPU). The kernel SDPA picks is reported at start either way."""
 
     def __post_init__(self) -> None:
         require_positive(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from megatron.config.compat import INLINE_DATA_LIST
 from megatron.config.fields import ConfigError
 
 
@@ -64,7 +65,8 @@ def parse_data_file_list(path: str, *, flag: str = "--data-file-list", check_fil
     """Read and validate a data file list.
 
     Args:
-        path: The list file.
+        path: The list file, or ``inline:line;line;...`` (Megatron's ``--data-path``, mapped by
+            ``megatron/config/compat.py``; messages then name ``flag:N``).
         flag: Flag that named the list (for messages).
         check_files: Also check every ``.bin``/``.idx`` pair exists.
 
@@ -74,11 +76,15 @@ def parse_data_file_list(path: str, *, flag: str = "--data-file-list", check_fil
     Raises:
         DataListError: Missing list, malformed line, non-positive weight, missing data files.
     """
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise DataListError(f"{flag}: cannot read data file list {path}: {e.strerror}") from None
+    if path.startswith(INLINE_DATA_LIST):  # Megatron's --data-path, mapped by config/compat.py
+        lines = path.removeprefix(INLINE_DATA_LIST).split(";")
+        path = f"{flag} (inline list)"
+    else:
+        try:
+            with open(path) as f:
+                lines = f.readlines()
+        except OSError as e:
+            raise DataListError(f"{flag}: cannot read data file list {path}: {e.strerror}") from None
     parsed = []
     for number, raw in enumerate(lines, start=1):
         line = raw.split("#", 1)[0].strip()

@@ -20,6 +20,7 @@ from megatron.core import parallel_state
 from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
+from megatron.model.attention_kernel import attention_context
 from megatron.model.gpt import GPTModel, masked_mean
 from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
@@ -27,6 +28,7 @@ from megatron.schedules.registry import schedule_from_state, schedule_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
+from megatron.trainer.timers import PhaseTimers
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class TrainEngine:
         self.plan = plan
         self.ctx = ctx
         self.pipeline = plan.pp > 1
+        # Which SDPA kernel attention runs on (reported; --use-flash-attn restricts it to flash).
+        self.attention = attention_context(
+            plan.model, plan.tp, ctx.device, plan.dtype, cfg.model.use_flash_attn
+        )
+        self.timers = PhaseTimers(cfg.logging.log_timers_to_tensorboard, ctx.device)
         model = self._build_model()
         if before_initialize is not None:
             before_initialize(model)  # e.g. universal-checkpoint weights, before DeepSpeed copies them
@@ -159,21 +166,29 @@ class TrainEngine:
         number of steps done before this one (optimizers with a ``before_step`` hook use it).
         """
         if self.optimizer_spec.before_step is not None:
-            self.optimizer_spec.before_step(self, batches, iteration)
+            with self.attention():
+                self.optimizer_spec.before_step(self, batches, iteration)
         skipped_before = self.engine.skipped_steps
+        timed = self.timers.phase
         if self.pipeline:
             self._set_pipeline_meter(meter)
-            loss = self.engine.train_batch(data_iter=_pipeline_items(batches))
+            with self.attention(), timed("step"):
+                loss = self.engine.train_batch(data_iter=_pipeline_items(batches))
             mean = float(loss)
         else:
             losses = []
             for batch in batches:
-                loss = self._losses(batch, meter)
-                # DeepSpeed divides by the accumulation steps and steps at the boundary.
-                self.engine.backward(loss)
-                self.engine.step()
+                with self.attention():
+                    with timed("forward"):
+                        loss = self._losses(batch, meter)
+                    # DeepSpeed divides by the accumulation steps and steps at the boundary.
+                    with timed("backward"):
+                        self.engine.backward(loss)
+                with timed("optimizer"):
+                    self.engine.step()
                 losses.append(loss.detach())
             mean = _dp_mean(torch.stack(losses).mean())
+        self.timers.step_done()
         skipped = self.engine.skipped_steps > skipped_before
         return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
 
@@ -182,8 +197,10 @@ class TrainEngine:
         """Mean loss over ``batches`` (one global eval batch), averaged over DP ranks."""
         if self.pipeline:
             self._set_pipeline_meter(meter)
-            return float(self.engine.eval_batch(data_iter=_pipeline_items(batches)))
-        losses = [self._losses(b, meter) for b in batches]
+            with self.attention():
+                return float(self.engine.eval_batch(data_iter=_pipeline_items(batches)))
+        with self.attention():
+            losses = [self._losses(b, meter) for b in batches]
         return _dp_mean(torch.stack(losses).mean())
 
 

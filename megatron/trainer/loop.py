@@ -40,6 +40,7 @@ from megatron.checkpointing.universal import (
     load_weights,
     resolve_universal_dir,
 )
+from megatron.config.deepspeed import deepspeed_agreements
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
@@ -91,6 +92,8 @@ def log_plan(plan: RunPlan) -> None:
     for flag, row in plan.sources.items():
         log.info("config %s = %r  (from %s)", flag, row["value"], row["source"])
     log.info("deepspeed config: %s", json.dumps(plan.deepspeed))
+    for line in deepspeed_agreements(plan):
+        log.info(line)
 
 
 class Trainer:
@@ -185,15 +188,15 @@ class Trainer:
         """One optimizer step at the scheduled LR; report it."""
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
-        result = self.engine.train_step(
-            self.train_reader.step_batches(state.consumed_samples),
-            self.train_meter,
-            iteration=state.iteration,
-        )
+        with self.engine.timers.phase("data"):
+            batches = self.train_reader.step_batches(state.consumed_samples)
+        result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        if self.reporter.due(state.iteration):
+            self.reporter.on_timers(state.iteration, self.engine.timers.collect())
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)

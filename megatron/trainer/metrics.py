@@ -72,17 +72,25 @@ class Reporter:
         self.started = time.perf_counter()
         self.window = _Window(start=self.started)
         self.last_train_loss = math.nan
+        self.log_batch_size = plan.config.logging.log_batch_size_to_tensorboard
         self.writer = None
-        tb_dir = plan.config.logging.tensorboard_dir
-        if self.active and tb_dir:
+        self.wandb = None
+        logs = plan.config.logging
+        if self.active and logs.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=tb_dir)
+            self.writer = SummaryWriter(log_dir=logs.tensorboard_dir, max_queue=logs.tensorboard_queue_size)
+        if self.active and logs.wandb_project:
+            from megatron.trainer.wandb_writer import WandbWriter
+
+            self.wandb = WandbWriter(plan)
 
     def scalar(self, name: str, value: float, step: int) -> None:
-        """One TensorBoard scalar (no-op without ``--tensorboard-dir``)."""
+        """One scalar to TensorBoard and W&B (each only when configured)."""
         if self.writer is not None:
             self.writer.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.scalar(name, value, step)
 
     def on_step(self, iteration: int, loss: float, lr: float, grad_norm: float | None, skipped: bool) -> None:
         """Account one step; report when ``iteration`` ends a log interval."""
@@ -123,6 +131,7 @@ class Reporter:
                 ("throughput/samples_per_sec", samples_per_s),
                 ("throughput/tflops_per_device", tflops),
                 ("train/consumed_samples", iteration * self.plan.global_batch_size),
+                ("train/batch_size", self.plan.global_batch_size if self.log_batch_size else None),
             ):
                 if value is not None:
                     self.scalar(name, value, iteration)
@@ -148,6 +157,14 @@ class Reporter:
         for name, value in stats.items():
             self.scalar(f"optimizer_state/{name}", value, iteration)
 
+    def on_timers(self, iteration: int, ms_per_step: dict[str, float]) -> None:
+        """Report per-phase step timings (``--log-timers-to-tensorboard``) as timers/<phase>_ms."""
+        if not self.active or not ms_per_step:
+            return
+        log.info("timers (ms/step): %s", " | ".join(f"{k} {v:.1f}" for k, v in ms_per_step.items()))
+        for phase, ms in ms_per_step.items():
+            self.scalar(f"timers/{phase}_ms", ms, iteration)
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""
         self.window.start += seconds
@@ -162,7 +179,10 @@ class Reporter:
         self.scalar(f"{split}/ppl", ppl, iteration)
 
     def close(self) -> None:
-        """Flush TensorBoard."""
+        """Flush TensorBoard and finish the W&B run."""
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None

@@ -1,13 +1,15 @@
-"""The DeepSpeed dict is generated from the plan; a user JSON may only add keys we do not own."""
+"""The DeepSpeed dict is generated from the plan; a user JSON may add keys we do not own and
+repeat owned keys only with the values the flags resolve to (issue 22)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
-from megatron.config.deepspeed import OWNED_KEYS, to_deepspeed_config
+from megatron.config.deepspeed import OWNED_KEYS, deepspeed_agreements, to_deepspeed_config
 
 BASE = ["--mock-data", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
         "--train-iters", "10", "--micro-batch-size", "2", "--global-batch-size", "16"]
@@ -47,21 +49,71 @@ def test_user_json_adds_unowned_keys(tmp_path):
     assert ds["comms_logger"] == {"enabled": True}
 
 
-@pytest.mark.parametrize("key", sorted(OWNED_KEYS))
-def test_user_json_with_owned_key_is_rejected_even_when_equal(tmp_path, key):
-    generated = ds_of("--zero-stage", "1")
+def _user_json_repeating(tmp_path, key: str, generated: dict, value=None) -> str:
+    """A user JSON that sets owned ``key`` to our generated value (or to ``value``)."""
     user: dict = {}
     node, parts = user, key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    value = generated
+    ours = generated
     for part in parts:
-        value = value.get(part, {"device": "cpu"}) if isinstance(value, dict) else value
-    node[parts[-1]] = value
+        ours = ours[part]
+    node[parts[-1]] = ours if value is None else value
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(user))
-    with pytest.raises(ConfigError, match=rf"--deepspeed-config: .*'{key}' is set by {OWNED_KEYS[key]}"):
-        ds_of("--zero-stage", "1", "--deepspeed-config", str(path))
+    return str(path)
+
+
+# Owned keys with a generated value under --zero-stage 1 --cpu-optimizer (optimizer and
+# scheduler are never generated: we bring our own).
+GENERATED_OWNED = sorted(set(OWNED_KEYS) - {"optimizer", "scheduler"})
+
+
+@pytest.mark.parametrize("key", GENERATED_OWNED)
+def test_user_json_repeating_an_owned_key_with_our_value_is_accepted(tmp_path, key):
+    flags = ("--zero-stage", "1", "--cpu-optimizer")
+    generated = ds_of(*flags)
+    path = _user_json_repeating(tmp_path, key, generated)
+    assert ds_of(*flags, "--deepspeed-config", path) == generated
+    plan = resolve(parse_args([*BASE, *flags, "--deepspeed-config", path]).config, DistEnv(world_size=2))
+    lines = deepspeed_agreements(plan)
+    assert lines and all(f"agrees with {OWNED_KEYS[key]}" in line for line in lines)
+    assert lines[0].startswith(f"{path}: {key}")
+
+
+def test_agreement_line_names_value_and_flag(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_batch_size": 16, "bf16": {"enabled": True}}))
+    plan = resolve(parse_args([*BASE, "--bf16", "--deepspeed-config", str(path)]).config, DistEnv(world_size=2))
+    assert deepspeed_agreements(plan) == [
+        f"{path}: train_batch_size=16 agrees with --global-batch-size",
+        f"{path}: bf16.enabled=true agrees with --bf16",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("train_batch_size", 32, "train_batch_size=32 but --global-batch-size gives 16"),
+        ("train_micro_batch_size_per_gpu", 4, "train_micro_batch_size_per_gpu=4 but --micro-batch-size gives 2"),
+        ("gradient_accumulation_steps", 2, "gradient_accumulation_steps=2 but --gradient-accumulation-steps gives 4"),
+        ("gradient_clipping", 0.5, "gradient_clipping=0.5 but --clip-grad gives 1.0"),
+        ("zero_optimization.stage", 2, "zero_optimization.stage=2 but --zero-stage gives 1"),
+        ("bf16.enabled", True, "bf16.enabled=true but --bf16 gives false"),
+    ],
+)
+def test_user_json_disagreeing_with_a_flag_names_key_and_flag(tmp_path, key, value, shown):
+    path = _user_json_repeating(tmp_path, key, ds_of("--zero-stage", "1"), value)
+    with pytest.raises(ConfigError, match=rf"--deepspeed-config: .*ds.json disagrees with the flags: {re.escape(shown)}"):
+        ds_of("--zero-stage", "1", "--deepspeed-config", path)
+
+
+@pytest.mark.parametrize("key", ["optimizer", "scheduler"])
+def test_user_json_optimizer_or_scheduler_is_refused(tmp_path, key):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({key: {"type": "Adam", "params": {"lr": 1e-3}}}))
+    with pytest.raises(ConfigError, match=rf"{key}.type=\"Adam\" is not set by this framework \({OWNED_KEYS[key]} owns {key}\)"):
+        ds_of("--deepspeed-config", str(path))
 
 
 def test_missing_user_json(tmp_path):
