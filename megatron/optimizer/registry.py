@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from megatron.config.optim import OptimConfig
+    from megatron.optimizer.host import StepHost
     from megatron.optimizer.param_groups import ParamGroup
 
 BuildFn = Callable[["list[ParamGroup]", "OptimConfig", Any], "torch.optim.Optimizer"]
@@ -38,8 +39,9 @@ class OptimizerSpec:
         eval_mode: Called before evaluation and saving (schedule-free switches to x), or None.
         group_state_keys: Param-group entries that are optimizer state, not hyperparameters
             (schedule-free's averaging counters); universal checkpoints carry them over.
-        before_step: Called as ``before_step(train_engine, batches, iteration)`` before each
-            step's forward/backward (Sophia's Hessian estimate), or None.
+        before_step: Called as ``before_step(host, batches, iteration)`` before each step's
+            forward/backward (Sophia's Hessian estimate), or None; ``host`` is a
+            ``host.StepHost`` (the training engine satisfies it).
         pipeline: False when ``before_step`` needs the dense model (PP > 1 is refused).
         fp16: False when the optimizer is not correct under --fp16 (refused in the plan).
         derived_states: ``derived_states(state, group) -> {name: tensor}``: extra per-element
@@ -55,7 +57,7 @@ class OptimizerSpec:
     train_mode: Callable[[Any], None] | None = None
     eval_mode: Callable[[Any], None] | None = None
     group_state_keys: tuple[str, ...] = ()
-    before_step: Callable[[Any, list, int], None] | None = None
+    before_step: Callable[[StepHost, list, int], None] | None = None
     pipeline: bool = True
     fp16: bool = True
     derived_states: Callable[[dict, dict], dict] | None = None

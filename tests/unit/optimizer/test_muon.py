@@ -9,7 +9,7 @@ from torch import nn
 
 from megatron.config import ConfigError, DistEnv
 from megatron.config.optim import OptimConfig
-from megatron.optimizer import muon
+from megatron.optimizer import muon, muon_torch
 from megatron.optimizer.muon import MuonOptions
 from megatron.optimizer.param_groups import split_param_groups
 from megatron.optimizer.registry import OPTIMIZERS
@@ -60,7 +60,7 @@ def test_matrix_update_matches_torch_muon(shape, lr_scale, nesterov):
     kw = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov, "ns_steps": 5}
     ref_p = nn.Parameter(w0.clone())
     ref = torch.optim.Muon([ref_p], adjust_lr_fn=lr_scale, **kw)
-    Muon = muon.Muon
+    Muon = muon_torch.Muon
     # torch.optim.Muon runs Newton-Schulz in bf16 on every device; ours does on CUDA, fp32 on CPU.
     bf16_p, fp32_p = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
     ours_bf16 = Muon([{"params": [bf16_p]}], shape_scale=lr_scale, ns_dtype=torch.bfloat16, **kw)
@@ -81,7 +81,7 @@ def test_matrix_update_matches_torch_muon(shape, lr_scale, nesterov):
 def test_orthogonalize_gives_near_orthogonal_rows():
     torch.manual_seed(0)
     for shape in ((8, 32), (32, 8)):
-        o = muon.orthogonalize(torch.randn(shape), steps=5)
+        o = muon_torch.orthogonalize(torch.randn(shape), steps=5)
         assert o.shape == shape and o.dtype == torch.float32
         wide = o if shape[0] < shape[1] else o.T
         s = torch.linalg.svdvals(wide)
@@ -127,13 +127,13 @@ def test_adamw_side_groups_match_torch_adamw():
 
 def test_only_hidden_matrices_take_newton_schulz(monkeypatch):
     seen = []
-    real = muon.orthogonalize
+    real = muon_torch.orthogonalize
 
     def spy(m, **kw):
         seen.append(tuple(m.shape))
         return real(m, **kw)
 
-    monkeypatch.setattr(muon, "orthogonalize", spy)
+    monkeypatch.setattr(muon_torch, "orthogonalize", spy)
     model = Toy()
     opt = build(model)
     assert [g["rule"] for g in opt.param_groups] == ["matrix", "adamw", "adamw"]
@@ -150,7 +150,7 @@ def test_only_hidden_matrices_take_newton_schulz(monkeypatch):
 def test_flat_tensor_in_matrix_group_is_an_error():
     # DeepSpeed's ZeRO and fp16/bf16 wrappers hand flat shards: never fall back silently.
     p = nn.Parameter(torch.randn(12))
-    opt = muon.Muon([{"params": [p], "name": "matrix"}], lr=0.1)
+    opt = muon_torch.Muon([{"params": [p], "name": "matrix"}], lr=0.1)
     p.grad = torch.randn(12)
     with pytest.raises(
         RuntimeError, match=r"matrix group 'matrix' holds a tensor of shape \(12,\)"
@@ -263,9 +263,9 @@ def test_gram_and_direct_newton_schulz_agree(shape):
     g = torch.Generator().manual_seed(0)
     low_rank = torch.randn(shape[0], 3, generator=g) @ torch.randn(3, shape[1], generator=g)
     for m in (torch.randn(shape, generator=g), low_rank + 1e-3 * torch.randn(shape, generator=g)):
-        ref = muon.orthogonalize(m.double(), steps=5, dtype=torch.float64, gram=False)
+        ref = muon_torch.orthogonalize(m.double(), steps=5, dtype=torch.float64, gram=False)
         for gram in (True, False):
-            out = muon.orthogonalize(m, steps=5, gram=gram)
+            out = muon_torch.orthogonalize(m, steps=5, gram=gram)
             assert out.shape == shape
             assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-4, gram
     direct, gram_cost = muon.ns_cost(512, 2048, 5)
