@@ -19,12 +19,16 @@ all-reduce, so the Newton-Schulz work (the whole cost of the step: ~``10 m^2 n``
 cost), which orthogonalizes it and broadcasts the result. Every rank then applies the same
 update; the numbers are the ones a single rank would compute, at 1/DP of the per-rank cost.
 
-Muon needs whole matrices. Under ZeRO-1/2/3, and in DeepSpeed's bf16 optimizer (``--bf16`` with
-pipeline parallelism), the optimizer is handed flat 1-D shards; ``max_zero_stage=0`` refuses the
-ZeRO pairs in the plan, and a matrix group that holds a non-2-D tensor at step time is an error
-(never a silent fallback to an element-wise update). fp16/bf16 at ZeRO-0 without pipelining is
-fine: DeepSpeed's unfused fp16 wrapper keeps one fp32 copy per tensor, shapes intact. Tensor
-parallelism shards the matrices too and is refused when the optimizer is built.
+Muon needs whole matrices, which tensor parallelism (shards) and ZeRO-1/2 (flat partitions of
+each param group) take apart: ``muon_distributed.py`` reassembles the logical matrices, runs each
+Newton-Schulz once across the TP x DP ranks and writes the results back into every rank's shard
+or partition; momentum stays sharded like the layout. The engine binds the optimizer to the
+layout after ``deepspeed.initialize`` (``after_initialize``). ``--muon-split-fused`` treats the
+fused QKV weight as Q, K and V and the SwiGLU fc1 as gate and up (Moonlight's choice; off by
+default: each fused weight is one matrix, as in Keller Jordan's Muon). Refused by the plan:
+ZeRO-3 (parameters partitioned), pipeline parallelism with ZeRO >= 1 or with DeepSpeed's flat
+bf16/fp16 pipeline optimizer (untested layouts). An unbound optimizer that is handed a non-2-D
+tensor is an error (never a silent fallback to an element-wise update).
 
 This module (options, cost model, owner assignment, registration) is torch-free at import, so
 ``--help`` stays fast; the optimizer class and Newton-Schulz live in ``muon_torch.py``, imported
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     import torch
 
     from megatron.config.optim import OptimConfig
+    from megatron.optimizer.host import StepHost
     from megatron.optimizer.param_groups import ParamGroup
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -78,6 +83,8 @@ class MuonOptions:
     """beta2 of the AdamW side groups; default: --adam-beta2."""
     adamw_eps: float | None = None
     """Epsilon of the AdamW side groups; default: --adam-eps."""
+    split_fused: bool = False
+    """Orthogonalize Q, K, V of the fused QKV weight (and gate, up of the SwiGLU fc1) as separate matrices (Moonlight); default: each fused weight is one matrix (Keller Jordan)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:
@@ -139,20 +146,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_whole_matrices() -> None:
-    # Tensor parallelism shards the hidden matrices: Muon on a shard is not Muon on the matrix.
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        if tp > 1:
-            raise ConfigError(
-                f"--optimizer: muon needs whole matrices, but --tensor-model-parallel-size {tp} "
-                "shards them; use --tensor-model-parallel-size 1 or an element-wise optimizer "
-                "such as adamw"
-            )
-
-
 def _data_parallel_group() -> Any:
     """The DP group when megatron-core's parallel state is up (training), else None (tests)."""
     from megatron.core import parallel_state
@@ -162,13 +155,27 @@ def _data_parallel_group() -> Any:
     return parallel_state.get_data_parallel_group()
 
 
-@register_optimizer("muon", options=MuonOptions, param_policy="matrix", max_zero_stage=0)
+def bind_muon(host: StepHost) -> None:
+    """``after_initialize``: bind the optimizer to the model's TP/ZeRO layout."""
+    from megatron.optimizer.muon_distributed import bind
+
+    opts = host.plan.config.optim.options.get("muon") or MuonOptions()
+    bind(host, split_fused=opts.split_fused)
+
+
+@register_optimizer(
+    "muon",
+    options=MuonOptions,
+    param_policy="matrix",
+    max_zero_stage=2,
+    tensor_parallel_matrices=True,
+    after_initialize=bind_muon,
+)
 def build_muon(
     param_groups: list[ParamGroup], cfg: OptimConfig, options: MuonOptions | None
 ) -> torch.optim.Optimizer:
     """Muon on the 2-D hidden matrices, AdamW (own lr/betas/eps) on the rest."""
     opts = options or MuonOptions()
-    _check_whole_matrices()
     adamw_lr = cfg.lr if opts.adamw_lr is None else opts.adamw_lr
     betas = (
         cfg.adam_beta1 if opts.adamw_beta1 is None else opts.adamw_beta1,

@@ -9,16 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
-from megatron.optimizer.muon import (
-    LR_SCALES,
-    NS_COEFFICIENTS,
-    NS_EPS,
-    assign_owners,
-    ns_cost,
-    shape_scale,
+from megatron.optimizer.muon import LR_SCALES, NS_COEFFICIENTS, NS_EPS, ns_cost, shape_scale
+from megatron.optimizer.muon_distributed import (
+    GroupLayout,
+    Unit,
+    gather_flat,
+    group_size,
+    orthogonalize_units,
+    unit_update,
+    whole_units,
 )
 
 
@@ -108,8 +109,11 @@ class Muon(torch.optim.Optimizer):
         betas: AdamW betas of the side groups.
         eps: AdamW epsilon of the side groups.
         ns_dtype: Newton-Schulz compute dtype; None: bf16 on CUDA, fp32 elsewhere.
-        dp_group: Process group whose ranks hold identical gradients (ZeRO-0 data
-            parallelism); the Newton-Schulz work is split across it. None: all local.
+        dp_group: The data-parallel group; the Newton-Schulz work is split across it (at
+            ZeRO-0 its ranks hold identical gradients; at ZeRO-1/2 one partition each). None:
+            all local.
+        tp_group: The tensor-parallel group; Newton-Schulz runs on the logical matrices
+            gathered over it (needs ``bind``). None: TP=1.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Muon(torch.optim.Optimizer):
         eps: float = 1e-8,
         ns_dtype: torch.dtype | None = None,
         dp_group: Any = None,
+        tp_group: Any = None,
     ):
         if shape_scale not in LR_SCALES:
             raise ValueError(f"unknown muon lr scale {shape_scale!r}; known: {LR_SCALES}")
@@ -143,6 +148,8 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
         self.dp_group = dp_group
+        self.tp_group = tp_group
+        self.layouts: dict[str, GroupLayout] = {}
         check_group_rules(self, "muon")
 
     @torch.no_grad()
@@ -155,54 +162,92 @@ class Muon(torch.optim.Optimizer):
                 self._adamw_step(group)
         return loss
 
+    def bind(self, layouts: dict[str, GroupLayout], tp_group: Any = None) -> None:
+        """Where each matrix group's tensors live: TP shards, ZeRO partitions
+        (``muon_distributed.bind`` builds ``layouts``, keyed by group name)."""
+        self.layouts = layouts
+        self.tp_group = tp_group
+
+    def _direction(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """Momentum update on ``p``'s state and the (Nesterov) direction."""
+        beta = group["momentum"]
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1.0 - beta)
+        return p.grad.lerp(buf, beta) if group["nesterov"] else buf
+
+    def _orthogonalize_all(
+        self, directions: list[torch.Tensor], units: list[Unit], steps: int
+    ) -> list[torch.Tensor]:
+        """Every unit orthogonalized once across the TP and DP ranks (``muon_distributed``)."""
+        dtype = ns_dtype(directions[0], self.ns_dtype)
+        return orthogonalize_units(
+            directions, units, steps=steps, dtype=dtype, tp_group=self.tp_group,
+            dp_group=self.dp_group, orth=lambda m: orthogonalize(m, steps=steps, dtype=dtype),
+        )
+
     def _matrix_step(self, group: dict[str, Any]) -> None:
-        lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-        params = [p for p in group["params"] if p.grad is not None]
-        directions = []
+        layout = self.layouts.get(group.get("name"))
+        if layout is not None and layout.flat:
+            self._flat_matrix_step(group, layout)
+            return
+        if layout is None:
+            params = [p for p in group["params"] if p.grad is not None]
+            self._check_unbound(group, params)
+            units = whole_units([(p.size(0), p.size(1)) for p in params])
+        else:
+            params = group["params"]
+            missing = [m.name for p, m in zip(params, layout.matrices, strict=True) if p.grad is None]
+            if missing:
+                raise RuntimeError(f"muon: no gradient for {missing}; every rank must update every matrix")
+            units = layout.units
+        if not params:
+            return
+        directions = [self._direction(p, group) for p in params]
+        pieces = self._orthogonalize_all(directions, units, group["ns_steps"])
+        lr, wd = group["lr"], group["weight_decay"]
+        for p in params:
+            p.mul_(1.0 - lr * wd)
+        for unit, piece in zip(units, pieces, strict=True):
+            p = params[unit.index]
+            scale = shape_scale(group["shape_scale"], *unit.shape)
+            p.add_(unit_update(p.shape, unit, piece).to(p.dtype), alpha=-lr * scale)
+
+    def _flat_matrix_step(self, group: dict[str, Any], layout: GroupLayout) -> None:
+        """ZeRO-1/2: momentum on this rank's flat partition, Newton-Schulz on whole matrices."""
+        (flat,) = group["params"]
+        if flat.grad is None:
+            return
+        direction = self._direction(flat, group)
+        directions = gather_flat(direction, layout, self.dp_group)
+        pieces = self._orthogonalize_all(directions, layout.units, group["ns_steps"])
+        lr = group["lr"]
+        flat.mul_(1.0 - lr * group["weight_decay"])
+        for unit, piece in zip(layout.units, pieces, strict=True):
+            matrix = layout.matrices[unit.index]
+            if matrix.fragment is None:
+                continue
+            start, lp_start, numel = matrix.fragment
+            update = unit_update(matrix.shape, unit, piece).reshape(-1).narrow(0, lp_start, numel)
+            scale = shape_scale(group["shape_scale"], *unit.shape)
+            flat.narrow(0, start, numel).add_(update.to(flat.dtype), alpha=-lr * scale)
+
+    def _check_unbound(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         for p in params:
             if p.ndim != 2:
                 raise RuntimeError(
                     f"muon: matrix group {group.get('name', '?')!r} holds a tensor of shape "
-                    f"{tuple(p.shape)}, not a 2-D matrix; DeepSpeed flattens parameters "
-                    "under ZeRO >= 1 and in its bf16 optimizer (--bf16 with pipeline "
-                    "parallelism); muon needs whole matrices: use --zero-stage 0, and fp32 "
-                    "when --pipeline-model-parallel-size > 1"
+                    f"{tuple(p.shape)}, not a 2-D matrix, and the optimizer was not bound to the "
+                    "model's layout; DeepSpeed flattens parameters under ZeRO >= 1 and in its bf16 "
+                    "optimizer: build Muon through TrainEngine (which binds it), or use --zero-stage 0"
                 )
-            grad = p.grad
-            state = self.state[p]
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
-            buf.lerp_(grad, 1.0 - beta)
-            directions.append(grad.lerp(buf, beta) if group["nesterov"] else buf)
-        updates = self._orthogonalize_all(directions, group["ns_steps"])
-        for p, update in zip(params, updates, strict=True):
-            scale = shape_scale(group["shape_scale"], p.size(0), p.size(1))
-            p.mul_(1.0 - lr * wd)
-            p.add_(update.to(p.dtype), alpha=-lr * scale)
-
-    def _orthogonalize_all(self, directions: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
-        """Newton-Schulz of every direction, split over ``dp_group`` (``muon.py`` docstring)."""
-        size = 1 if self.dp_group is None else dist.get_world_size(self.dp_group)
-        if size == 1:
-            return [orthogonalize(d, steps=steps, dtype=self.ns_dtype) for d in directions]
-        me = dist.get_rank(self.dp_group)
-        owners = assign_owners([tuple(d.shape) for d in directions], size, steps)
-        dtype = ns_dtype(directions[0], self.ns_dtype)
-        updates = [
-            orthogonalize(d, steps=steps, dtype=dtype).contiguous()  # tall ones come transposed
-            if owner == me
-            else torch.empty(d.shape, dtype=dtype, device=d.device)
-            for d, owner in zip(directions, owners, strict=True)
-        ]
-        works = [
-            dist.broadcast(u, src=dist.get_global_rank(self.dp_group, owner),
-                           group=self.dp_group, async_op=True)
-            for u, owner in zip(updates, owners, strict=True)
-        ]
-        for work in works:
-            work.wait()
-        return updates
+        if group_size(self.tp_group) > 1:
+            raise RuntimeError(
+                "muon: tensor-parallel shards need the model's layout (Muon.bind, done by "
+                "TrainEngine); Newton-Schulz on a shard is not Muon on the matrix"
+            )
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
         for p in group["params"]:

@@ -46,6 +46,10 @@ class OptimizerSpec:
         fp16: False when the optimizer is not correct under --fp16 (refused in the plan).
         derived_states: ``derived_states(state, group) -> {name: tensor}``: extra per-element
             tensors (shaped like the state) for the optimizer-state metrics, or None.
+        after_initialize: Called as ``after_initialize(host)`` once ``deepspeed.initialize`` has
+            wrapped the optimizer (Muon binds to the TP/ZeRO layout there), or None.
+        tensor_parallel_matrices: For ``param_policy="matrix"``: True when the matrix update
+            reassembles TP-sharded matrices itself; False refuses TP > 1 in the plan.
     """
 
     name: str
@@ -61,6 +65,8 @@ class OptimizerSpec:
     pipeline: bool = True
     fp16: bool = True
     derived_states: Callable[[dict, dict], dict] | None = None
+    after_initialize: Callable[[StepHost], None] | None = None
+    tensor_parallel_matrices: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

@@ -104,6 +104,8 @@ class TrainEngine:
             and not self.engine.fp16_enabled()
         ):
             _record_grad_norm_at_zero0(self.engine)
+        if self.optimizer_spec.after_initialize is not None:
+            self.optimizer_spec.after_initialize(self)  # e.g. Muon binds to the TP/ZeRO layout
         fn, fingerprint = build_schedule_fn(plan)
         self.scheduler = LRScheduler(
             self.optimizer, fn, fingerprint, cfg.optim.lr, schedule_state(plan)
