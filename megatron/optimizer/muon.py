@@ -25,9 +25,9 @@ Newton-Schulz once across the TP x DP ranks and writes the results back into eve
 or partition; momentum stays sharded like the layout. The engine binds the optimizer to the
 layout after ``deepspeed.initialize`` (``after_initialize``). ``--muon-split-fused`` treats the
 fused QKV weight as Q, K and V and the SwiGLU fc1 as gate and up (Moonlight's choice; off by
-default: each fused weight is one matrix, as in Keller Jordan's Muon). Refused by the plan:
-ZeRO-3 (parameters partitioned), pipeline parallelism with ZeRO >= 1 or with DeepSpeed's flat
-bf16/fp16 pipeline optimizer (untested layouts). An unbound optimizer that is handed a non-2-D
+default: each fused weight is one matrix, as in Keller Jordan's Muon). DeepSpeed's flat bf16
+pipeline optimizer is bound the same way as ZeRO-1/2. Refused by the plan: ZeRO-3 (parameters
+partitioned) and --fp16 with pipeline parallelism (untested). An unbound optimizer that is handed a non-2-D
 tensor is an error (never a silent fallback to an element-wise update).
 
 This module (options, cost model, owner assignment, registration) is torch-free at import, so
@@ -168,7 +168,7 @@ def bind_muon(host: StepHost) -> None:
     options=MuonOptions,
     param_policy="matrix",
     max_zero_stage=2,
-    tensor_parallel_matrices=True,
+    reassembles_matrices=True,
     after_initialize=bind_muon,
 )
 def build_muon(

@@ -48,8 +48,9 @@ class OptimizerSpec:
             tensors (shaped like the state) for the optimizer-state metrics, or None.
         after_initialize: Called as ``after_initialize(host)`` once ``deepspeed.initialize`` has
             wrapped the optimizer (Muon binds to the TP/ZeRO layout there), or None.
-        tensor_parallel_matrices: For ``param_policy="matrix"``: True when the matrix update
-            reassembles TP-sharded matrices itself; False refuses TP > 1 in the plan.
+        reassembles_matrices: For ``param_policy="matrix"``: True when the matrix update
+            reassembles matrices from TP shards and DeepSpeed's flat partitions itself (Muon);
+            False refuses TP > 1 and bf16 pipelines in the plan.
     """
 
     name: str
@@ -66,7 +67,7 @@ class OptimizerSpec:
     fp16: bool = True
     derived_states: Callable[[dict, dict], dict] | None = None
     after_initialize: Callable[[StepHost], None] | None = None
-    tensor_parallel_matrices: bool = False
+    reassembles_matrices: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

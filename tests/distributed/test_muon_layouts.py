@@ -3,7 +3,7 @@
 - same update: TP=2, DP=2 ZeRO-1, DP=2 ZeRO-2 and TP=2 ZeRO-1 reproduce the single-process
   losses (3 steps and the validation loss after them) to rel 1e-5, fused QKV/fc1 as one matrix
   or split (``--muon-split-fused``), on a SwiGLU + GQA model; TP=2 x DP=2 ZeRO-1 at 4 processes
-  (slow); --bf16 at ZeRO-1/2 within 1e-3 of the fp32 steps;
+  (slow); PP=2 ZeRO-1; --bf16 at ZeRO-1/2 and in a PP=2 pipeline within 1e-3 of the fp32 steps;
 - cost: Newton-Schulz multiply-adds per rank (``ns_cost`` of every matrix a rank orthogonalizes,
   counted around ``orthogonalize``) at DP=2 at most 0.6x one process's; optimizer-state bytes per
   rank at ZeRO-1 DP=2 at most 0.55x ZeRO-0's;
@@ -34,6 +34,8 @@ LAYOUTS = {
     "zero1-dp2": ["--zero-stage", "1", "--micro-batch-size", "2"],
     "zero2-dp2": ["--zero-stage", "2", "--micro-batch-size", "2"],
     "tp2-zero1": ["--tensor-model-parallel-size", "2", "--zero-stage", "1", "--micro-batch-size", "4"],
+    "pp2-zero1": ["--pipeline-model-parallel-size", "2", "--zero-stage", "1", "--micro-batch-size", "2",
+                  "--gradient-accumulation-steps", "2"],
 }
 
 
@@ -72,10 +74,10 @@ def reference() -> dict:
     return _single("--train-iters", "3")
 
 
-@pytest.mark.parametrize("layout", ["tp2", "zero1-dp2", "zero2-dp2", "tp2-zero1"])
+@pytest.mark.parametrize("layout", ["tp2", "zero1-dp2", "zero2-dp2", "tp2-zero1", "pp2-zero1"])
 def test_layouts_take_the_single_process_steps(layout, reference):
     ranks = run_distributed(_probe, ["--train-iters", "3", *LAYOUTS[layout]])
-    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the pipeline's first stage reports the last's
     assert ranks[0]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
     assert reference["losses"][-1] < reference["losses"][0] - 0.05  # it trained
 
@@ -154,3 +156,11 @@ def test_bf16_zero_stays_near_the_fp32_steps(zero, reference):
     losses = run_distributed(_probe, ["--bf16", "--train-iters", "3", "--zero-stage", zero,
                                       "--micro-batch-size", "2"])[0]["losses"]
     assert losses == pytest.approx(reference["losses"], rel=1e-3)
+
+
+def test_bf16_pipeline_stays_near_the_fp32_steps(reference):
+    # DeepSpeed's bf16 pipeline optimizer hands Muon flat fp32 partitions, bound like ZeRO-1's.
+    flags = ["--bf16", "--train-iters", "3", "--pipeline-model-parallel-size", "2", "--micro-batch-size", "2",
+             "--gradient-accumulation-steps", "2"]
+    ranks = run_distributed(_probe, flags)
+    assert ranks[1]["losses"] == pytest.approx(reference["losses"], rel=1e-3)

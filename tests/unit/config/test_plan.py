@@ -128,10 +128,11 @@ def test_small_init_recipe_and_its_conflict():
     [
         ("dshampoo", ["--tensor-model-parallel-size", "2"],
          "dshampoo updates whole matrices, which --tensor-model-parallel-size 2 splits"),
-        ("muon", ["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
-        ("muon", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"],
-         r"muon with --pipeline-model-parallel-size > 1 supports --zero-stage 0 only, not 1; use "
-         r"--zero-stage 0, or PP=1 with --zero-stage 1/2"),
+        ("dshampoo", ["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
+        ("muon", ["--pipeline-model-parallel-size", "2", "--fp16"],
+         r"^--fp16: muon with --pipeline-model-parallel-size 2 --zero-stage 0 is untested"),
+        ("muon", ["--zero-stage", "1", "--fp16"],
+         r"^--fp16: muon with --pipeline-model-parallel-size 1 --zero-stage 1 is untested"),
         ("muon", ["--zero-stage", "3"],
          r"muon is not correct under --zero-stage 3 \(supports up to ZeRO-2\); use --zero-stage 2"),
     ],
@@ -143,8 +144,10 @@ def test_matrix_optimizers_refuse_layouts_that_split_matrices(optimizer, flags, 
         tiny_plan("--train-iters", "1", "--optimizer", optimizer, *flags)
 
 
-def test_muon_accepts_tensor_parallel_and_zero_1_2():
+def test_muon_accepts_tensor_parallel_zero_1_2_and_bf16_pipelines():
     from tests.helpers import tiny_plan
 
-    for flags in (["--tensor-model-parallel-size", "2"], ["--zero-stage", "1"], ["--zero-stage", "2"]):
+    for flags in (["--tensor-model-parallel-size", "2"], ["--zero-stage", "1"], ["--zero-stage", "2"],
+                  ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"],
+                  ["--pipeline-model-parallel-size", "2", "--bf16"]):
         tiny_plan("--train-iters", "1", "--optimizer", "muon", *flags, env=DistEnv(world_size=2))
