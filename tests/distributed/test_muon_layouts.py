@@ -164,3 +164,17 @@ def test_bf16_pipeline_stays_near_the_fp32_steps(reference):
              "--gradient-accumulation-steps", "2"]
     ranks = run_distributed(_probe, flags)
     assert ranks[1]["losses"] == pytest.approx(reference["losses"], rel=1e-3)
+
+
+def test_universal_checkpoint_from_tp2_loads_at_zero1_dp2(tmp_path):
+    # And back: a TP=2 checkpoint, converted, continues at DP=2 ZeRO-1 (momentum re-partitioned).
+    from megatron.checkpointing.convert import convert
+
+    save = str(tmp_path / "ckpt")
+    run_distributed(_run, ["--train-iters", "4", "--exit-interval", "2", "--save", save, *LAYOUTS["tp2"]])
+    convert(save)
+    reference = _run(DistEnv(), ["--train-iters", "4", *LAYOUTS["single"]])
+    losses, valid = run_distributed(_run, ["--train-iters", "4", "--load", save, "--universal-checkpoint",
+                                           *LAYOUTS["zero1-dp2"]])[0]
+    assert losses == pytest.approx(reference[0][2:], rel=1e-5)
+    assert valid == pytest.approx(reference[1], rel=1e-5)
