@@ -1,7 +1,8 @@
 """What optimizer-side hooks use of the training engine, as typed protocols.
 
-``OptimizerSpec.before_step`` (Sophia's Hessian estimate) and ``placement.optimizer_slots`` take
-these instead of the whole ``TrainEngine``: the engine satisfies them structurally, and a test or
+``OptimizerSpec.before_step`` (Sophia's Hessian estimate), ``OptimizerSpec.after_initialize``
+(Muon binding to the TP/ZeRO layout) and ``placement.optimizer_slots`` take these instead of the
+whole ``TrainEngine``: the engine satisfies them structurally, and a test or
 another trainer can hand in any object with the same few attributes. Torch-free at import.
 """
 
