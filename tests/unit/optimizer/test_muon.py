@@ -270,3 +270,22 @@ def test_gram_and_direct_newton_schulz_agree(shape):
     direct, gram_cost = muon.ns_cost(512, 2048, 5)
     assert gram_cost < 0.7 * direct  # the MLP weight of hidden 512 takes the Gram form
     assert muon.ns_cost(512, 512, 5)[0] < muon.ns_cost(512, 512, 5)[1]  # square: direct
+
+
+def test_split_fused_rows_are_the_ones_attention_and_swiglu_read():
+    from types import SimpleNamespace
+
+    from megatron.optimizer.muon_distributed import fused_parts
+
+    spec = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=3, swiglu=True)
+    for tp in (1, 2):
+        rows = (4 + 2 * 2) * 3 // tp
+        # What SelfAttention.forward does with the QKV output, applied to the row numbers.
+        qkv = torch.arange(rows).view(1, 1, 2 // tp, 2 + 2, 3)
+        q, k, v = qkv[:, :, :, :2].reshape(-1), qkv[:, :, :, 2].reshape(-1), qkv[:, :, :, 3].reshape(-1)
+        got = fused_parts("layers.0.self_attention.query_key_value.weight", rows, spec, tp)
+        assert [t.tolist() for t in got] == [q.tolist(), k.tolist(), v.tolist()]
+    gate, up = fused_parts("layers.0.mlp.dense_h_to_4h.weight", 10, spec, 1)
+    assert gate.tolist() == list(range(5)) and up.tolist() == list(range(5, 10))
+    assert fused_parts("layers.0.mlp.dense_4h_to_h.weight", 10, spec, 1) is None
+    assert fused_parts("layers.0.mlp.dense_h_to_4h.weight", 10, SimpleNamespace(swiglu=False), 1) is None
