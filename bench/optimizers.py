@@ -8,6 +8,8 @@
    Newton-Schulz cost does not depend on the batch, so this ratio falls as tokens/step grow.
 4. Quality: validation loss after a fixed number of steps on the bundled Shakespeare corpus
    (each optimizer at its own LR, same data, model and schedule shape).
+5. Layouts (``bench/optimizer_layouts.py``): Muon's whole step against AdamW's at one process,
+   DP=2 ZeRO-0/1 and TP=2 (gloo processes), and the optimizer-state bytes per parameter per rank.
 
     .venv/bin/python bench/optimizers.py                       # every registered optimizer
     .venv/bin/python bench/optimizers.py --optimizers adamw,muon --quality-steps 0
@@ -149,6 +151,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--quality-steps", type=int, default=150)
     parser.add_argument("--quality-optimizers", default="adamw,muon,schedulefree,dshampoo,sophia")
+    parser.add_argument("--layout-steps", type=int, default=6,
+                        help="steps per layout of the muon-vs-adamw layout table (0 to skip)")
     args = parser.parse_args()
     names = [n for n in args.optimizers.split(",") if n in OPTIMIZERS]
     if "adamw" not in names:
@@ -174,6 +178,13 @@ def main() -> None:
         print(f"{'optimizer':<14}{'s/step':>10}{'ratio to adamw':>16}")
         for name in timed:
             print(f"{name:<14}{full[name]:>10.3f}{full[name] / full['adamw']:>16.2f}")
+    if args.layout_steps:
+        from bench.optimizer_layouts import layout_table
+
+        print(f"\nmuon vs adamw by layout (hidden 256, 2 layers, 2048 tokens/step, gloo, 1 thread/rank, "
+              f"mean of {args.layout_steps} steps)")
+        for row in layout_table(256, 2, 256, 8, args.layout_steps):
+            print(row)
     if args.quality_steps:
         print(f"\nvalidation loss after {args.quality_steps} steps (hidden 128, 2 layers, Shakespeare bytes)")
         for name in args.quality_optimizers.split(","):

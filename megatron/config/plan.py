@@ -292,25 +292,34 @@ def _check_optimizer(cfg: Config) -> None:
             "and saving, which DeepSpeed's --bf16/--fp16 optimizer copies prevent; train it in fp32"
         )
     if spec.param_policy == "matrix":
-        # A matrix update needs whole matrices: TP shards them, and DeepSpeed's bf16/fp16
-        # optimizer under the pipeline engine hands the optimizer flat buffers.
-        if cfg.parallel.tensor_model_parallel_size > 1:
-            raise ConfigError(
-                f"--optimizer: {spec.name} updates whole matrices, which "
-                f"--tensor-model-parallel-size {cfg.parallel.tensor_model_parallel_size} splits; "
-                "use TP=1 (with data or pipeline parallelism) or an element-wise optimizer"
-            )
-        if cfg.parallel.pipeline_model_parallel_size > 1 and (cfg.train.bf16 or cfg.train.fp16):
-            raise ConfigError(
-                f"--optimizer: {spec.name} with --pipeline-model-parallel-size > 1 needs fp32 "
-                "(DeepSpeed's bf16/fp16 pipeline optimizer flattens the matrices); drop --bf16/--fp16 "
-                "or use PP=1"
-            )
+        _check_matrix_layout(cfg, spec)
     style = schedule_name(cfg.schedule)
     if not spec.uses_lr_schedule and SCHEDULES[style].decays:
         raise ConfigError(
             f"--lr-decay-style: {style} decays the LR, but {spec.name} is schedule-free; use "
             "--lr-decay-style constant without a cooldown (warmup allowed)"
+        )
+
+
+def _check_matrix_layout(cfg: Config, spec: Any) -> None:
+    """A matrix update needs whole matrices: refuse the layouts that split them, unless the
+    optimizer reassembles them itself (Muon: TP shards, ZeRO-1/2 and bf16 flat partitions)."""
+    par, pp = cfg.parallel, cfg.parallel.pipeline_model_parallel_size
+    if par.tensor_model_parallel_size > 1 and not spec.reassembles_matrices:
+        raise ConfigError(
+            f"--optimizer: {spec.name} updates whole matrices, which "
+            f"--tensor-model-parallel-size {par.tensor_model_parallel_size} splits; "
+            "use TP=1 (with data or pipeline parallelism), --optimizer muon, or an element-wise optimizer"
+        )
+    if pp > 1 and cfg.train.bf16 and not spec.reassembles_matrices:
+        raise ConfigError(
+            f"--optimizer: {spec.name} with --pipeline-model-parallel-size > 1 needs fp32 "
+            "(DeepSpeed's bf16 pipeline optimizer flattens the matrices); drop --bf16 or use PP=1"
+        )
+    if cfg.train.fp16 and (pp > 1 or par.zero_stage > 0):
+        raise ConfigError(
+            f"--fp16: {spec.name} with --pipeline-model-parallel-size {pp} --zero-stage "
+            f"{par.zero_stage} is untested (fp16 is supported at PP=1 ZeRO-0); use --bf16 or fp32"
         )
 
 

@@ -19,38 +19,44 @@ all-reduce, so the Newton-Schulz work (the whole cost of the step: ~``10 m^2 n``
 cost), which orthogonalizes it and broadcasts the result. Every rank then applies the same
 update; the numbers are the ones a single rank would compute, at 1/DP of the per-rank cost.
 
-Muon needs whole matrices. Under ZeRO-1/2/3, and in DeepSpeed's bf16 optimizer (``--bf16`` with
-pipeline parallelism), the optimizer is handed flat 1-D shards; ``max_zero_stage=0`` refuses the
-ZeRO pairs in the plan, and a matrix group that holds a non-2-D tensor at step time is an error
-(never a silent fallback to an element-wise update). fp16/bf16 at ZeRO-0 without pipelining is
-fine: DeepSpeed's unfused fp16 wrapper keeps one fp32 copy per tensor, shapes intact. Tensor
-parallelism shards the matrices too and is refused when the optimizer is built.
+Muon needs whole matrices, which tensor parallelism (shards) and ZeRO-1/2 (flat partitions of
+each param group) take apart: ``muon_distributed.py`` reassembles the logical matrices, runs each
+Newton-Schulz once across the TP x DP ranks and writes the results back into every rank's shard
+or partition; momentum stays sharded like the layout. The engine binds the optimizer to the
+layout after ``deepspeed.initialize`` (``after_initialize``). ``--muon-split-fused`` treats the
+fused QKV weight as Q, K and V and the SwiGLU fc1 as gate and up (Moonlight's choice; off by
+default: each fused weight is one matrix, as in Keller Jordan's Muon). DeepSpeed's flat bf16
+pipeline optimizer is bound the same way as ZeRO-1/2. Refused by the plan: ZeRO-3 (parameters
+partitioned) and --fp16 with pipeline parallelism (untested). An unbound optimizer that is handed a non-2-D
+tensor is an error (never a silent fallback to an element-wise update).
 
-Torch-free at import: the optimizer class is created on first use (``muon.Muon``).
+This module (options, cost model, owner assignment, registration) is torch-free at import, so
+``--help`` stays fast; the optimizer class and Newton-Schulz live in ``muon_torch.py``, imported
+by ``build_muon``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import SECTION, ConfigError, flag_name
-from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
+    from megatron.optimizer.host import StepHost
     from megatron.optimizer.param_groups import ParamGroup
+    from megatron.optimizer.registry import OptimSettings
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Quintic Newton-Schulz coefficients (a, b, c)."""
 NS_EPS = 1e-7
 """Added to the Frobenius norm before dividing by it."""
 LR_SCALES = ("original", "match_rms_adamw")
+_TORCH_NAMES = ("Muon", "orthogonalize", "ns_dtype")
 
 
 def _flag(field_name: str) -> str:
@@ -77,6 +83,8 @@ class MuonOptions:
     """beta2 of the AdamW side groups; default: --adam-beta2."""
     adamw_eps: float | None = None
     """Epsilon of the AdamW side groups; default: --adam-eps."""
+    split_fused: bool = False
+    """Orthogonalize Q, K, V of the fused QKV weight (and gate, up of the SwiGLU fc1) as separate matrices (Moonlight); default: each fused weight is one matrix (Keller Jordan)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:
@@ -114,212 +122,6 @@ def ns_cost(rows: int, cols: int, steps: int) -> tuple[int, int]:
     return steps * (4 * m * m * n + 2 * m**3), 4 * m * m * n + (8 * steps - 6) * m**3
 
 
-def ns_dtype(m: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    """The Newton-Schulz compute dtype: ``dtype``, else bf16 on CUDA and fp32 elsewhere."""
-    import torch
-
-    if dtype is not None:
-        return dtype
-    return torch.bfloat16 if m.is_cuda else torch.float32
-
-
-def orthogonalize(
-    m: torch.Tensor,
-    *,
-    steps: int,
-    eps: float = NS_EPS,
-    dtype: torch.dtype | None = None,
-    gram: bool | None = None,
-) -> torch.Tensor:
-    """Approximately ``U V^T`` of ``m = U S V^T`` by quintic Newton-Schulz iterations.
-
-    Two evaluations of the same polynomial. Direct: ``X <- a X + (b A + c A^2) X`` with
-    ``A = X X^T`` recomputed each iteration. Gram: every ``Q_k = a + b A_k + c A_k^2`` is a
-    polynomial of ``A_0``, so iterate ``A_{k+1} = Q_k^2 A_k`` on the small ``m x m`` side only and
-    finish with ``(Q_{K-1} ... Q_0) X_0``: two products with the long side instead of ``3K``.
-    For ``n > 1.5 m`` that is fewer flops (``ns_cost``; 35% fewer on a 512 x 2048 MLP weight);
-    rounding grows to ~1e-4 relative in fp32 (direct: ~2e-5), far below bf16's, so the Gram form
-    is used only in fp32.
-
-    Args:
-        m: A 2-D tensor.
-        steps: Number of iterations.
-        eps: Added to the Frobenius norm before normalising.
-        dtype: Compute dtype; default bf16 on CUDA, fp32 elsewhere.
-        gram: Force the Gram (True) or direct (False) form; None: Gram when fp32 and cheaper.
-
-    Returns:
-        The orthogonalized matrix, in ``dtype``, with the shape of ``m``.
-    """
-    import torch
-
-    if m.ndim != 2:
-        raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(m.shape)}")
-    dtype = ns_dtype(m, dtype)
-    if gram is None:
-        direct_cost, gram_cost = ns_cost(m.size(0), m.size(1), steps)
-        gram = dtype == torch.float32 and gram_cost < direct_cost
-    a, b, c = NS_COEFFICIENTS
-    x = m.to(dtype)
-    tall = x.size(0) > x.size(1)
-    if tall:
-        x = x.T
-    # Frobenius norm >= spectral norm, so the singular values start in [0, 1].
-    x = x / (x.norm() + eps)
-    if gram:
-        x = _gram_newton_schulz(x, steps)
-    else:
-        for _ in range(steps):
-            gram_matrix = x @ x.T
-            poly = torch.addmm(gram_matrix, gram_matrix, gram_matrix, beta=b, alpha=c)  # b A + c A^2
-            x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
-    return x.T if tall else x
-
-
-def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
-    import torch
-
-    a, b, c = NS_COEFFICIENTS
-    gram_matrix = x @ x.T
-    product = None
-    for k in range(steps):
-        q = torch.addmm(gram_matrix, gram_matrix, gram_matrix, beta=b, alpha=c)
-        q.diagonal().add_(a)  # Q_k = a I + b A_k + c A_k^2
-        product = q if product is None else q @ product
-        if k < steps - 1:
-            gram_matrix = q @ (q @ gram_matrix)  # A_{k+1} = Q_k A_k Q_k (Q_k commutes with A_k)
-    return product @ x
-
-
-@functools.cache
-def _muon_class() -> type:
-    import torch
-
-    class Muon(torch.optim.Optimizer):
-        """Muon for ``rule="matrix"`` groups and AdamW for ``rule="adamw"`` groups.
-
-        Args:
-            params: Param groups; each carries ``rule`` (``matrix`` default) and may override
-                any default below.
-            lr: LR of the matrix groups (the AdamW groups take theirs from their group dict).
-            weight_decay: Decoupled weight decay, ``p *= 1 - lr * wd``.
-            momentum: Muon momentum beta.
-            nesterov: Nesterov momentum.
-            ns_steps: Newton-Schulz iterations.
-            shape_scale: ``original`` or ``match_rms_adamw``.
-            betas: AdamW betas of the side groups.
-            eps: AdamW epsilon of the side groups.
-            ns_dtype: Newton-Schulz compute dtype; None: bf16 on CUDA, fp32 elsewhere.
-            dp_group: Process group whose ranks hold identical gradients (ZeRO-0 data
-                parallelism); the Newton-Schulz work is split across it. None: all local.
-        """
-
-        def __init__(
-            self,
-            params: Any,
-            *,
-            lr: float,
-            weight_decay: float = 0.0,
-            momentum: float = 0.95,
-            nesterov: bool = True,
-            ns_steps: int = 5,
-            shape_scale: str = "original",
-            betas: tuple[float, float] = (0.9, 0.999),
-            eps: float = 1e-8,
-            ns_dtype: torch.dtype | None = None,
-            dp_group: Any = None,
-        ):
-            if shape_scale not in LR_SCALES:
-                raise ValueError(f"unknown muon lr scale {shape_scale!r}; known: {LR_SCALES}")
-            defaults = {
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "rule": "matrix",
-                "momentum": momentum,
-                "nesterov": nesterov,
-                "ns_steps": ns_steps,
-                "shape_scale": shape_scale,
-                "betas": betas,
-                "eps": eps,
-            }
-            super().__init__(params, defaults)
-            self.ns_dtype = ns_dtype
-            self.dp_group = dp_group
-            check_group_rules(self, "muon")
-
-        @torch.no_grad()
-        def step(self, closure: Any = None) -> Any:
-            loss = closure_loss(closure)
-            for group in self.param_groups:
-                if group["rule"] == "matrix":
-                    self._matrix_step(group)
-                else:
-                    self._adamw_step(group)
-            return loss
-
-        def _matrix_step(self, group: dict[str, Any]) -> None:
-            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-            params = [p for p in group["params"] if p.grad is not None]
-            directions = []
-            for p in params:
-                if p.ndim != 2:
-                    raise RuntimeError(
-                        f"muon: matrix group {group.get('name', '?')!r} holds a tensor of shape "
-                        f"{tuple(p.shape)}, not a 2-D matrix; DeepSpeed flattens parameters "
-                        "under ZeRO >= 1 and in its bf16 optimizer (--bf16 with pipeline "
-                        "parallelism); muon needs whole matrices: use --zero-stage 0, and fp32 "
-                        "when --pipeline-model-parallel-size > 1"
-                    )
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                buf = state["momentum_buffer"]
-                buf.lerp_(grad, 1.0 - beta)
-                directions.append(grad.lerp(buf, beta) if group["nesterov"] else buf)
-            updates = self._orthogonalize_all(directions, group["ns_steps"])
-            for p, update in zip(params, updates, strict=True):
-                scale = shape_scale(group["shape_scale"], p.size(0), p.size(1))
-                p.mul_(1.0 - lr * wd)
-                p.add_(update.to(p.dtype), alpha=-lr * scale)
-
-        def _orthogonalize_all(self, directions: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
-            """Newton-Schulz of every direction, split over ``dp_group`` (class docstring)."""
-            import torch.distributed as dist
-
-            size = 1 if self.dp_group is None else dist.get_world_size(self.dp_group)
-            if size == 1:
-                return [orthogonalize(d, steps=steps, dtype=self.ns_dtype) for d in directions]
-            me = dist.get_rank(self.dp_group)
-            owners = assign_owners([tuple(d.shape) for d in directions], size, steps)
-            dtype = ns_dtype(directions[0], self.ns_dtype)
-            updates = [
-                orthogonalize(d, steps=steps, dtype=dtype).contiguous()  # tall ones come transposed
-                if owner == me
-                else torch.empty(d.shape, dtype=dtype, device=d.device)
-                for d, owner in zip(directions, owners, strict=True)
-            ]
-            works = [
-                dist.broadcast(u, src=dist.get_global_rank(self.dp_group, owner),
-                               group=self.dp_group, async_op=True)
-                for u, owner in zip(updates, owners, strict=True)
-            ]
-            for work in works:
-                work.wait()
-            return updates
-
-        def _adamw_step(self, group: dict[str, Any]) -> None:
-            for p in group["params"]:
-                if p.grad is not None:
-                    adamw_step_(p, self.state[p], group)
-
-    Muon.__module__ = __name__
-    Muon.__qualname__ = "Muon"
-    return Muon
-
-
 def assign_owners(shapes: list[tuple[int, int]], ranks: int, steps: int) -> list[int]:
     """The rank that orthogonalizes each matrix: largest cost first, to the least-loaded rank.
 
@@ -336,23 +138,12 @@ def assign_owners(shapes: list[tuple[int, int]], ranks: int, steps: int) -> list
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Muon":
-        return _muon_class()
+    # Compatibility: ``muon.Muon`` / ``muon.orthogonalize`` load the torch module on first use.
+    if name in _TORCH_NAMES:
+        from megatron.optimizer import muon_torch
+
+        return getattr(muon_torch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _check_whole_matrices() -> None:
-    # Tensor parallelism shards the hidden matrices: Muon on a shard is not Muon on the matrix.
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        if tp > 1:
-            raise ConfigError(
-                f"--optimizer: muon needs whole matrices, but --tensor-model-parallel-size {tp} "
-                "shards them; use --tensor-model-parallel-size 1 or an element-wise optimizer "
-                "such as adamw"
-            )
 
 
 def _data_parallel_group() -> Any:
@@ -364,13 +155,27 @@ def _data_parallel_group() -> Any:
     return parallel_state.get_data_parallel_group()
 
 
-@register_optimizer("muon", options=MuonOptions, param_policy="matrix", max_zero_stage=0)
+def bind_muon(host: StepHost) -> None:
+    """``after_initialize``: bind the optimizer to the model's TP/ZeRO layout."""
+    from megatron.optimizer.muon_distributed import bind
+
+    opts = host.plan.config.optim.options.get("muon") or MuonOptions()
+    bind(host, split_fused=opts.split_fused)
+
+
+@register_optimizer(
+    "muon",
+    options=MuonOptions,
+    param_policy="matrix",
+    max_zero_stage=2,
+    reassembles_matrices=True,
+    after_initialize=bind_muon,
+)
 def build_muon(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: MuonOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: MuonOptions | None
 ) -> torch.optim.Optimizer:
     """Muon on the 2-D hidden matrices, AdamW (own lr/betas/eps) on the rest."""
     opts = options or MuonOptions()
-    _check_whole_matrices()
     adamw_lr = cfg.lr if opts.adamw_lr is None else opts.adamw_lr
     betas = (
         cfg.adam_beta1 if opts.adamw_beta1 is None else opts.adamw_beta1,
@@ -390,7 +195,9 @@ def build_muon(
             )
         else:
             raise ValueError(f"muon takes matrix/adamw groups, got {g.name!r} (rule {g.rule!r})")
-    return _muon_class()(
+    from megatron.optimizer.muon_torch import Muon
+
+    return Muon(
         groups,
         dp_group=_data_parallel_group(),
         lr=cfg.lr,

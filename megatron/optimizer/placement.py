@@ -1,7 +1,7 @@
 """Where each module parameter's optimizer state lives after ``deepspeed.initialize``.
 
 - ZeRO-0: the optimizer holds the module tensors themselves (fp32), or DeepSpeed's per-tensor
-  fp32 copies in the same group order (``TrainEngine.param_names`` names them).
+  fp32 copies in the same group order (``OptimizerHost.param_names`` names them).
 - ZeRO-1/2 and DeepSpeed's flat bf16 optimizer: one flat fp32 partition per group; every module
   parameter carries DeepSpeed's ``_hp_mapping`` (None when none of it is on this rank), the slice
   of the partition it owns and the matching slice of its own flattened elements.
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from megatron.optimizer.host import OptimizerHost
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +51,10 @@ class Slot:
         return value.narrow(0, self.start, self.numel) if self.flat else value
 
 
-def optimizer_slots(train_engine: Any) -> Iterator[Slot]:
+def optimizer_slots(host: OptimizerHost) -> Iterator[Slot]:
     """Every module parameter (with state on this rank) and where the optimizer holds it."""
-    optimizer = train_engine.optimizer
-    named = list(train_engine.module.named_parameters())
+    optimizer = host.optimizer
+    named = list(host.module.named_parameters())
     if any(hasattr(p, "_hp_mapping") for _, p in named):
         for name, p in named:
             fragment = p._hp_mapping
@@ -64,6 +66,6 @@ def optimizer_slots(train_engine: Any) -> Iterator[Slot]:
                        numel=fragment.hp_fragment_address.numel,
                        lp_start=fragment.lp_fragment_address.start)
         return
-    for group, names in zip(optimizer.param_groups, train_engine.param_names, strict=True):
+    for group, names in zip(optimizer.param_groups, host.param_names, strict=True):
         for p, name in zip(group["params"], names, strict=True):
             yield Slot(name=name, tensor=p, group=group)

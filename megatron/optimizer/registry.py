@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from megatron.optimizer.host import StepHost
     from megatron.optimizer.param_groups import ParamGroup
 
 
@@ -51,12 +52,18 @@ class OptimizerSpec:
         eval_mode: Called before evaluation and saving (schedule-free switches to x), or None.
         group_state_keys: Param-group entries that are optimizer state, not hyperparameters
             (schedule-free's averaging counters); universal checkpoints carry them over.
-        before_step: Called as ``before_step(train_engine, batches, iteration)`` before each
-            step's forward/backward (Sophia's Hessian estimate), or None.
+        before_step: Called as ``before_step(host, batches, iteration)`` before each step's
+            forward/backward (Sophia's Hessian estimate), or None; ``host`` is a
+            ``host.StepHost`` (the training engine satisfies it).
         pipeline: False when ``before_step`` needs the dense model (PP > 1 is refused).
         fp16: False when the optimizer is not correct under --fp16 (refused in the plan).
         derived_states: ``derived_states(state, group) -> {name: tensor}``: extra per-element
             tensors (shaped like the state) for the optimizer-state metrics, or None.
+        after_initialize: Called as ``after_initialize(host)`` once ``deepspeed.initialize`` has
+            wrapped the optimizer (Muon binds to the TP/ZeRO layout there), or None.
+        reassembles_matrices: For ``param_policy="matrix"``: True when the matrix update
+            reassembles matrices from TP shards and DeepSpeed's flat partitions itself (Muon);
+            False refuses TP > 1 and bf16 pipelines in the plan.
     """
 
     name: str
@@ -68,10 +75,12 @@ class OptimizerSpec:
     train_mode: Callable[[Any], None] | None = None
     eval_mode: Callable[[Any], None] | None = None
     group_state_keys: tuple[str, ...] = ()
-    before_step: Callable[[Any, list, int], None] | None = None
+    before_step: Callable[[StepHost, list, int], None] | None = None
     pipeline: bool = True
     fp16: bool = True
     derived_states: Callable[[dict, dict], dict] | None = None
+    after_initialize: Callable[[StepHost], None] | None = None
+    reassembles_matrices: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

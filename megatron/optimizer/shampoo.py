@@ -30,25 +30,23 @@ kept in the parameter's dtype because ``load_state_dict`` casts floating state t
 
 Per-matrix: under ZeRO (or DeepSpeed's bf16/fp16 wrappers) the optimizer would see flat 1-D
 shards, so the spec caps it at ZeRO-0 and ``step`` refuses a non-2-D matrix-group tensor.
-This module is torch-free at import; the optimizer class is built on first use
-(``shampoo_class()``, or ``megatron.optimizer.shampoo.DShampoo``).
+This module (options, blocking, registration) is torch-free at import; the optimizer class is
+``shampoo_torch.DShampoo``, imported by ``build_dshampoo``.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron.config.fields import SECTION, ConfigError
-from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.registry import register_optimizer
 
 if TYPE_CHECKING:
     import torch
 
-    from megatron.config.optim import OptimConfig
     from megatron.optimizer.param_groups import ParamGroup
+    from megatron.optimizer.registry import OptimSettings
 
 
 @dataclass(**SECTION)
@@ -96,166 +94,26 @@ def block_slices(shape: tuple[int, int], max_dim: int) -> list[tuple[slice, slic
     return [(r, c) for r in row_cuts for c in col_cuts]
 
 
-def inverse_fourth_root(stat: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``(stat + eps I)^(-1/4)`` of a symmetric PSD matrix, eps = epsilon * max eigenvalue.
-
-    Computed in float64 by ``torch.linalg.eigh``; returned in ``stat``'s dtype.
-    """
-    import torch
-
-    sym = stat.to(torch.float64)
-    sym = (sym + sym.T) / 2
-    eigvals, eigvecs = torch.linalg.eigh(sym)
-    top = eigvals.max()
-    # Tensor ops, not Python branches: no device sync per block on GPU.
-    eps = torch.where(top > 0, epsilon * top, torch.full_like(top, epsilon))
-    roots = (eigvals.clamp(min=0.0) + eps).pow(-0.25)
-    return ((eigvecs * roots) @ eigvecs.T).to(stat.dtype)
-
-
-@functools.cache
-def shampoo_class() -> type:
-    """The ``torch.optim.Optimizer`` subclass, built on first call (the module stays torch-free)."""
-    import torch
-
-    class DShampoo(torch.optim.Optimizer):
-        """Block-diagonal Shampoo (group ``rule="matrix"``) plus AdamW (``rule="adamw"``).
-
-        Args:
-            params: Param groups; each has ``rule`` ``matrix`` or ``adamw`` (default ``matrix``).
-            lr: Learning rate.
-            betas: Adam betas (AdamW side groups; beta2 also for Adam grafting).
-            eps: Adam epsilon (side groups and Adam grafting).
-            weight_decay: Decoupled weight decay.
-            options: ``DShampooOptions``; None takes the defaults.
-        """
-
-        def __init__(
-            self,
-            params: Any,
-            *,
-            lr: float = 1e-3,
-            betas: tuple[float, float] = (0.9, 0.999),
-            eps: float = 1e-8,
-            weight_decay: float = 0.0,
-            options: DShampooOptions | None = None,
-        ):
-            opts = options or DShampooOptions()
-            defaults = {
-                "rule": "matrix",
-                "lr": lr,
-                "betas": betas,
-                "eps": eps,
-                "weight_decay": weight_decay,
-                "max_preconditioner_dim": opts.max_preconditioner_dim,
-                "precondition_frequency": opts.precondition_frequency,
-                "start_preconditioning_step": opts.start_preconditioning_step,
-                "epsilon": opts.epsilon,
-                "beta2": opts.beta2,
-                "momentum": opts.momentum,
-                "grafting": opts.grafting,
-            }
-            super().__init__(params, defaults)
-            check_group_rules(self, "dshampoo")
-
-        @torch.no_grad()
-        def step(self, closure: Any = None) -> Any:
-            loss = closure_loss(closure)
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if group["rule"] == "adamw":
-                        self._adamw(p, group)
-                    else:
-                        self._shampoo(p, group)
-            return loss
-
-        def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-            adamw_step_(p, self.state[p], group)
-
-        def _shampoo(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-            if p.ndim != 2:
-                raise RuntimeError(
-                    f"dshampoo: a matrix-group tensor has shape {tuple(p.shape)}; Shampoo needs "
-                    "whole 2-D matrices (ZeRO and DeepSpeed's bf16/fp16 wrappers may hand the "
-                    "optimizer flat 1-D shards); use --zero-stage 0 or another optimizer"
-                )
-            blocks = block_slices(tuple(p.shape), group["max_preconditioner_dim"])
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["momentum_buffer"] = torch.zeros_like(p)
-                if group["grafting"] == "adam":
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                for b, (rows, cols) in enumerate(blocks):
-                    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-                    for key, n in (("L", n_rows), ("R", n_cols)):
-                        state[f"{key}_{b}"] = p.new_zeros(n, n)
-                        state[f"{key}_inv_{b}"] = torch.eye(n, dtype=p.dtype, device=p.device)
-            state["step"] += 1
-            t = state["step"]
-            g = p.grad
-            beta2 = group["beta2"]
-            start = group["start_preconditioning_step"]
-            precondition = t >= start
-            refresh = precondition and (t - start) % group["precondition_frequency"] == 0
-
-            if group["grafting"] == "adam":
-                adam_beta2 = group["betas"][1]
-                state["exp_avg_sq"].mul_(adam_beta2).addcmul_(g, g, value=1 - adam_beta2)
-                denom = (state["exp_avg_sq"] / (1 - adam_beta2**t)).sqrt_().add_(group["eps"])
-                graft = g / denom
-            else:
-                graft = g
-
-            direction = graft.clone() if precondition else graft
-            for b, (rows, cols) in enumerate(blocks):
-                g_b = g[rows, cols]
-                left, right = state[f"L_{b}"], state[f"R_{b}"]
-                if beta2 == 1.0:
-                    left.addmm_(g_b, g_b.T)
-                    right.addmm_(g_b.T, g_b)
-                else:
-                    left.mul_(beta2).addmm_(g_b, g_b.T, alpha=1 - beta2)
-                    right.mul_(beta2).addmm_(g_b.T, g_b, alpha=1 - beta2)
-                if refresh:
-                    state[f"L_inv_{b}"].copy_(inverse_fourth_root(left, group["epsilon"]))
-                    state[f"R_inv_{b}"].copy_(inverse_fourth_root(right, group["epsilon"]))
-                if precondition:
-                    pre = state[f"L_inv_{b}"] @ g_b @ state[f"R_inv_{b}"]
-                    if group["grafting"] != "none":
-                        # A zero block stays zero (clamp avoids 0/0 without a device sync).
-                        pre = pre * (graft[rows, cols].norm() / pre.norm().clamp(min=1e-30))
-                    direction[rows, cols] = pre
-
-            buf = state["momentum_buffer"]
-            momentum = group["momentum"]
-            if momentum > 0:
-                buf.mul_(momentum).add_(direction, alpha=1 - momentum)
-            else:
-                buf.copy_(direction)
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(buf, alpha=-group["lr"])
-
-    return DShampoo
-
-
 def __getattr__(name: str) -> Any:
-    if name == "DShampoo":
-        return shampoo_class()
+    # Compatibility: ``shampoo.DShampoo`` loads the torch module on first use.
+    if name in ("DShampoo", "inverse_fourth_root"):
+        from megatron.optimizer import shampoo_torch
+
+        return getattr(shampoo_torch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @register_optimizer("dshampoo", options=DShampooOptions, param_policy="matrix", max_zero_stage=0)
 def build_dshampoo(
-    param_groups: list[ParamGroup], cfg: OptimConfig, options: DShampooOptions | None
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: DShampooOptions | None
 ) -> torch.optim.Optimizer:
     """Block-diagonal Shampoo on 2-D hidden matrices, AdamW on the side groups (ZeRO-0 only)."""
     groups = [
         g.as_torch_group(rule="matrix" if g.rule == "matrix" else "adamw") for g in param_groups
     ]
-    return shampoo_class()(
+    from megatron.optimizer.shampoo_torch import DShampoo
+
+    return DShampoo(
         groups,
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),

@@ -110,6 +110,8 @@ class TrainEngine:
             and not self.engine.fp16_enabled()
         ):
             _record_grad_norm_at_zero0(self.engine)
+        if self.optimizer_spec.after_initialize is not None:
+            self.optimizer_spec.after_initialize(self)  # e.g. Muon binds to the TP/ZeRO layout
         state = schedule_state(plan)  # the schedule's arguments, computed once
         fn, fingerprint = schedule_from_state(state)
         self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, state)

@@ -51,3 +51,19 @@ def test_sophia_unclipped_fraction_on_flat_partitions():
         # A count can flip an element that sits on the clipping edge within rounding (1 of ~8.6k).
         rel = 2e-3 if key.startswith("unclipped/") else 1e-4
         assert zero1[key] == pytest.approx(value, rel=rel), key
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [["--tensor-model-parallel-size", "2", "--micro-batch-size", "4"],
+     ["--zero-stage", "1", "--micro-batch-size", "2"]],
+    ids=["tp2", "zero1-dp2"],
+)
+def test_muon_momentum_norms_at_tp2_and_zero1(layout):
+    # Muon's momentum lives on TP shards / flat ZeRO partitions; summed, the same model-wide state.
+    flags = ["--optimizer", "muon", "--muon-adamw-lr", "3e-3"]
+    reference = _states(DistEnv(), [*flags, "--micro-batch-size", "4"])
+    assert "momentum_buffer/l2" in reference, sorted(reference)
+    ranks = run_distributed(_states, [*flags, *layout])
+    got = ranks[0] if ranks[0] is not None else ranks[1]
+    assert got == pytest.approx(reference, rel=1e-4)

@@ -53,7 +53,7 @@ def _tp_samples(env: DistEnv) -> tuple[list[int], list[float]]:
     import torch
 
     from megatron.distributed import destroy_distributed, init_distributed
-    from megatron.optimizer.sophia import sample_vocab_parallel
+    from megatron.optimizer.sophia_torch import sample_vocab_parallel
 
     ctx = init_distributed(tiny_plan("--tensor-model-parallel-size", "2", "--train-iters", "1", env=env), env)
     try:
@@ -86,10 +86,10 @@ def test_sophia_trains_at_tensor_parallel_2():
 
 
 def _muon_run(env: DistEnv, flags: list[str], split: bool = True) -> tuple[list[float], int]:
-    from megatron.optimizer import muon
+    from megatron.optimizer import muon, muon_torch
 
     calls = 0
-    real = muon.orthogonalize
+    real = muon_torch.orthogonalize
     if not split:  # every rank orthogonalizes every matrix itself (runs in a forked child)
         muon._data_parallel_group = lambda: None
 
@@ -98,11 +98,11 @@ def _muon_run(env: DistEnv, flags: list[str], split: bool = True) -> tuple[list[
         calls += 1
         return real(*args, **kwargs)
 
-    muon.orthogonalize = counting
+    muon_torch.orthogonalize = counting
     try:
         return _losses(env, flags), calls
     finally:
-        muon.orthogonalize = real
+        muon_torch.orthogonalize = real
 
 
 def test_muon_splits_newton_schulz_across_data_parallel_ranks():

@@ -124,14 +124,30 @@ def test_small_init_recipe_and_its_conflict():
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("optimizer", "flags", "message"),
     [
-        (["--tensor-model-parallel-size", "2"], "updates whole matrices, which --tensor-model-parallel-size 2 splits"),
-        (["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
+        ("dshampoo", ["--tensor-model-parallel-size", "2"],
+         "dshampoo updates whole matrices, which --tensor-model-parallel-size 2 splits"),
+        ("dshampoo", ["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
+        ("muon", ["--pipeline-model-parallel-size", "2", "--fp16"],
+         r"^--fp16: muon with --pipeline-model-parallel-size 2 --zero-stage 0 is untested"),
+        ("muon", ["--zero-stage", "1", "--fp16"],
+         r"^--fp16: muon with --pipeline-model-parallel-size 1 --zero-stage 1 is untested"),
+        ("muon", ["--zero-stage", "3"],
+         r"muon is not correct under --zero-stage 3 \(supports up to ZeRO-2\); use --zero-stage 2"),
     ],
 )
-def test_matrix_optimizers_refuse_layouts_that_split_matrices(flags, message):
+def test_matrix_optimizers_refuse_layouts_that_split_matrices(optimizer, flags, message):
     from tests.helpers import tiny_plan
 
     with pytest.raises(ConfigError, match=message):
-        tiny_plan("--train-iters", "1", "--optimizer", "muon", *flags)
+        tiny_plan("--train-iters", "1", "--optimizer", optimizer, *flags)
+
+
+def test_muon_accepts_tensor_parallel_zero_1_2_and_bf16_pipelines():
+    from tests.helpers import tiny_plan
+
+    for flags in (["--tensor-model-parallel-size", "2"], ["--zero-stage", "1"], ["--zero-stage", "2"],
+                  ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"],
+                  ["--pipeline-model-parallel-size", "2", "--bf16"]):
+        tiny_plan("--train-iters", "1", "--optimizer", "muon", *flags, env=DistEnv(world_size=2))

@@ -9,7 +9,7 @@ from torch import nn
 
 from megatron.config import ConfigError, DistEnv
 from megatron.config.optim import OptimConfig
-from megatron.optimizer import muon
+from megatron.optimizer import muon, muon_torch
 from megatron.optimizer.muon import MuonOptions
 from megatron.optimizer.param_groups import split_param_groups
 from megatron.optimizer.registry import OPTIMIZERS
@@ -60,7 +60,7 @@ def test_matrix_update_matches_torch_muon(shape, lr_scale, nesterov):
     kw = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov, "ns_steps": 5}
     ref_p = nn.Parameter(w0.clone())
     ref = torch.optim.Muon([ref_p], adjust_lr_fn=lr_scale, **kw)
-    Muon = muon.Muon
+    Muon = muon_torch.Muon
     # torch.optim.Muon runs Newton-Schulz in bf16 on every device; ours does on CUDA, fp32 on CPU.
     bf16_p, fp32_p = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
     ours_bf16 = Muon([{"params": [bf16_p]}], shape_scale=lr_scale, ns_dtype=torch.bfloat16, **kw)
@@ -81,7 +81,7 @@ def test_matrix_update_matches_torch_muon(shape, lr_scale, nesterov):
 def test_orthogonalize_gives_near_orthogonal_rows():
     torch.manual_seed(0)
     for shape in ((8, 32), (32, 8)):
-        o = muon.orthogonalize(torch.randn(shape), steps=5)
+        o = muon_torch.orthogonalize(torch.randn(shape), steps=5)
         assert o.shape == shape and o.dtype == torch.float32
         wide = o if shape[0] < shape[1] else o.T
         s = torch.linalg.svdvals(wide)
@@ -127,13 +127,13 @@ def test_adamw_side_groups_match_torch_adamw():
 
 def test_only_hidden_matrices_take_newton_schulz(monkeypatch):
     seen = []
-    real = muon.orthogonalize
+    real = muon_torch.orthogonalize
 
     def spy(m, **kw):
         seen.append(tuple(m.shape))
         return real(m, **kw)
 
-    monkeypatch.setattr(muon, "orthogonalize", spy)
+    monkeypatch.setattr(muon_torch, "orthogonalize", spy)
     model = Toy()
     opt = build(model)
     assert [g["rule"] for g in opt.param_groups] == ["matrix", "adamw", "adamw"]
@@ -150,10 +150,10 @@ def test_only_hidden_matrices_take_newton_schulz(monkeypatch):
 def test_flat_tensor_in_matrix_group_is_an_error():
     # DeepSpeed's ZeRO and fp16/bf16 wrappers hand flat shards: never fall back silently.
     p = nn.Parameter(torch.randn(12))
-    opt = muon.Muon([{"params": [p], "name": "matrix"}], lr=0.1)
+    opt = muon_torch.Muon([{"params": [p], "name": "matrix"}], lr=0.1)
     p.grad = torch.randn(12)
     with pytest.raises(
-        RuntimeError, match=r"matrix group 'matrix' holds a tensor of shape \(12,\)"
+        RuntimeError, match=r"matrix group 'matrix' holds a tensor of shape \(12,\), not a 2-D matrix"
     ):
         opt.step()
 
@@ -203,25 +203,24 @@ def test_bad_options_name_the_flag(flags, message):
         tiny_plan("--optimizer", "muon", *flags)
 
 
-@pytest.mark.parametrize("stage", ["1", "2", "3"])
-def test_zero_above_0_is_refused_naming_the_pair(stage):
+def test_zero3_is_refused_naming_the_pair():
     with pytest.raises(
         ConfigError,
-        match=rf"--optimizer: muon is not correct under --zero-stage {stage} \(supports up to "
-        r"ZeRO-0\); use --zero-stage 0 or an element-wise optimizer such as adamw",
+        match=r"--optimizer: muon is not correct under --zero-stage 3 \(supports up to "
+        r"ZeRO-2\); use --zero-stage 2 or an element-wise optimizer such as adamw",
     ):
-        tiny_plan("--optimizer", "muon", "--zero-stage", stage)
+        tiny_plan("--optimizer", "muon", "--zero-stage", "3")
 
 
-def test_tensor_parallel_shards_are_refused(monkeypatch):
-    from megatron.core import parallel_state
-
-    monkeypatch.setattr(parallel_state, "model_parallel_is_initialized", lambda: True)
-    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_world_size", lambda: 2)
-    with pytest.raises(
-        ConfigError, match=r"muon needs whole matrices, but --tensor-model-parallel-size 2"
-    ):
-        build(Toy())
+def test_unbound_tensor_parallel_shards_are_refused(monkeypatch):
+    # Newton-Schulz on a shard is not Muon on the matrix: without the layout, refuse.
+    tp_group = object()
+    monkeypatch.setattr(muon_torch, "group_size", lambda g: 2 if g is tp_group else 1)
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = muon_torch.Muon([{"params": [p], "name": "matrix"}], lr=0.1, tp_group=tp_group)
+    p.grad = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="tensor-parallel shards need the model's layout"):
+        opt.step()
 
 
 def run(*flags):
@@ -263,11 +262,30 @@ def test_gram_and_direct_newton_schulz_agree(shape):
     g = torch.Generator().manual_seed(0)
     low_rank = torch.randn(shape[0], 3, generator=g) @ torch.randn(3, shape[1], generator=g)
     for m in (torch.randn(shape, generator=g), low_rank + 1e-3 * torch.randn(shape, generator=g)):
-        ref = muon.orthogonalize(m.double(), steps=5, dtype=torch.float64, gram=False)
+        ref = muon_torch.orthogonalize(m.double(), steps=5, dtype=torch.float64, gram=False)
         for gram in (True, False):
-            out = muon.orthogonalize(m, steps=5, gram=gram)
+            out = muon_torch.orthogonalize(m, steps=5, gram=gram)
             assert out.shape == shape
             assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-4, gram
     direct, gram_cost = muon.ns_cost(512, 2048, 5)
     assert gram_cost < 0.7 * direct  # the MLP weight of hidden 512 takes the Gram form
     assert muon.ns_cost(512, 512, 5)[0] < muon.ns_cost(512, 512, 5)[1]  # square: direct
+
+
+def test_split_fused_rows_are_the_ones_attention_and_swiglu_read():
+    from types import SimpleNamespace
+
+    from megatron.optimizer.muon_distributed import fused_parts
+
+    spec = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=3, swiglu=True)
+    for tp in (1, 2):
+        rows = (4 + 2 * 2) * 3 // tp
+        # What SelfAttention.forward does with the QKV output, applied to the row numbers.
+        qkv = torch.arange(rows).view(1, 1, 2 // tp, 2 + 2, 3)
+        q, k, v = qkv[:, :, :, :2].reshape(-1), qkv[:, :, :, 2].reshape(-1), qkv[:, :, :, 3].reshape(-1)
+        got = fused_parts("layers.0.self_attention.query_key_value.weight", rows, spec, tp)
+        assert [t.tolist() for t in got] == [q.tolist(), k.tolist(), v.tolist()]
+    gate, up = fused_parts("layers.0.mlp.dense_h_to_4h.weight", 10, spec, 1)
+    assert gate.tolist() == list(range(5)) and up.tolist() == list(range(5, 10))
+    assert fused_parts("layers.0.mlp.dense_4h_to_h.weight", 10, spec, 1) is None
+    assert fused_parts("layers.0.mlp.dense_h_to_4h.weight", 10, SimpleNamespace(swiglu=False), 1) is None

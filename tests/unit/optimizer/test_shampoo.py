@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
-from megatron.optimizer.shampoo import DShampooOptions, block_slices, shampoo_class
+from megatron.optimizer.shampoo import DShampooOptions, block_slices
+from megatron.optimizer.shampoo_torch import DShampoo
 from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
 
@@ -33,7 +34,7 @@ def _root(mat: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _one_step(weight: torch.Tensor, grad: torch.Tensor, lr: float = 0.1, **options):
     p = torch.nn.Parameter(weight.clone())
-    opt = shampoo_class()(
+    opt = DShampoo(
         [{"params": [p], "rule": "matrix"}], lr=lr, options=DShampooOptions(**options)
     )
     p.grad = grad.clone()
@@ -130,7 +131,7 @@ def _model_and_opt(seed: int = 0):
     options = DShampooOptions(
         max_preconditioner_dim=4, precondition_frequency=2, start_preconditioning_step=2, beta2=0.99
     )
-    return model, shampoo_class()(groups, lr=1e-2, weight_decay=0.1, options=options)
+    return model, DShampoo(groups, lr=1e-2, weight_decay=0.1, options=options)
 
 
 def _steps(model, opt, n: int, seed: int) -> list[torch.Tensor]:
@@ -177,7 +178,7 @@ def test_state_dict_survives_deepcopy_and_keeps_dtypes():
 
 def test_matrix_group_refuses_flat_shards():
     p = torch.nn.Parameter(torch.zeros(12))
-    opt = shampoo_class()([{"params": [p], "rule": "matrix"}])
+    opt = DShampoo([{"params": [p], "rule": "matrix"}])
     p.grad = torch.ones(12)
     with pytest.raises(RuntimeError, match="whole 2-D matrices"):
         opt.step()

@@ -16,7 +16,8 @@ from megatron.config import ConfigError, DistEnv
 from megatron.data.loader import Batch
 from megatron.model.gpt import GPTModel, masked_mean
 from megatron.optimizer import OPTIMIZERS, sophia
-from megatron.optimizer.sophia import SophiaG, gnb_estimate, sample_vocab_parallel
+from megatron.optimizer.host import StepHost
+from megatron.optimizer.sophia_torch import SophiaG, gnb_estimate, sample_vocab_parallel
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
@@ -101,6 +102,7 @@ def test_hessian_is_refreshed_every_interval(monkeypatch):
                 for n, p in engine.module.named_parameters()}
 
     def spy(engine, batches, iteration):
+        assert isinstance(engine, StepHost)  # the engine satisfies the hook's protocol
         before = hessians(engine)
         sophia.gnb_hessian_step(engine, batches, iteration)
         after = hessians(engine)
