@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
-        print(json.dumps({"plan": plan.summary(), "paths": paths, "deepspeed": ds_config}, indent=2))
+        from megatron.schedules.registry import schedule_state
+
+        print(json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
+                          "deepspeed": ds_config}, indent=2))
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])

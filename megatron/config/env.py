@@ -111,3 +111,9 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
         for k, v in sorted(env.items())
         if k.startswith(_RECORDED_PREFIXES) and not any(m in k for m in _SECRET_MARKERS)
     }
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``: what a launched sub-process (a continual stage
+    started through the launcher) should see."""
+    return {**os.environ, **(extra or {})}
