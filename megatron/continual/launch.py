@@ -138,6 +138,7 @@ class Runner:
                 result.lines.append(line)
                 log_file.write(line)
                 sys.stdout.write(line)
+                sys.stdout.flush()
             result.returncode = self.proc.wait()
         self.proc = None
         result.wall_s = time.monotonic() - started

@@ -231,6 +231,11 @@ def _method(raw: dict[str, Any], base: Method, where: str) -> Method:
         raise PlanError(f"{where}: {e}") from None
 
 
+def _abs(path: str | None) -> str | None:
+    # Stages may run from another directory (the launcher's repo root): pin paths to this one.
+    return None if path is None else os.path.abspath(str(path))
+
+
 def _require_file(path: str | None, where: str) -> None:
     if path is not None and not os.path.isfile(path):
         raise PlanError(f"{where}: no such data file list {path} (relative paths are taken from "
@@ -253,7 +258,7 @@ def _stage(raw: Any, i: int, plan_raw: dict[str, Any], method: Method, path: str
                         "tokens(_per_stage)")
     if iters is not None and (not isinstance(iters, int) or iters <= 0):
         raise PlanError(f"{where}: train_iters must be a positive integer, got {iters!r}")
-    return Stage(key=key, data=str(raw["data"]), eval_data=raw.get("eval_data"),
+    return Stage(key=key, data=_abs(raw["data"]), eval_data=_abs(raw.get("eval_data")),
                  train_iters=iters, tokens=None if tokens is None else float(tokens),
                  method=_method(raw.get("method") or {}, method, f"{where}.method"),
                  args=dict(raw.get("args") or {}), nproc=raw.get("nproc"))
@@ -283,9 +288,9 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
         raise PlanError(f"{path}: config: no such file {raw['config']}")
     prepare = raw.get("prepare")
     return Plan(
-        path=path, name=str(raw["name"]), output_dir=str(raw.get("output_dir", "outputs/cpt")),
-        init_checkpoint=raw.get("init_checkpoint"), config=raw.get("config"),
-        args=dict(raw.get("args") or {}), stages=stages, base_data=raw.get("base_data"),
+        path=path, name=str(raw["name"]), output_dir=_abs(raw.get("output_dir", "outputs/cpt")),
+        init_checkpoint=_abs(raw.get("init_checkpoint")), config=_abs(raw.get("config")),
+        args=dict(raw.get("args") or {}), stages=stages, base_data=_abs(raw.get("base_data")),
         launcher=launcher, eval_after_each_stage=bool(raw.get("eval_after_each_stage", False)),
         delete_previous_checkpoints=bool(raw.get("delete_previous_checkpoints",
                                                  raw.get("delete_previous_logs", False))),

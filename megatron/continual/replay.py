@@ -21,6 +21,7 @@ the source lists, with each entry's corpus set to its source's key: the blend's 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -183,7 +184,8 @@ def blended_list(sources: Sequence[tuple[str, str]], weights: Sequence[float], h
     entries = []
     for key, path, w in kept:
         for e in mix_data_lists([MixInput(weight=1.0, path=path)], check_files=True, flag="replay"):
-            entries.append(type(e)(weight=e.weight * w, prefix=e.prefix, corpus=key,
+            # Absolute: the trainer may run from another directory (the launcher's repo root).
+            entries.append(type(e)(weight=e.weight * w, prefix=os.path.abspath(e.prefix), corpus=key,
                                    source=e.source))
     lines = [*header, *(f"source {key} ({path}): weight {w:.6g}" for key, path, w in kept)]
     return render_mix(entries, header=lines).text

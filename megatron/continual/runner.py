@@ -204,8 +204,9 @@ class PlanRunner:
             os.makedirs(spec.directory, exist_ok=True)
             from megatron.data.mixing import write_atomic
 
-            if not _same_text(spec.data_list_path, spec.data_list):
-                write_atomic(spec.data_list_path, spec.data_list)
+            for path, text in ((spec.data_list_path, spec.data_list), (spec.eval_list_path, spec.eval_list)):
+                if text is not None and not _same_text(path, text):
+                    write_atomic(path, text)
             dry[spec.key] = self.launch.dry_run({**spec.flags, "data_file_list": spec.data_list_path},
                                                 spec.stage.nproc, f"{plan.path}: stage {spec.key!r}")
         return specs, markers, dry, init

@@ -39,6 +39,7 @@ class StageSpec:
         sources: ``(key, data list)`` of the replay sources 0..t.
         weights: Replay weights of the sources.
         data_list: The blended list's text (written to ``data_list.txt``).
+        eval_list: The held-out list's text with absolute paths (``eval_list.txt``), or None.
     """
 
     index: int
@@ -49,6 +50,7 @@ class StageSpec:
     sources: tuple[tuple[str, str], ...]
     weights: tuple[float, ...]
     data_list: str
+    eval_list: str | None
 
     @property
     def key(self) -> str:
@@ -60,10 +62,16 @@ class StageSpec:
         """The blended list the stage trains on."""
         return os.path.join(self.directory, "data_list.txt")
 
+    @property
+    def eval_list_path(self) -> str:
+        """The held-out list the stage validates on."""
+        return os.path.join(self.directory, "eval_list.txt")
+
     def definition(self) -> dict[str, Any]:
-        """What the marker hashes: flags, data list, replay weights, processes."""
+        """What the marker hashes: flags, data lists, replay weights, processes."""
         return {**{f"flag.{k}": v for k, v in self.flags.items()}, "data_list": self.data_list,
-                "replay_weights": list(self.weights), "nproc": self.stage.nproc}
+                "eval_list": self.eval_list, "replay_weights": list(self.weights),
+                "nproc": self.stage.nproc}
 
 
 def _resolve_usage(method: Method) -> Method:
@@ -170,14 +178,18 @@ def build_stage_specs(plan: Plan, stage_iters: tuple[int, ...]) -> list[StageSpe
             raise PlanError(f"{where}: args {clash} conflict with the method's values; set them in "
                             "the plan's method block")
         directory = plan.stage_dir(stage.key)
-        flags = {**({"config": plan.config} if plan.config else {}), **args, **extra,
+        flags = {**({"config": plan.config} if plan.config else {}),
+                 "tensorboard_dir": os.path.join(directory, "tensorboard"), **args, **extra,
                  "save": directory,
-                 **({"valid_data_file_list": stage.eval_data} if stage.eval_data else {})}
+                 **({"valid_data_file_list": os.path.join(directory, "eval_list.txt")}
+                    if stage.eval_data else {})}
         header = [f"continual plan {plan.name}, stage {stage.key} (source {t}): replay "
                   f"{method.replay.policy}"]
         specs.append(StageSpec(
             index=i, stage=stage, directory=directory, flags=flags,
             continues=get_meta_schedule(method.schedule).continues and i > 0,
             sources=sources[: t + 1], weights=tuple(weights),
-            data_list=blended_list(sources[: t + 1], weights, header)))
+            data_list=blended_list(sources[: t + 1], weights, header),
+            eval_list=blended_list([(stage.key, stage.eval_data)], [1.0], [f"held-out data of stage {stage.key}"])
+            if stage.eval_data else None))
     return specs
