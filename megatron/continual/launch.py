@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,8 @@ class Launch:
         flags = dict(flags)
         if self.launcher == "python":
             return [self.python, "-W", "ignore", os.path.join(ROOT, "pretrain_gpt.py"), *to_argv(flags)], {}
-        env = {"PYTHON_EXEC": self.python, "DATA_FILE_LIST": str(flags.pop("data_file_list"))}
+        # CPT_PLAN emptied: the launcher would otherwise start this plan again instead of the stage.
+        env = {"PYTHON_EXEC": self.python, "DATA_FILE_LIST": str(flags.pop("data_file_list")), "CPT_PLAN": ""}
         if nproc is not None:
             env["NPROC"] = str(nproc)
         return ["bash", os.path.join(ROOT, "train_alcf.sh"), *to_argv(flags)], env
@@ -80,21 +82,39 @@ class Launch:
         return json.loads(text[text.index("{"):])
 
 
+_ITER_LINE = re.compile(r"\] iter\s+(\d+)/\d+ \|")
+
+
 @dataclass
 class StageProcess:
     """One running stage; remembers what the runner's overhead measurement needs.
 
     Attributes:
         returncode: The exit status once finished.
-        startup_s: Seconds from start to the first training-step line.
         wall_s: Seconds from start to exit.
+        steps: ``(seconds since start, iteration)`` of every training-step log line.
+        last_line_s: Seconds from start to the last output line.
         lines: The output lines.
     """
 
     returncode: int | None = None
-    startup_s: float | None = None
     wall_s: float = 0.0
+    steps: list[tuple[float, int]] = field(default_factory=list)
+    last_line_s: float = 0.0
     lines: list[str] = field(default_factory=list)
+
+    def timing(self, start_iteration: int) -> dict[str, float | None]:
+        """Seconds of training (steps, from the step lines' rate) and outside it (start-up,
+        final evaluation and save, exit), for the runner's overhead report."""
+        if len(self.steps) < 2:
+            return {"process": round(self.wall_s, 3), "training": None, "outside_training": None}
+        (t0, i0), (t1, i1) = self.steps[0], self.steps[-1]
+        per_step = (t1 - t0) / (i1 - i0)
+        training = per_step * (i1 - start_iteration)
+        return {"process": round(self.wall_s, 3), "training": round(training, 3),
+                "startup": round(t0 - per_step * (i0 - start_iteration), 3),
+                "after_last_step": round(self.wall_s - t1, 3),
+                "outside_training": round(self.wall_s - training, 3)}
 
 
 class Runner:
@@ -133,8 +153,9 @@ class Runner:
             if self.stop_requested:  # a signal that arrived while starting
                 os.killpg(self.proc.pid, signal.SIGTERM)
             for line in self.proc.stdout:
-                if result.startup_s is None and " iter " in f" {line.split('] ', 1)[-1]}":
-                    result.startup_s = time.monotonic() - started
+                result.last_line_s = time.monotonic() - started
+                if match := _ITER_LINE.search(line):
+                    result.steps.append((result.last_line_s, int(match.group(1))))
                 result.lines.append(line)
                 log_file.write(line)
                 sys.stdout.write(line)

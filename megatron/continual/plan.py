@@ -120,7 +120,8 @@ class Plan:
         eval_after_each_stage: Run tools/continual_eval.py after each stage (when it exists).
         delete_previous_checkpoints: After a stage finishes, delete the intermediate
             checkpoints of the stage before it (its final checkpoint is kept).
-        prepare: A command run before anything else (e.g. the demo's corpus preparation).
+        prepare: A Python script run (with the runner's interpreter) before anything else, e.g.
+            the demo's data preparation.
     """
 
     path: str
@@ -134,7 +135,7 @@ class Plan:
     launcher: str
     eval_after_each_stage: bool
     delete_previous_checkpoints: bool
-    prepare: list[str] | None
+    prepare: str | None
 
     @property
     def root(self) -> str:
@@ -286,7 +287,6 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
     _require_file(raw.get("base_data"), f"{path}: base_data")
     if raw.get("config") is not None and not os.path.isfile(raw["config"]):
         raise PlanError(f"{path}: config: no such file {raw['config']}")
-    prepare = raw.get("prepare")
     return Plan(
         path=path, name=str(raw["name"]), output_dir=_abs(raw.get("output_dir", "outputs/cpt")),
         init_checkpoint=_abs(raw.get("init_checkpoint")), config=_abs(raw.get("config")),
@@ -294,5 +294,5 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
         launcher=launcher, eval_after_each_stage=bool(raw.get("eval_after_each_stage", False)),
         delete_previous_checkpoints=bool(raw.get("delete_previous_checkpoints",
                                                  raw.get("delete_previous_logs", False))),
-        prepare=[prepare] if isinstance(prepare, str) else prepare,
+        prepare=_abs(raw.get("prepare")),
     )

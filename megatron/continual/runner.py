@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron.config.fields import ConfigError
-from megatron.continual.launch import Launch, Runner, StageProcess, convert_to_universal, to_argv
+from megatron.continual.launch import Launch, Runner, convert_to_universal, to_argv
 from megatron.continual.markers import check_marker, config_hash, read_marker, write_marker
 from megatron.continual.plan import Plan, PlanError
 from megatron.continual.stages import StageSpec, build_stage_specs
@@ -183,7 +183,8 @@ class PlanRunner:
         """Every check, before any stage starts: plan, init checkpoint, markers, dry runs."""
         plan = self.plan
         if plan.prepare:
-            subprocess.run(plan.prepare, check=True)
+            if subprocess.run([self.launch.python, plan.prepare], check=False).returncode != 0:
+                raise PlanError(f"{plan.path}: prepare: {plan.prepare} failed")
         os.makedirs(plan.root, exist_ok=True)
         if os.path.exists(self.kill_switch):
             log.info("removing the kill switch %s left by the last stop", self.kill_switch)
@@ -285,11 +286,12 @@ class PlanRunner:
             log.info("stage %s stopped at iteration %s of %d; rerun the plan to resume inside it",
                      spec.key, None if final is None else final.iteration, end)
             return None
-        self._write_marker(spec, dry, final, argv, env, started_at, proc, before + time.monotonic() - after_began, lrs)
+        seconds = {**proc.timing(start), "runner": round(before + time.monotonic() - after_began, 3)}
+        self._write_marker(spec, dry, final, argv, env, started_at, seconds, lrs)
         return final
 
     def _write_marker(self, spec: StageSpec, dry: dict, final: Checkpoint, argv: list[str], env: dict,
-                      started_at: str, proc: StageProcess, runner_s: float, lrs: list[str]) -> None:
+                      started_at: str, seconds: dict, lrs: list[str]) -> None:
         definition = spec.definition()
         marker = {
             "key": spec.key, "checkpoint": spec.directory, "tag": final.tag, "iteration": final.iteration,
@@ -299,8 +301,7 @@ class PlanRunner:
             "finished": _now(), "data_list": spec.data_list_path, "eval_data": spec.stage.eval_data,
             "replay": {"sources": [k for k, _ in spec.sources], "weights": list(spec.weights)},
             "first_lrs": lrs, "end_iteration": int(dry["plan"]["train_iters"]),
-            "seconds": {"stage_process": round(proc.wall_s, 3), "runner": round(runner_s, 3),
-                        "startup_to_first_step": None if proc.startup_s is None else round(proc.startup_s, 3)},
+            "seconds": seconds,
         }
         write_marker(spec.directory, marker)
         log.info("stage %s finished at iteration %d: %s", spec.key, final.iteration, spec.directory)
