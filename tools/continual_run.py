@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             specs, markers, dry, _ = runner.prepare()
             for spec in specs:
-                state = "finished" if spec.key in markers else f"to run, ends at iteration {dry[spec.key]['plan']['train_iters']}"
+                state = ("finished" if spec.key in markers
+                         else f"to run, ends at iteration {dry[spec.key]['plan']['train_iters']}")
                 print(f"stage {spec.key}: {state}; data {spec.data_list_path}; replay {list(spec.weights)}")
             return EXIT_DONE
         return runner.run()

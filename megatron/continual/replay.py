@@ -76,7 +76,8 @@ def parse_replay(raw: object, where: str) -> ReplayConfig:
     weights = raw["weights"]
     if (not isinstance(weights, list | tuple) or len(weights) != 3
             or not all(isinstance(w, int | float) and w >= 0 for w in weights)):
-        raise ConfigError(f"{where}.weights: expected three non-negative numbers [alpha_0, alpha_D, alpha_B], got {weights!r}")
+        raise ConfigError(f"{where}.weights: expected three non-negative numbers "
+                          f"[alpha_0, alpha_D, alpha_B], got {weights!r}")
     if not math.isclose(sum(weights), 1.0, abs_tol=1e-9):
         raise ConfigError(f"{where}.weights: alpha_0 + alpha_D + alpha_B must be 1, got {weights} "
                           f"(sum {sum(weights):.6g})")

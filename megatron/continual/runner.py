@@ -335,7 +335,7 @@ def _same_text(path: str, text: str) -> bool:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 __all__ = ["EXIT_DONE", "EXIT_STOPPED", "PlanRunner", "StageFailed", "to_argv"]

@@ -236,3 +236,25 @@ def test_init_checkpoint_defaults_to_the_recorded_pre_cooldown_checkpoint(cpt_li
     assert init.iteration == 6 and init.load_dir == os.path.join(plan.root, "_init")
     assert open(os.path.join(init.load_dir, "latest")).read() == "global_step6"
     assert os.path.realpath(os.path.join(init.load_dir, "global_step6")) == str(base / "global_step6")
+
+
+def test_launcher_runs_a_plan_from_cpt_plan(cpt_lists, tmp_path, repo_root):
+    path = write_plan(tmp_path / "plan.yaml", cpt_lists, stages=("a", "code"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_FILE_LIST", "PBS_NODEFILE", "SLURM_JOB_NODELIST")}
+    out = subprocess.run(["bash", "train_alcf.sh"], cwd=repo_root, capture_output=True, text=True, timeout=300,
+                         env={**env, "CPT_PLAN": path, "DRY_RUN": "1", "PYTHON_EXEC": sys.executable})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stage s1: to run, ends at iteration 4; data " in out.stdout
+    assert "stage s2: to run, ends at iteration 4" in out.stdout and "replay [0.5, 0.5]" in out.stdout
+    assert (tmp_path / "out" / "run" / "s2" / "data_list.txt").exists()
+
+
+def test_tokens_per_stage_become_iterations_of_the_trainers_batch(cpt_lists, tmp_path):
+    path = write_plan(tmp_path / "plan.yaml", cpt_lists, stages=("a", "b"))
+    raw = yaml.safe_load(open(path))
+    del raw["train_iters_per_stage"]
+    raw["tokens_per_stage"] = 640  # / (2 samples x 16 tokens) = 20 iterations
+    raw["stages"][1]["tokens"] = 320
+    open(path, "w").write(yaml.safe_dump(raw, sort_keys=False))
+    _, _, dry, _ = prepare(path)
+    assert [d["plan"]["train_iters"] for d in dry.values()] == [20, 10]
