@@ -136,11 +136,13 @@ class Runner:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        # The stage saves at its next step and exits; the runner then stops before the next stage.
-        self.stop_requested = True
+        # The stage saves at its next step and exits; the runner then stops before the next
+        # stage. A second signal does not wait for the save.
+        again, self.stop_requested = self.stop_requested, True
         if self.proc is not None and self.proc.poll() is None:
-            log.info("signal %d: asking the running stage to save and stop", signum)
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            log.info("signal %d: %s", signum, "killing the running stage" if again
+                     else "asking the running stage to save and stop (again to kill it)")
+            os.killpg(self.proc.pid, signal.SIGKILL if again else signal.SIGTERM)
 
     def run(self, argv: Sequence[str], env: dict[str, str], log_path: str) -> StageProcess:
         """Run a stage to its end, copying its output to the console and ``log_path``."""

@@ -273,11 +273,15 @@ class PlanRunner:
         before = time.monotonic() - began
         proc = runner.run(argv, env, os.path.join(spec.directory, "stage.log"))
         after_began = time.monotonic()
+        if proc.returncode != 0 and runner.stop_requested:
+            log.info("stage %s ended by the stop signal (status %d); rerun the plan to resume it from its "
+                     "last checkpoint", spec.key, proc.returncode)
+            return None
         if proc.returncode != 0:
             raise StageFailed(f"stage {spec.key!r}: the trainer exited with status {proc.returncode}; "
                               f"see {os.path.join(spec.directory, 'stage.log')}")
         seen = logged_lrs(proc.lines)
-        if seen is not None and "resume" not in how and seen != lrs:
+        if seen is not None and seen != lrs:
             raise StageFailed(f"stage {spec.key!r}: the trainer's first LRs {seen} differ from the plan's "
                               f"{lrs}; the schedule did not start where the plan asked")
         final = read_checkpoint(spec.directory, f"stage {spec.key!r}")
