@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from megatron.continual.markers import MarkerMismatch, check_marker, config_hash, read_marker, write_marker
+from megatron.continual.markers import (
+    MarkerMismatch,
+    check_marker,
+    config_hash,
+    read_marker,
+    write_marker,
+)
 from megatron.continual.runner import logged_lrs, needs_universal, predicted_lrs
 from megatron.schedules.registry import schedule_state
 from tests.helpers import tiny_plan
