@@ -192,8 +192,13 @@ def _check_yaml_keys(root: Any, path: str) -> None:
             _check_keys(_child(item, "method"), method_keys, path, "a stage's method")
 
 
-def load_plan(path: str) -> Plan:
+def load_plan(path: str, overrides: dict[str, Any] | None = None) -> Plan:
     """Read, check and resolve a plan file.
+
+    Args:
+        path: The YAML file.
+        overrides: Command-line values (``overrides.py``: flag dest -> value), applied before
+            the plan is resolved.
 
     Raises:
         PlanError: Unreadable file, unknown keys (file:line), missing or inconsistent fields,
@@ -214,6 +219,10 @@ def load_plan(path: str) -> Plan:
     if not isinstance(raw, dict):
         raise PlanError(f"--plan: {path} must be a mapping of plan keys ({', '.join(PLAN_KEYS)})")
     _check_yaml_keys(node, path)
+    if overrides:
+        from megatron.continual.overrides import apply_overrides
+
+        raw = apply_overrides(raw, overrides, path)
     return build_plan(raw, path)
 
 
