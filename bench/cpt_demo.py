@@ -32,7 +32,12 @@ def held_out_loss(plan, ckpt_spec, eval_spec, eval_iters: int) -> float:
     from megatron.distributed import destroy_distributed, init_distributed
     from megatron.trainer.loop import Trainer
 
-    flags = {**ckpt_spec.flags, "data_file_list": ckpt_spec.data_list_path,
+    # Evaluation only: the stage's LR schedule does not apply (and would not fit one step).
+    schedule = {"lr_warmup_iters", "lr_decay_style", "lr_decay_iters", "lr_rsqrt_cooldown", "min_lr",
+                "lr_constant_plus_cooldown", "lr_constant_plus_cooldown_frac", "constant_lr",
+                "lr_cooldown_fraction", "lr_constant_fraction"}
+    flags = {**{k: v for k, v in ckpt_spec.flags.items() if k not in schedule},
+             "lr_decay_style": "constant", "data_file_list": ckpt_spec.data_list_path,
              "valid_data_file_list": eval_spec.eval_list_path, "load": ckpt_spec.directory,
              "finetune": True, "save": None, "tensorboard_dir": None, "train_iters": 1,
              "eval_iters": eval_iters, "kill_switch_file": None}

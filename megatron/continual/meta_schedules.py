@@ -52,10 +52,9 @@ def ar_peak_anchor(
     S i + W_current.
     """
     warmup_init, current = warmup_iters, warmup_iters
-    for k in range(1, i + 1):
+    for _ in range(i):
         current = warmup_iters if warmup_usage == "all" else 0
         warmup_init += current
-        del k
     return _open_lm_cosine(stage_iters * i + current, base_lr=lr, warmup=warmup_init,
                            steps=stage_iters * (i + 1), end_lr=min_lr)
 

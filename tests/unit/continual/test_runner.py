@@ -187,9 +187,13 @@ def _lrs(log_text):
 
 @pytest.mark.slow
 def test_carry_optimizer_plan_continues_one_schedule_through_the_launcher(cpt_lists, tmp_path, repo_root):
-    done = run_plan(_wsd_plan(tmp_path, cpt_lists), repo_root)
+    plan = _wsd_plan(tmp_path, cpt_lists, args={**TINY, "save_interval": 2}, delete_previous_checkpoints=True)
+    done = run_plan(plan, repo_root)
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "out" / "run"
+    # delete_previous_checkpoints: once s2 finished, s1 keeps only its final checkpoint.
+    assert sorted(p.name for p in (root / "s1").glob("global_step*")) == ["global_step4"]
+    assert sorted(p.name for p in (root / "s2").glob("global_step*")) == ["global_step6", "global_step8"]
     s1, s2 = ((root / k / "stage.log").read_text() for k in ("s1", "s2"))
     assert "--reset-data-state: data position reset (checkpoint had consumed 8 samples)" in s2
     assert "[train_alcf.sh] command:" in s2 and "--reset-data-state" in s2
