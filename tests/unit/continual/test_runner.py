@@ -262,3 +262,22 @@ def test_tokens_per_stage_become_iterations_of_the_trainers_batch(cpt_lists, tmp
     open(path, "w").write(yaml.safe_dump(raw, sort_keys=False))
     _, _, dry, _ = prepare(path)
     assert [d["plan"]["train_iters"] for d in dry.values()] == [20, 10]
+
+
+def test_stage_start_flags_carry_the_stop_controls_and_the_load_mode(cpt_lists, tmp_path):
+    from megatron.continual.runner import Checkpoint
+    from megatron.continual.stages import build_stage_specs
+
+    plan = load_plan(_wsd_plan(tmp_path, cpt_lists))
+    runner = PlanRunner(plan, Launch(launcher="python"), time_limit_mins=30)
+    specs = build_stage_specs(plan, (4, 4))
+    dry = {"plan": {"tp": 1, "pp": 1, "dp": 1}, "deepspeed": {"zero_optimization": {"stage": 0}}}
+    prev = Checkpoint(load_dir="/prev", tag="global_step4",
+                      metadata={"iteration": 4, "plan": {"tp": 1, "pp": 1, "dp": 1}, "zero_stage": 0})
+    flags, start, how = runner._start_flags(specs[1], dry, prev)
+    assert flags["kill_switch_file"] == os.path.join(plan.root, "STOP")
+    assert 29 < flags["exit_duration_in_mins"] < 30
+    assert (flags["load"], flags.get("reset_data_state"), flags.get("finetune"), start) == ("/prev", True, None, 4)
+    assert flags["train_iters"] == 8 and flags["lr_decay_iters"] == 8 and "universal_checkpoint" not in flags
+    first, start, _ = runner._start_flags(specs[0], dry, None)
+    assert "load" not in first and start == 0 and first["train_iters"] == 4
