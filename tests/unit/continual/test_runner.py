@@ -281,3 +281,13 @@ def test_stage_start_flags_carry_the_stop_controls_and_the_load_mode(cpt_lists, 
     assert flags["train_iters"] == 8 and flags["lr_decay_iters"] == 8 and "universal_checkpoint" not in flags
     first, start, _ = runner._start_flags(specs[0], dry, None)
     assert "load" not in first and start == 0 and first["train_iters"] == 4
+
+
+def test_shipped_demo_plan_is_valid(repo_root, monkeypatch):
+    from megatron.continual.stages import check_methods
+
+    monkeypatch.chdir(repo_root)
+    plan = load_plan("ALCF/presets/cpt-demo.yaml")
+    assert [s.key for s in plan.stages] == ["part", "plays", "code"]
+    assert all(s.eval_data for s in plan.stages) and os.path.isfile(plan.prepare)
+    assert [m.replay.ratio for m in check_methods(plan)] == [0.75] * 3
