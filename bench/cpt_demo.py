@@ -39,7 +39,7 @@ def held_out_loss(plan, ckpt_spec, eval_spec, eval_iters: int) -> float:
     flags = {**{k: v for k, v in ckpt_spec.flags.items() if k not in schedule},
              "lr_decay_style": "constant", "data_file_list": ckpt_spec.data_list_path,
              "valid_data_file_list": eval_spec.eval_list_path, "load": ckpt_spec.directory,
-             "finetune": True, "save": None, "tensorboard_dir": None, "train_iters": 1,
+             "finetune": True, "save": None, "save_interval": None, "tensorboard_dir": None, "train_iters": 1,
              "eval_iters": eval_iters, "kill_switch_file": None}
     run = resolve(parse_args(to_argv(flags)).config, DistEnv())
     ctx = init_distributed(run, DistEnv())

@@ -177,7 +177,7 @@ class PlanRunner:
         self.launch = launch
         self.deadline = None if time_limit_mins is None else time.monotonic() + 60 * time_limit_mins
         self.kill_switch = os.path.join(plan.root, KILL_SWITCH)
-        self.summary: list[dict[str, Any]] = []
+        self.checks_s = 0.0  # the plan-wide checks at start (dry runs of every stage)
 
     def prepare(self) -> tuple[list[StageSpec], dict[str, dict], dict[str, dict], Checkpoint | None]:
         """Every check, before any stage starts: plan, init checkpoint, markers, dry runs."""
@@ -214,7 +214,11 @@ class PlanRunner:
 
     def run(self) -> int:
         """Run every unfinished stage in order."""
+        began = time.monotonic()
         specs, markers, dry, prev = self.prepare()
+        self.checks_s = time.monotonic() - began
+        log.info("plan %s: checked %d stages in %.1f s (data lists, dry runs)", self.plan.name,
+                 len(specs), self.checks_s)
         with Runner() as runner:
             for spec in specs:
                 if spec.key in markers:
@@ -290,7 +294,8 @@ class PlanRunner:
             log.info("stage %s stopped at iteration %s of %d; rerun the plan to resume inside it",
                      spec.key, None if final is None else final.iteration, end)
             return None
-        seconds = {**proc.timing(start), "runner": round(before + time.monotonic() - after_began, 3)}
+        seconds = {**proc.timing(start), "runner": round(before + time.monotonic() - after_began, 3),
+                   "plan_checks_at_start": round(self.checks_s, 3)}
         self._write_marker(spec, dry, final, argv, env, started_at, seconds, lrs)
         return final
 
