@@ -16,6 +16,8 @@ from typing import Any
 from megatron.config.fields import ConfigError
 
 MARKER_FILE = "STAGE_DONE.json"
+STARTED_FILE = "STAGE_STARTED.json"
+"""Written when a stage first starts: its definition, checked again before resuming inside it."""
 
 
 class MarkerMismatch(ConfigError):
@@ -28,18 +30,18 @@ def config_hash(definition: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def marker_path(stage_dir: str) -> str:
+def marker_path(stage_dir: str, name: str = MARKER_FILE) -> str:
     """Where a stage's marker lives."""
-    return os.path.join(stage_dir, MARKER_FILE)
+    return os.path.join(stage_dir, name)
 
 
-def read_marker(stage_dir: str) -> dict[str, Any] | None:
+def read_marker(stage_dir: str, name: str = MARKER_FILE) -> dict[str, Any] | None:
     """The stage's marker, or None when it has not finished.
 
     Raises:
         ConfigError: The marker exists but is unreadable.
     """
-    path = marker_path(stage_dir)
+    path = marker_path(stage_dir, name)
     if not os.path.isfile(path):
         return None
     try:
@@ -49,9 +51,9 @@ def read_marker(stage_dir: str) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: unreadable stage marker ({e}); remove it to rerun the stage") from None
 
 
-def write_marker(stage_dir: str, marker: dict[str, Any]) -> str:
+def write_marker(stage_dir: str, marker: dict[str, Any], name: str = MARKER_FILE) -> str:
     """Write the marker through a temporary file, fsync and a rename (a crash leaves none)."""
-    path = marker_path(stage_dir)
+    path = marker_path(stage_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(marker, f, indent=1, sort_keys=True, default=str)
@@ -61,7 +63,7 @@ def write_marker(stage_dir: str, marker: dict[str, Any]) -> str:
     return path
 
 
-def check_marker(key: str, marker: dict[str, Any], definition: dict[str, Any]) -> None:
+def check_marker(key: str, marker: dict[str, Any], definition: dict[str, Any], state: str = "finished") -> None:
     """Refuse a marker recorded for another definition of stage ``key``.
 
     Raises:
@@ -74,7 +76,7 @@ def check_marker(key: str, marker: dict[str, Any], definition: dict[str, Any]) -
     diffs = [f"{f}: {before.get(f)!r} -> {definition.get(f)!r}" for f in fields
              if before.get(f) != definition.get(f)]
     raise MarkerMismatch(
-        f"stage {key!r}: finished with another configuration (its STAGE_DONE.json hash "
+        f"stage {key!r}: {state} with another configuration (its marker's hash "
         f"{str(marker.get('config_hash'))[:12]} != plan {config_hash(definition)[:12]}); differing "
         f"fields: {'; '.join(diffs) or 'unknown (old marker)'}. Restore the plan, or start a new run "
         "name (a finished stage is never overwritten)"

@@ -28,7 +28,13 @@ from typing import Any
 
 from megatron.config.fields import ConfigError
 from megatron.continual.launch import Launch, Runner, convert_to_universal, to_argv
-from megatron.continual.markers import check_marker, config_hash, read_marker, write_marker
+from megatron.continual.markers import (
+    STARTED_FILE,
+    check_marker,
+    config_hash,
+    read_marker,
+    write_marker,
+)
 from megatron.continual.plan import Plan, PlanError
 from megatron.continual.stages import StageSpec, build_stage_specs
 
@@ -202,6 +208,9 @@ class PlanRunner:
         for spec in specs:
             if spec.key in markers:
                 continue
+            started = read_marker(spec.directory, STARTED_FILE)
+            if started is not None and read_checkpoint(spec.directory, f"stage {spec.key!r}") is not None:
+                check_marker(spec.key, started, spec.definition(), "started")  # resume: same definition
             os.makedirs(spec.directory, exist_ok=True)
             from megatron.data.mixing import write_atomic
 
@@ -269,6 +278,16 @@ class PlanRunner:
         """Run (or resume) one stage; its final checkpoint, or None when it was stopped."""
         began, started_at = time.monotonic(), _now()
         flags, start, how = self._start_flags(spec, dry, prev)
+        end = int(dry["plan"]["train_iters"])
+        if "load" not in flags or flags["load"] != spec.directory:
+            definition = spec.definition()
+            write_marker(spec.directory, {"key": spec.key, "started": started_at, "config": definition,
+                                          "config_hash": config_hash(definition)}, STARTED_FILE)
+        elif start >= end:  # the final save happened, the marker did not (a crash in between)
+            log.info("stage %s: its final checkpoint exists; writing the marker", spec.key)
+            final = read_checkpoint(spec.directory, f"stage {spec.key!r}")
+            self._write_marker(spec, dry, final, [], {}, started_at, {"runner": 0.0}, [])
+            return final
         lrs = predicted_lrs(dry["schedule"], start)
         log.info("stage %s (%d/%d): %s; LR of steps %d-%d: %s; replay %s", spec.key, spec.index + 1,
                  len(self.plan.stages), how, start, start + 2, ", ".join(lrs),
@@ -289,7 +308,6 @@ class PlanRunner:
             raise StageFailed(f"stage {spec.key!r}: the trainer's first LRs {seen} differ from the plan's "
                               f"{lrs}; the schedule did not start where the plan asked")
         final = read_checkpoint(spec.directory, f"stage {spec.key!r}")
-        end = int(dry["plan"]["train_iters"])
         if final is None or final.iteration < end:
             log.info("stage %s stopped at iteration %s of %d; rerun the plan to resume inside it",
                      spec.key, None if final is None else final.iteration, end)

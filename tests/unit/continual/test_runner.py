@@ -291,3 +291,17 @@ def test_shipped_demo_plan_is_valid(repo_root, monkeypatch):
     assert [s.key for s in plan.stages] == ["part", "plays", "code"]
     assert all(s.eval_data for s in plan.stages) and os.path.isfile(plan.prepare)
     assert [m.replay.ratio for m in check_methods(plan)] == [0.75] * 3
+
+
+def test_a_stage_in_progress_is_not_resumed_under_another_definition(cpt_lists, tmp_path):
+    from megatron.continual.markers import STARTED_FILE, config_hash, write_marker
+
+    path = write_plan(tmp_path / "plan.yaml", cpt_lists, stages=("a", "b"))
+    stage = tmp_path / "out" / "run" / "s1"
+    (stage / "global_step2").mkdir(parents=True)
+    (stage / "global_step2" / "run_metadata.json").write_text(json.dumps({"iteration": 2}))
+    (stage / "latest").write_text("global_step2")
+    old = {"flag.lr": 0.001}
+    write_marker(str(stage), {"key": "s1", "config": old, "config_hash": config_hash(old)}, STARTED_FILE)
+    with pytest.raises(ConfigError, match=r"stage 's1': started with another configuration.*flag.lr: 0.001 -> 0.003"):
+        prepare(path)
