@@ -293,6 +293,9 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
     launcher = raw.get("launcher", "train_alcf")
     if launcher not in LAUNCHERS:
         raise PlanError(f"{path}: launcher {launcher!r}; known: {', '.join(LAUNCHERS)}")
+    if launcher == "python" and any((s.nproc or 1) > 1 for s in stages):
+        raise PlanError(f"{path}: launcher python starts one process; stages with nproc > 1 need "
+                        "launcher: train_alcf")
     _require_file(raw.get("base_data"), f"{path}: base_data")
     if raw.get("config") is not None and not os.path.isfile(raw["config"]):
         raise PlanError(f"{path}: config: no such file {raw['config']}")

@@ -135,6 +135,7 @@ def test_unknown_plan_key_names_file_and_line(cpt_lists, tmp_path):
         (lambda p: p.update(init_checkpoint="/nonexistent/ckpt"), "init_checkpoint: no such directory"),
         (lambda p: p["stages"][0].pop("data"), r"stages\[0\]: a stage needs at least 'key' and 'data'"),
         (lambda p: p["stages"][1].update(key="s1"), "stage keys must be unique"),
+        (lambda p: p["stages"][1].update(nproc=2), "stages with nproc > 1 need launcher: train_alcf"),
         (lambda p: p["args"].update(num_attention_heads=3), "stage 's1': the trainer refused the stage: .*num-attention-heads"),
     ],
 )
