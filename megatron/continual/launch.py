@@ -101,19 +101,18 @@ class StageProcess:
     wall_s: float = 0.0
     steps: list[tuple[float, int]] = field(default_factory=list)
     last_line_s: float = 0.0
+    ready_s: float | None = None
     lines: list[str] = field(default_factory=list)
 
     def timing(self, start_iteration: int) -> dict[str, float | None]:
-        """Seconds of training (steps, from the step lines' rate) and outside it (start-up,
-        final evaluation and save, exit), for the runner's overhead report."""
-        if len(self.steps) < 2:
+        """Seconds of training (from the last line before the first step to the last step's
+        line: steps, interval evaluations and saves) and outside it (start-up; final
+        evaluation, save and exit), for the runner's overhead report."""
+        if not self.steps or self.ready_s is None:
             return {"process": round(self.wall_s, 3), "training": None, "outside_training": None}
-        (t0, i0), (t1, i1) = self.steps[0], self.steps[-1]
-        per_step = (t1 - t0) / (i1 - i0)
-        training = per_step * (i1 - start_iteration)
+        training = self.steps[-1][0] - self.ready_s
         return {"process": round(self.wall_s, 3), "training": round(training, 3),
-                "startup": round(t0 - per_step * (i0 - start_iteration), 3),
-                "after_last_step": round(self.wall_s - t1, 3),
+                "startup": round(self.ready_s, 3), "after_last_step": round(self.wall_s - self.steps[-1][0], 3),
                 "outside_training": round(self.wall_s - training, 3)}
 
 
@@ -155,9 +154,12 @@ class Runner:
             if self.stop_requested:  # a signal that arrived while starting
                 os.killpg(self.proc.pid, signal.SIGTERM)
             for line in self.proc.stdout:
-                result.last_line_s = time.monotonic() - started
+                now = time.monotonic() - started
                 if match := _ITER_LINE.search(line):
-                    result.steps.append((result.last_line_s, int(match.group(1))))
+                    if not result.steps:  # training began after the previous line
+                        result.ready_s = result.last_line_s
+                    result.steps.append((now, int(match.group(1))))
+                result.last_line_s = now
                 result.lines.append(line)
                 log_file.write(line)
                 sys.stdout.write(line)
