@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
-        print(json.dumps({"plan": plan.summary(), "paths": paths, "sources": plan.sources,
-                          "deepspeed": plan.deepspeed}, indent=2, default=str))
+        from megatron.schedules.registry import schedule_state
+
+        print(json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
+                          "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str))
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])

@@ -5,6 +5,7 @@
 #   DATA_FILE_LIST=list.txt TRAIN_TOKENS=$((22*10**9)) GRAD_ACC_STEPS=16 LR=0.0002 \
 #       LR_WARMUP_FRACTION=0.01 OPT=adamw bash train_alcf.sh --finetune
 #   DRY_RUN=1 bash train_alcf.sh            # print the command and the resolved plan, start nothing
+#   CPT_PLAN=ALCF/presets/cpt-demo.yaml bash train_alcf.sh   # a continual-pretraining plan (stages)
 #
 # Variables map one-to-one onto flags (see ALCF/helpers.sh); extra arguments go to
 # pretrain_gpt.py. A variable and a flag that set the same knob to different values are an

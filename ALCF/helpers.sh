@@ -178,7 +178,18 @@ print_command() {
     printf '[train_alcf.sh] command: %s\n' "${line% }"
 }
 
+# continual_main: CPT_PLAN=plan.yaml runs a continual-pretraining plan (tools/continual_run.py),
+# whose stages come back through this launcher (with CPT_PLAN emptied). Paths in the plan are
+# taken from the directory you start from; DRY_RUN=1 checks the plan and starts nothing.
+continual_main() {
+    setup_python "${REPO_ROOT}"
+    local extra=()
+    [[ "${DRY_RUN:-0}" == "0" ]] || extra=(--dry-run)
+    exec "${PYTHON}" -W ignore "${REPO_ROOT}/tools/continual_run.py" --plan "${CPT_PLAN}" "${extra[@]+"${extra[@]}"}" "$@"
+}
+
 train_main() {
+    [[ -z "${CPT_PLAN:-}" ]] || continual_main "$@"
     cd "${REPO_ROOT}" || _die "cannot enter ${REPO_ROOT}"
     setup_python "${REPO_ROOT}"
     env_to_flags

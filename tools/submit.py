@@ -9,6 +9,12 @@ The job resumes by itself: it loads from the directory it saves to (``SAVE`` = `
 requeued or resubmitted job continues from the latest checkpoint. It stops cleanly before the
 walltime: training saves and exits ``--margin-minutes`` before the end (``EXIT_DURATION_MINS``),
 and a SIGTERM from the scheduler also saves at the next step.
+
+    python tools/submit.py --scheduler pbs --nodes 2 --walltime 06:00:00 --plan cpt.yaml [--submit]
+
+submits a whole continual-pretraining plan (``CPT_PLAN``) as one job: the runner stops
+``--margin-minutes`` before the walltime (mid-stage, saving) and the job resubmits itself until
+every stage has finished (the runner's exit status 75 means "stopped, more to do").
 """
 
 from __future__ import annotations
@@ -39,7 +45,11 @@ def job_script(args: argparse.Namespace, extra: list[str]) -> str:
     if minutes <= args.margin_minutes:
         raise ValueError(f"--walltime {args.walltime} leaves no time after --margin-minutes {args.margin_minutes}")
     env = dict(kv.split("=", 1) for kv in args.env)
-    env.update(SAVE=args.save, LOAD=args.save, EXIT_DURATION_MINS=str(minutes - args.margin_minutes))
+    if args.plan:
+        env.update(CPT_PLAN=os.path.abspath(args.plan))
+        extra = ["--time-limit-mins", str(minutes - args.margin_minutes), *extra]
+    else:
+        env.update(SAVE=args.save, LOAD=args.save, EXIT_DURATION_MINS=str(minutes - args.margin_minutes))
     if args.scheduler == "pbs":
         header = [f"#PBS -N {args.name}", f"#PBS -l select={args.nodes}", f"#PBS -l walltime={args.walltime}",
                   "#PBS -l place=scatter", "#PBS -j oe", "#PBS -r y"]
@@ -55,8 +65,14 @@ def job_script(args: argparse.Namespace, extra: list[str]) -> str:
         header += [f"#SBATCH --gpus-per-node={args.gpus_per_node}"] if args.gpus_per_node else []
         workdir = f"cd {shlex.quote(ROOT)}"
     exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    command = " ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])
-    return "\n".join(["#!/bin/bash", *header, "set -euo pipefail", workdir, *exports, command, ""])
+    command = [" ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])]
+    if args.plan:
+        # 75: the plan stopped cleanly with stages left; queue the next job, which continues it.
+        again = "qsub" if args.scheduler == "pbs" else "sbatch"
+        me = shlex.quote(os.path.abspath(args.output or f"{args.name}.{args.scheduler}.sh"))
+        command = [f"status=0; {command[0]} || status=$?",
+                   f'if [[ "$status" == 75 ]]; then {again} {me}; exit 0; fi', 'exit "$status"']
+    return "\n".join(["#!/bin/bash", *header, "set -euo pipefail", workdir, *exports, *command, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", choices=("pbs", "slurm"), required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--walltime", required=True, help="HH:MM:SS")
-    p.add_argument("--save", required=True, help="checkpoint directory (also loaded from: auto-resume)")
+    p.add_argument("--save", help="checkpoint directory (also loaded from: auto-resume)")
+    p.add_argument("--plan", help="a continual-pretraining plan (CPT_PLAN) instead of one run; resubmits until done")
     p.add_argument("--name", default="train_alcf")
     p.add_argument("--queue", help="PBS queue / Slurm partition")
     p.add_argument("--account", help="project / account")
@@ -77,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="job script path (default: <name>.<scheduler>.sh)")
     p.add_argument("--submit", action="store_true", help="also qsub / sbatch it")
     args = p.parse_args(ours)
+    if (args.save is None) == (args.plan is None):
+        print("submit.py: error: --save: give --save (one run) or --plan (a continual plan)", file=sys.stderr)
+        return 2
     bad = [kv for kv in args.env if "=" not in kv or not kv.split("=", 1)[0].isidentifier()]
     if bad:
         print(f"submit.py: error: --env {bad[0]!r}: expected VAR=VALUE", file=sys.stderr)

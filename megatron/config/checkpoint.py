@@ -31,6 +31,9 @@ class CheckpointConfig:
     """On resume, follow this command line's LR schedule even if the checkpoint's differs."""
     use_checkpoint_opt_param_scheduler: bool = False
     """On resume, follow the checkpoint's LR schedule (its lr, warmup, decay) and ignore this one's."""
+    reset_data_state: bool = False
+    """On load, keep iteration, optimizer and LR schedule but restart the data stream at sample 0
+    of this run's --data-file-list (a continual stage on new data: AuroraGPT / MeCo)."""
 
     def __post_init__(self) -> None:
         require_positive(self, "save_interval")
@@ -43,6 +46,11 @@ class CheckpointConfig:
             raise ConfigError(
                 "--override-opt-param-scheduler: cannot be combined with "
                 "--use-checkpoint-opt-param-scheduler; pick whose LR schedule to follow"
+            )
+        if self.reset_data_state and (self.load is None or self.finetune):
+            raise ConfigError(
+                "--reset-data-state: needs --load and no --finetune (it keeps the optimizer and "
+                "schedule of the loaded checkpoint; --finetune already starts a new data stream)"
             )
         if self.finetune and self.load is None:
             raise ConfigError("--finetune: needs --load (the checkpoint to start from)")

@@ -123,3 +123,9 @@ def launcher_flag_sources(environ: Mapping[str, str] | None = None) -> dict[str,
     env = os.environ if environ is None else environ
     pairs = (item.partition("=") for item in env.get(FLAG_SOURCES_VAR, "").split())
     return {flag: name for flag, sep, name in pairs if sep}
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``: what a launched sub-process (a continual stage
+    started through the launcher) should see."""
+    return {**os.environ, **(extra or {})}

@@ -302,7 +302,13 @@ class Trainer:
         state = TrainState(
             iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
         )
-        restore_data_state(self.streams.train.stream, state.consumed_samples, metadata)
+        if ckpt.reset_data_state:
+            # A continual stage on a new list: optimizer and schedule go on, the stream restarts.
+            log.info("--reset-data-state: data position reset (checkpoint had consumed %d samples)",
+                     state.consumed_samples)
+            state.consumed_samples = 0
+        else:
+            restore_data_state(self.streams.train.stream, state.consumed_samples, metadata)
         log.info("resumed at iteration %d", state.iteration)
         self._log_next_lrs(state.iteration)
         return state

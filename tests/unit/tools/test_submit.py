@@ -37,3 +37,33 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "leaves no time" in capsys.readouterr().err
     assert main([*base, "--walltime", "01:00:00", "--env", "LR"]) == 2
     assert "expected VAR=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheduler", ["pbs", "slurm"])
+def test_plan_job_runs_the_plan_and_resubmits_itself_until_done(tmp_path, scheduler):
+    out = tmp_path / "cpt.sh"
+    plan = tmp_path / "plan.yaml"
+    assert main(["--scheduler", scheduler, "--nodes", "2", "--walltime", "02:00:00", "--plan", str(plan),
+                 "--output", str(out)]) == 0
+    text = out.read_text()
+    again = "qsub" if scheduler == "pbs" else "sbatch"
+    assert f"export CPT_PLAN={plan}" in text and "SAVE" not in text
+    assert "bash train_alcf.sh --time-limit-mins 110 || status=$?" in text
+    assert f'if [[ "$status" == 75 ]]; then {again} {out}; exit 0; fi' in text
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    # The job's logic: 75 resubmits and succeeds, 0 ends, anything else fails the job.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / again).write_text(f"#!/bin/bash\necho resubmitted \"$@\" > {tmp_path}/resubmitted\n")
+    (fake / again).chmod(0o755)
+    script = text.split("export CPT_PLAN")[0] + "\n".join(text.splitlines()[-3:]).replace(
+        "bash train_alcf.sh --time-limit-mins 110", "(exit $CODE)")
+    for code, rc in ((75, 0), (0, 0), (2, 2)):
+        result = subprocess.run(["bash", "-c", script], env={"PATH": f"{fake}:/usr/bin:/bin", "CODE": str(code)})
+        assert result.returncode == rc
+    assert (tmp_path / "resubmitted").read_text().strip() == f"resubmitted {out}"
+
+
+def test_plan_or_save_is_required(tmp_path, capsys):
+    assert main(["--scheduler", "pbs", "--nodes", "1", "--walltime", "01:00:00"]) == 2
+    assert "give --save (one run) or --plan" in capsys.readouterr().err

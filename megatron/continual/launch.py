@@ -1,0 +1,190 @@
+"""Starting a stage: its command line, a dry run, the run itself, a universal conversion.
+
+Every stage is an ordinary ``pretrain_gpt.py`` run, by default started through the launcher
+(``bash train_alcf.sh``: PBS / Slurm / local topology, the environment's flags), in its own
+process group so that a SIGTERM to the runner reaches every rank. Its output is copied to the
+console and to ``<stage>/stage.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron.config.env import child_environment
+from megatron.config.fields import ConfigError
+
+log = logging.getLogger(__name__)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def to_argv(flags: dict[str, Any]) -> list[str]:
+    """``{field: value}`` -> ``--kebab value`` (True: bare flag; False/None: left out)."""
+    argv: list[str] = []
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Launch:
+    """How stage processes start.
+
+    Attributes:
+        launcher: train_alcf (bash train_alcf.sh) or python (one pretrain_gpt.py process).
+        python: The interpreter (launcher python, conversions, PYTHON_EXEC for the launcher).
+    """
+
+    launcher: str = "train_alcf"
+    python: str = sys.executable
+
+    def command(self, flags: dict[str, Any], nproc: int | None) -> tuple[list[str], dict[str, str]]:
+        """The argv and the extra environment of a stage run."""
+        flags = dict(flags)
+        if self.launcher == "python":
+            return [self.python, "-W", "ignore", os.path.join(ROOT, "pretrain_gpt.py"), *to_argv(flags)], {}
+        # CPT_PLAN emptied: the launcher would otherwise start this plan again instead of the stage.
+        env = {"PYTHON_EXEC": self.python, "DATA_FILE_LIST": str(flags.pop("data_file_list")), "CPT_PLAN": ""}
+        if nproc is not None:
+            env["NPROC"] = str(nproc)
+        return ["bash", os.path.join(ROOT, "train_alcf.sh"), *to_argv(flags)], env
+
+    def dry_run(self, flags: dict[str, Any], nproc: int | None, where: str) -> dict[str, Any]:
+        """Resolve a stage without starting it: the trainer's plan, schedule and DeepSpeed config.
+
+        Raises:
+            ConfigError: The trainer refused the stage's flags (its message, naming the stage).
+        """
+        argv, env = self.command(flags, nproc)
+        if self.launcher == "python":
+            argv.append("--dry-run")
+        else:
+            env["DRY_RUN"] = "1"
+        out = subprocess.run(argv, capture_output=True, text=True, env=child_environment(env), cwd=os.getcwd())
+        if out.returncode != 0:
+            message = (out.stderr.strip() or out.stdout.strip()).splitlines()
+            raise ConfigError(f"{where}: the trainer refused the stage: {' | '.join(message[-3:])}")
+        text = out.stdout.split("[train_alcf.sh] command:")[-1]
+        return json.loads(text[text.index("{"):])
+
+
+_ITER_LINE = re.compile(r"\] iter\s+(\d+)/\d+ \|")
+
+
+@dataclass
+class StageProcess:
+    """One running stage; remembers what the runner's overhead measurement needs.
+
+    Attributes:
+        returncode: The exit status once finished.
+        wall_s: Seconds from start to exit.
+        steps: ``(seconds since start, iteration)`` of every training-step log line.
+        last_line_s: Seconds from start to the last output line.
+        lines: The output lines.
+    """
+
+    returncode: int | None = None
+    wall_s: float = 0.0
+    steps: list[tuple[float, int]] = field(default_factory=list)
+    last_line_s: float = 0.0
+    ready_s: float | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def timing(self, start_iteration: int) -> dict[str, float | None]:
+        """Seconds of training (from the last line before the first step to the last step's
+        line: steps, interval evaluations and saves) and outside it (start-up; final
+        evaluation, save and exit), for the runner's overhead report."""
+        if not self.steps or self.ready_s is None:
+            return {"process": round(self.wall_s, 3), "training": None, "outside_training": None}
+        training = self.steps[-1][0] - self.ready_s
+        return {"process": round(self.wall_s, 3), "training": round(training, 3),
+                "startup": round(self.ready_s, 3), "after_last_step": round(self.wall_s - self.steps[-1][0], 3),
+                "outside_training": round(self.wall_s - training, 3)}
+
+
+class Runner:
+    """Runs stage processes one at a time and forwards SIGTERM / SIGINT to the running one."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.stop_requested = False
+        self._handlers: dict[int, Any] = {}
+
+    def __enter__(self) -> Runner:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # The stage saves at its next step and exits; the runner then stops before the next
+        # stage. A second signal does not wait for the save.
+        again, self.stop_requested = self.stop_requested, True
+        if self.proc is not None and self.proc.poll() is None:
+            log.info("signal %d: %s", signum, "killing the running stage" if again
+                     else "asking the running stage to save and stop (again to kill it)")
+            os.killpg(self.proc.pid, signal.SIGKILL if again else signal.SIGTERM)
+
+    def run(self, argv: Sequence[str], env: dict[str, str], log_path: str) -> StageProcess:
+        """Run a stage to its end, copying its output to the console and ``log_path``."""
+        result = StageProcess()
+        started = time.monotonic()
+        with open(log_path, "a") as log_file:
+            log_file.write(f"# {' '.join(argv)}\n")
+            self.proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         env=child_environment(env), start_new_session=True, bufsize=1)
+            if self.stop_requested:  # a signal that arrived while starting
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            for line in self.proc.stdout:
+                now = time.monotonic() - started
+                if match := _ITER_LINE.search(line):
+                    if not result.steps:  # training began after the previous line
+                        result.ready_s = result.last_line_s
+                    result.steps.append((now, int(match.group(1))))
+                result.last_line_s = now
+                result.lines.append(line)
+                log_file.write(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            result.returncode = self.proc.wait()
+        self.proc = None
+        result.wall_s = time.monotonic() - started
+        return result
+
+
+def convert_to_universal(launch: Launch, load_dir: str, tag: str) -> None:
+    """Convert ``load_dir/tag`` to a universal checkpoint (``latest_universal`` points at it).
+
+    Raises:
+        ConfigError: The conversion failed (its last output lines).
+    """
+    pointer = os.path.join(load_dir, "latest_universal")
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            if f.read().strip() == f"{tag}_universal":
+                return
+    log.info("converting %s/%s to a universal checkpoint (the next stage runs at another layout)", load_dir, tag)
+    argv = [launch.python, "-W", "ignore", os.path.join(ROOT, "tools", "convert_checkpoint.py"),
+            "--input", os.path.join(load_dir, tag)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=child_environment())
+    if out.returncode != 0:
+        tail = (out.stderr.strip() or out.stdout.strip()).splitlines()[-3:]
+        raise ConfigError(f"universal conversion of {load_dir}/{tag} failed: {' | '.join(tail)}")

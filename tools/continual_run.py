@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Run a continual-pretraining plan: its stages in order, resumably.
+
+    python tools/continual_run.py --plan ALCF/presets/cpt-demo.yaml
+    CPT_PLAN=plan.yaml bash train_alcf.sh           # the same through the launcher
+    python tools/continual_run.py --plan plan.yaml --dry-run   # check everything, run nothing
+    python tools/continual_run.py --plan plan.yaml --lr 1e-4 --use-ar-schedule --time-range 201401:201412
+
+Flags override the plan in TiC-LM's spellings (--exp-name, --init-ckpt, --lr, --warmup,
+--warmup-usage, --lr-scheduler, --use-ar-schedule, --replay-ratio, --num-timesteps, ...; see
+--help); they enter the stages' hashes like the file's values.
+
+Exit status: 0 when every stage has finished, 75 when it stopped cleanly (SIGTERM, the kill
+switch ``<output_dir>/<name>/STOP``, ``--time-limit-mins``; run it again to continue), 2 for a
+plan that cannot run (the message names the file, line, stage or field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.config.fields import ConfigError  # noqa: E402
+from megatron.continual.launch import Launch  # noqa: E402
+from megatron.continual.overrides import add_override_args, given_overrides  # noqa: E402
+from megatron.continual.plan import load_plan  # noqa: E402
+from megatron.continual.runner import EXIT_DONE, PlanRunner  # noqa: E402
+
+PROG = "continual_run.py"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", required=True, help="the plan (YAML)")
+    p.add_argument("--launcher", choices=("train_alcf", "python"), default=None,
+                   help="override the plan's launcher (train_alcf: bash train_alcf.sh)")
+    p.add_argument("--time-limit-mins", type=float, default=None,
+                   help="stop (saving) this many minutes after start, e.g. before a job's walltime")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the plan, write the data lists and resolve every stage; start nothing")
+    add_override_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] continual: %(message)s", datefmt="%H:%M:%S")
+    try:
+        plan = load_plan(args.plan, given_overrides(args))
+        launch = Launch(launcher=args.launcher or plan.launcher, python=sys.executable)
+        runner = PlanRunner(plan, launch, time_limit_mins=args.time_limit_mins)
+        if args.dry_run:
+            specs, markers, dry, _ = runner.prepare()
+            for spec in specs:
+                state = ("finished" if spec.key in markers
+                         else f"to run, ends at iteration {dry[spec.key]['plan']['train_iters']}")
+                print(f"stage {spec.key}: {state}; data {spec.data_list_path}; replay {list(spec.weights)}")
+            return EXIT_DONE
+        return runner.run()
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
