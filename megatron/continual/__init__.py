@@ -1,0 +1,1 @@
+"""Continual pretraining: stages, replay, EWC, LwF, evaluation matrix."""
