@@ -108,6 +108,7 @@ class TrainEngine:
         self.scheduler = LRScheduler(
             self.optimizer, fn, fingerprint, cfg.optim.lr, schedule_state(plan)
         )
+        self.loss_hook: Callable[[Batch, CorpusLoss | None], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.train_mode()
 
     def _build_model(self) -> torch.nn.Module:
@@ -170,11 +171,14 @@ class TrainEngine:
         else:
             losses = []
             for batch in batches:
-                loss = self._losses(batch, meter)
+                if self.loss_hook is None:
+                    loss = reported = self._losses(batch, meter)
+                else:  # extra loss terms (continual/regularizers.py: EWC, LwF)
+                    loss, reported = self.loss_hook(batch, meter)
                 # DeepSpeed divides by the accumulation steps and steps at the boundary.
                 self.engine.backward(loss)
                 self.engine.step()
-                losses.append(loss.detach())
+                losses.append(reported.detach())
             mean = _dp_mean(torch.stack(losses).mean())
         skipped = self.engine.skipped_steps > skipped_before
         return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
