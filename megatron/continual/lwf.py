@@ -12,15 +12,17 @@ torch's default 'mean' divides the vocabulary sum by batch x length x V) and ``b
 per-token KL, averaged over tokens): their ratio is exactly V, the logits' full width.
 
 Tensor parallelism: the logits are split over the vocabulary, so each log-softmax needs the
-TP-wide max (a constant shift) and the TP-wide sum of exponentials (a differentiable all-reduce
-whose backward is the identity, megatron-core's ``reduce_from_tensor_model_parallel_region``),
-and the per-token KL is the TP sum of each rank's partial vocabulary sum.
+TP-wide max (a constant shift) and the TP-wide sum of exponentials (an all-reduce whose backward
+is also an all-reduce: every rank's partial KL depends on it), and the per-token KL is the TP sum
+of each rank's partial vocabulary sum (megatron-core's ``reduce_from_tensor_model_parallel_region``:
+identity backward, since each partial enters the replicated loss once).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
@@ -38,7 +40,9 @@ def vocab_parallel_log_softmax(logits: torch.Tensor, temperature: float = 1.0) -
     z = z - shift
     sum_exp = z.exp().sum(dim=-1, keepdim=True)
     if _tp() > 1:
-        sum_exp = reduce_from_tensor_model_parallel_region(sum_exp)
+        # Every rank's loss uses the normalizer, so its gradient is the TP *sum* of the ranks'
+        # gradients (an all-reduce in backward too; an identity backward would be wrong here).
+        sum_exp = dist_nn.all_reduce(sum_exp, group=parallel_state.get_tensor_model_parallel_group())
     return z - sum_exp.log()
 
 
