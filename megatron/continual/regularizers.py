@@ -117,7 +117,7 @@ class Regularizers:
         from megatron.model.gpt import GPTModel
 
         self.teacher = Teacher(lambda: GPTModel(self.plan.model), self.engine.module)
-        log.info("LwF: teacher = the stage's initial weights, %.1f MiB (%s); one extra forward per "
+        log.info("LwF: teacher = the stage's initial weights, %.2f MiB (%s); one extra forward per "
                  "micro-batch", self.teacher.bytes / 2**20, next(self.teacher.model.parameters()).dtype)
 
     def _restore(self, where: str) -> None:
