@@ -13,7 +13,7 @@ from megatron.config import DistEnv
 from megatron.trainer.loop import train
 from tests.helpers import run_distributed, tiny_plan
 
-pytestmark = pytest.mark.deepspeed
+pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
 EWC = ["--ewc-weight", "1e6", "--ewc-num-iterations", "2"]
 LWF = ["--lwf-weight", "20", "--lwf-kl", "--lwf-temperature", "2", "--lwf-reduction", "batchmean"]

@@ -16,7 +16,7 @@ from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 from tools import continual_eval
 
-pytestmark = pytest.mark.deepspeed
+pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
 
 def _lists(tmp_path, three_corpora) -> dict[str, str]:
