@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
+from megatron.config.regularize import check_regularizers
 from megatron.config.root import Config
 from megatron.model.spec import GPTSpec, pad_vocab_size
 
@@ -337,6 +338,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     _check_paths(cfg)
     _check_optimizer(cfg)
     tp, pp, dp = _parallel_sizes(cfg, env)
+    check_regularizers(cfg, pp)
     accum, global_batch = _batch(cfg, dp)
     seq = cfg.model.seq_length
     tokens_per_step = global_batch * seq

@@ -115,6 +115,7 @@ class TrainEngine:
         state = schedule_state(plan)  # the schedule's arguments, computed once
         fn, fingerprint = schedule_from_state(state)
         self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, state)
+        self.loss_hook: Callable[[Batch, CorpusLoss | None], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.train_mode()
 
     def _build_model(self) -> torch.nn.Module:
@@ -182,13 +183,16 @@ class TrainEngine:
             for batch in batches:
                 with self.attention():
                     with timed("forward"):
-                        loss = self._losses(batch, meter)
+                        if self.loss_hook is None:
+                            loss = reported = self._losses(batch, meter)
+                        else:  # extra loss terms (continual/regularizers.py: EWC, LwF)
+                            loss, reported = self.loss_hook(batch, meter)
                     # DeepSpeed divides by the accumulation steps and steps at the boundary.
                     with timed("backward"):
                         self.engine.backward(loss)
                 with timed("optimizer"):
                     self.engine.step()
-                losses.append(loss.detach())
+                losses.append(reported.detach())
             mean = _dp_mean(torch.stack(losses).mean())
         self.timers.step_done()
         skipped = self.engine.skipped_steps > skipped_before

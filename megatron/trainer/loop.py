@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
+    checkpoint_tag,
     load_engine_states,
     mark_pre_cooldown,
     prune_checkpoints,
@@ -44,6 +45,7 @@ from megatron.config.deepspeed import deepspeed_agreements
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
+from megatron.continual.regularizers import attach_regularizers, stage_start
 from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
@@ -113,6 +115,7 @@ class Trainer:
         )
         self.universal = self._open_universal()
         self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
+        self.regularizers = attach_regularizers(self)  # EWC/LwF, or None
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
         self.cooldown_start = cooldown_start(plan)
@@ -244,6 +247,8 @@ class Trainer:
             UNIVERSAL_CHECKPOINT_INFO: deepspeed_universal_info(self.plan.model),
             CLIENT_KEY: client_info(self.engine, self.ctx, metadata),
         }
+        if self.regularizers is not None:  # before the checkpoint's files: `latest` moves last
+            self.regularizers.save(os.path.join(ckpt.save, checkpoint_tag(state.iteration)))
         save_checkpoint(self.engine.engine, ckpt.save, state.iteration, metadata, client)
         self.engine.train_mode()
         if state.iteration == self.cooldown_start:
@@ -270,6 +275,8 @@ class Trainer:
             if tag is None:
                 if is_universal(ckpt.load) or os.path.isfile(os.path.join(ckpt.load, LATEST_UNIVERSAL_FILE)):
                     raise ConfigError(f"--load: {ckpt.load} holds a universal checkpoint; add --universal-checkpoint")
+                if self.regularizers is not None:
+                    self.regularizers.no_checkpoint(ckpt.load)
                 log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
                 return TrainState()
             where = f"{ckpt.load}/{tag}"
@@ -288,6 +295,8 @@ class Trainer:
         # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
         scheduler = self.engine.scheduler
         scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
+        if self.regularizers is not None:
+            self.regularizers.on_restore(where, metadata, stage_start(ckpt))
         if ckpt.finetune:
             log.info(
                 "--finetune: loaded weights of %s; iteration, optimizer, LR schedule and data "

@@ -1,0 +1,212 @@
+"""EWC and LwF in a training run: anchor at the stage's start, extra loss terms, save/restore.
+
+The trainer calls three hooks:
+
+- ``on_restore(where, metadata, stage_start)`` after the weights are loaded: at a stage start
+  (``--finetune``, or a load from another directory than ``--save``; iteration 0 only) EWC
+  computes ``theta*`` and ``F`` and LwF copies the teacher; on a resume inside the stage both are
+  restored, bit for bit, from the checkpoint (never re-anchored on drifted weights, TiC-LM's bug);
+- ``loss(batch, meter)`` per training micro-batch: (loss to differentiate, loss to report);
+- ``save(step_dir)`` before a checkpoint's files are written (the ``latest`` pointer moves last,
+  so a checkpoint is complete with its anchor or not at all).
+
+Files: ``global_stepN/continual/tp{t}_pp{p}_dp{d}.pt`` per rank (EWC shards; the teacher's
+weights from DP rank 0 only). A universal conversion does not carry them: a mid-stage resume from
+a universal checkpoint is refused (resume at the saved layout, or restart the stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from megatron.config.fields import ConfigError
+from megatron.continual.ewc import EWCAnchor, fisher_sum, owned_shards
+from megatron.continual.lwf import Teacher, lwf_loss
+from megatron.model.gpt import masked_mean, token_losses
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "continual"
+
+
+def _state_file(step_dir: str, ctx: Any, dp_rank: int | None = None) -> str:
+    dp = ctx.dp_rank if dp_rank is None else dp_rank
+    return os.path.join(step_dir, STATE_DIR, f"tp{ctx.tp_rank}_pp{ctx.pp_rank}_dp{dp}.pt")
+
+
+class Regularizers:
+    """The stage's EWC anchor and LwF teacher (either may be off).
+
+    Args:
+        trainer: The ``Trainer`` (plan, parallel context, engine, data streams).
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self.plan, self.ctx, self.engine = trainer.plan, trainer.ctx, trainer.engine
+        self.cfg = self.plan.config.regularize
+        self.ewc: EWCAnchor | None = None
+        self.teacher: Teacher | None = None
+        self.teacher_seconds = 0.0
+        self.student_seconds = 0.0
+
+    # ---- stage start / resume ---------------------------------------------------------------
+
+    def no_checkpoint(self, load: str) -> None:
+        """``--load`` holds nothing: there is no previous stage to anchor on."""
+        flag = "--ewc-weight" if self.cfg.ewc else "--lwf-weight"
+        raise ConfigError(f"{flag}: --load {load} holds no checkpoint; EWC/LwF anchor on the previous "
+                          "stage's weights (give its save directory)")
+
+    def on_restore(self, where: str, metadata: dict, stage_start: bool) -> None:
+        """Anchor (stage start) or restore the anchor (mid-stage resume)."""
+        if stage_start:
+            started = time.perf_counter()
+            if self.cfg.ewc:
+                self._anchor_ewc(metadata, where)
+            if self.cfg.lwf:
+                self._copy_teacher()
+            log.info("continual regularizers anchored on %s in %.1f s", where, time.perf_counter() - started)
+        else:
+            self._restore(where)
+
+    def _anchor_ewc(self, metadata: dict, where: str) -> None:
+        cfg = self.cfg
+        batches = self._fisher_batches(metadata, where)
+        fisher = fisher_sum(self.engine.module, batches)
+        self.ewc = EWCAnchor.capture(self.engine.module, owned_shards(self.engine), fisher,
+                                     cfg.ewc_weight, cfg.ewc_num_iterations)
+        total = sum(float(f.sum()) for f in self.ewc.fisher)
+        log.info("EWC: anchored on %s; Fisher over %d batches of %s data (this rank's sum %.3e, "
+                 "%d elements); lambda/N = %.3e", where, cfg.fisher_batches, cfg.ewc_fisher_data, total,
+                 sum(a.numel() for a in self.ewc.anchor), self.ewc.coefficient)
+
+    def _fisher_batches(self, metadata: dict, where: str) -> list[list[Any]]:
+        trainer, cfg = self.trainer, self.cfg
+        stream = trainer.streams.train.stream
+        if cfg.ewc_fisher_data == "previous":
+            stream = self._previous_stream(metadata, where)
+        reader = trainer._reader(stream)
+        gbs = self.plan.global_batch_size
+        return [reader.step_batches(k * gbs) for k in range(cfg.fisher_batches)]
+
+    def _previous_stream(self, metadata: dict, where: str) -> object:
+        from megatron.data.builder import build_streams
+
+        saved = metadata.get("config", {})
+        data_list, mock = saved.get("--data-file-list"), bool(saved.get("--mock-data"))
+        if data_list is None and not mock:
+            raise ConfigError(f"--ewc-fisher-data: previous: {where} records no training data list")
+        cfg = self.plan.config
+        data = dataclasses.replace(cfg.data, data_file_list=data_list, mock_data=mock,
+                                   valid_data_file_list=None, test_data_file_list=None,
+                                   split=saved.get("--split", cfg.data.split))
+        plan = dataclasses.replace(self.plan, config=dataclasses.replace(cfg, data=data))
+        try:
+            return build_streams(plan, is_builder=self.ctx.env.rank == 0).train.stream
+        except ConfigError as e:
+            raise ConfigError(f"--ewc-fisher-data: previous ({data_list} from {where}): {e}") from None
+
+    def _copy_teacher(self) -> None:
+        from megatron.model.gpt import GPTModel
+
+        self.teacher = Teacher(lambda: GPTModel(self.plan.model), self.engine.module)
+        log.info("LwF: teacher = the stage's initial weights, %.2f MiB (%s); one extra forward per "
+                 "micro-batch", self.teacher.bytes / 2**20, next(self.teacher.model.parameters()).dtype)
+
+    def _restore(self, where: str) -> None:
+        path = _state_file(where, self.ctx)
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"--ewc-weight/--lwf-weight: {where} holds no EWC/LwF anchor ({path} is missing): a "
+                "resume inside a stage must not re-anchor on drifted weights. Resume from a "
+                "checkpoint of this run at its saved layout (universal conversion drops the "
+                "anchor), or start the stage again from the previous stage with --finetune")
+        state = torch.load(path, map_location=self.ctx.device, weights_only=True)
+        if self.cfg.ewc:
+            if state.get("ewc") is None:
+                raise ConfigError(f"--ewc-weight: {path} holds no EWC anchor (saved without EWC)")
+            self.ewc = EWCAnchor.from_state_dict(state["ewc"])
+            self.ewc.coefficient = self.cfg.ewc_weight / self.cfg.ewc_num_iterations
+        if self.cfg.lwf:
+            teacher = torch.load(_state_file(where, self.ctx, dp_rank=0), map_location=self.ctx.device,
+                                 weights_only=True).get("teacher")
+            if teacher is None:
+                raise ConfigError(f"--lwf-weight: {where} holds no LwF teacher (saved without LwF)")
+            from megatron.model.gpt import GPTModel
+
+            self.teacher = Teacher(lambda: GPTModel(self.plan.model), self.engine.module)
+            self.teacher.model.load_state_dict(teacher)
+        log.info("continual regularizers restored from %s", where)
+
+    # ---- per step -----------------------------------------------------------------------------
+
+    def loss(self, batch: Any, meter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to differentiate, loss to report) of one training micro-batch."""
+        engine = self.engine.engine
+        started = time.perf_counter()
+        if self.teacher is None:
+            losses = engine(batch.tokens, batch.labels)
+            logits = None
+        else:
+            logits = engine(batch.tokens)
+            losses = token_losses(logits.clone() if self.ctx.tp_size > 1 else logits, batch.labels)
+        if meter is not None:
+            meter.add(losses, batch.loss_mask, batch.dataset_ids)
+        lm = masked_mean(losses, batch.loss_mask)
+        total, reported = lm, lm
+        if self.ewc is not None:
+            penalty = self.ewc.penalty(self.engine.module)
+            total = total + penalty
+            if self.cfg.ewc_log_loss:
+                reported = reported + penalty.detach()
+        self.student_seconds += time.perf_counter() - started
+        if self.teacher is not None:
+            started = time.perf_counter()
+            teacher_logits = self.teacher.logits(batch.tokens)
+            self.teacher_seconds += time.perf_counter() - started
+            c = self.cfg
+            total = total + c.lwf_weight * lwf_loss(teacher_logits, logits, batch.loss_mask, kl=c.lwf_kl,
+                                                    temperature=c.lwf_temperature, reduction=c.lwf_reduction)
+        return total, reported
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def save(self, step_dir: str) -> None:
+        """Write this rank's anchor (and, on DP rank 0, the teacher) into ``step_dir``."""
+        os.makedirs(os.path.join(step_dir, STATE_DIR), exist_ok=True)
+        state = {"ewc": None if self.ewc is None else self.ewc.state_dict(), "teacher": None}
+        if self.teacher is not None and self.ctx.dp_rank == 0:
+            state["teacher"] = self.teacher.model.state_dict()
+        path = _state_file(step_dir, self.ctx)
+        tmp = f"{path}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        if self.teacher is not None and self.student_seconds > 0:
+            log.info("LwF: teacher forward %.1f%% of the student's forward+loss time (%.3f s vs %.3f s)",
+                     100 * self.teacher_seconds / self.student_seconds, self.teacher_seconds,
+                     self.student_seconds)
+
+
+def attach_regularizers(trainer: Any) -> Regularizers | None:
+    """EWC/LwF (``--ewc-weight``, ``--lwf-weight``) hooked into the engine's loss, or None."""
+    reg = trainer.cfg.regularize
+    if not (reg.ewc or reg.lwf):
+        return None
+    regularizers = Regularizers(trainer)
+    trainer.engine.loss_hook = regularizers.loss
+    return regularizers
+
+
+def stage_start(ckpt: Any) -> bool:
+    """A load that starts a stage (anchor EWC/LwF) rather than resuming inside one: ``--finetune``,
+    or ``--load`` from another directory than ``--save`` (the previous stage's)."""
+    if ckpt.finetune or ckpt.save is None:
+        return True
+    return os.path.realpath(ckpt.load) != os.path.realpath(ckpt.save)
