@@ -9,6 +9,7 @@ from megatron.config.data import DataConfig
 from megatron.config.fields import SECTION
 from megatron.config.logs import LoggingConfig
 from megatron.config.model import ModelConfig
+from megatron.config.objective import ObjectiveConfig
 from megatron.config.optim import OptimConfig
 from megatron.config.parallel import ParallelConfig
 from megatron.config.schedule import ScheduleConfig
@@ -27,3 +28,4 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
