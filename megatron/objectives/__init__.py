@@ -5,6 +5,11 @@ torch-free at import time.
 """
 
 from megatron.objectives import ar, mdm  # noqa: F401  (register ar and mdm)
-from megatron.objectives.registry import OBJECTIVES, ObjectiveSpec, get_objective, register_objective
+from megatron.objectives.registry import (
+    OBJECTIVES,
+    ObjectiveSpec,
+    get_objective,
+    register_objective,
+)
 
 __all__ = ["OBJECTIVES", "ObjectiveSpec", "get_objective", "register_objective"]
