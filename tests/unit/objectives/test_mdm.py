@@ -146,3 +146,18 @@ def test_plan_names_the_objective_and_its_attention_flops():
     assert tiny_plan("--train-iters", "2").summary()["attention_flops"].startswith("causal attention counted as full")
     # 6N + 12 L d s per token for both: the same FLOPs budget means the same tokens.
     assert tiny_plan(*MDM).summary()["flops_per_step"] == tiny_plan("--train-iters", "2").summary()["flops_per_step"]
+
+
+def test_per_corpus_values_are_the_bound_restricted_to_each_corpus():
+    from megatron.trainer.corpus_loss import CorpusLoss
+
+    objective = get_objective("mdm")
+    losses = torch.rand(4, 8)
+    weights = torch.where(torch.rand(4, 8) < 0.5, 2.0, 0.0)
+    ids = torch.tensor([0, 1, 0, 1])
+    meter = CorpusLoss(2, torch.device("cpu"))
+    objective.meter_add(meter, losses, weights, ids)
+    got = meter.collect(["a", "b"])
+    for name, rows in (("a", [0, 2]), ("b", [1, 3])):
+        expected = objective.reduce(losses[rows], weights[rows]).item()
+        assert got[name] == pytest.approx(expected, rel=1e-6)  # fp64 sums vs fp32
