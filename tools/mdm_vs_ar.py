@@ -26,21 +26,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESET = "ALCF/presets/mdm-vs-ar.yaml"
 
 
-def run(objective: str, epochs: int, args: argparse.Namespace) -> dict:
+def run(objective: str, epochs: int, seed: int, args: argparse.Namespace) -> dict:
     """Train one configuration in this process; its validation value and wall time."""
     from megatron.config import DistEnv, parse_args, resolve
     from megatron.trainer.loop import train
 
-    save = os.path.join(args.out, f"{objective}_e{epochs}")
+    save = os.path.join(args.out, f"{objective}_e{epochs}_s{seed}")
     argv = ["--config", args.preset, "--objective", objective, "--unique-tokens",
             str(args.total_tokens // epochs), "--epochs", str(epochs), "--save", save,
-            "--seed", str(args.seed)]
+            "--seed", str(seed)]
     if objective == "mdm":
         argv += ["--num-mc", str(args.num_mc)]
     plan = resolve(parse_args(argv).config, DistEnv())
     started = time.perf_counter()
     result = train(plan, DistEnv())
-    return {"objective": objective, "epochs": epochs, "unique_tokens": args.total_tokens // epochs,
+    return {"objective": objective, "epochs": epochs, "seed": seed, "unique_tokens": args.total_tokens // epochs,
             "train_iters": plan.train_iters, "train_tokens": plan.train_iters * plan.tokens_per_step,
             "flops": plan.summary()["flops_per_step"] * plan.train_iters,
             "valid": result.valid_loss, "final_train": result.train_loss,
@@ -48,25 +48,31 @@ def run(objective: str, epochs: int, args: argparse.Namespace) -> dict:
 
 
 def sample(save: str, args: argparse.Namespace) -> str:
-    """One sample of the checkpoint (mdm: confidence-ordered reveal, one token per step)."""
+    """One sample of the checkpoint (mdm: random-order reveal, one step per token)."""
     from tools import mdm_generate
 
     gen = mdm_generate.parse_args(["--load", save, "--prompt", args.prompt, "--gen-length",
-                                   str(args.gen_length), "--alg", "confidence", "--temperature",
-                                   str(args.temperature), "--seed", str(args.seed)])
+                                   str(args.gen_length), "--alg", "origin", "--temperature",
+                                   str(args.temperature), "--seed", "0"])
     return args.prompt + mdm_generate.generate(gen)[0]
 
 
+def _cell(rows: list[dict]) -> str:
+    values = [r["valid"] for r in rows]
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
+
+
 def table(rows: list[dict]) -> str:
-    """The README table: one row per epoch count, AR loss beside the MDM bound."""
-    by = {(r["objective"], r["epochs"]): r for r in rows}
+    """The README table: one row per epoch count, AR loss beside the MDM bound (mean over seeds
+    ± half their range)."""
     lines = ["| epochs | unique tokens | train tokens | AR valid loss (NLL, nats/token) | "
              "MDM valid bound (negative ELBO >= NLL, nats/token) |", "|---|---|---|---|---|"]
     for e in sorted({r["epochs"] for r in rows}):
-        ar, mdm = by.get(("ar", e)), by.get(("mdm", e))
-        ref = ar or mdm
-        lines.append(f"| {e} | {ref['unique_tokens']:,} | {ref['train_tokens']:,} | "
-                     f"{ar['valid']:.3f} | {mdm['valid']:.3f} |" if ar and mdm else f"| {e} | | | | |")
+        ar = [r for r in rows if r["objective"] == "ar" and r["epochs"] == e]
+        mdm = [r for r in rows if r["objective"] == "mdm" and r["epochs"] == e]
+        lines.append(f"| {e} | {ar[0]['unique_tokens']:,} | {ar[0]['train_tokens']:,} | "
+                     f"{_cell(ar)} | {_cell(mdm)} |")
     return "\n".join(lines)
 
 
@@ -77,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", default="1,4,16", help="comma-separated epoch counts")
     p.add_argument("--num-mc", type=int, default=8, help="MDM validation draws per sample")
     p.add_argument("--out", default="outputs/mdm_vs_ar")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seeds", default="1234,5678", help="comma-separated seeds (replicates)")
     p.add_argument("--prompt", default="ROMEO:\n")
-    p.add_argument("--gen-length", type=int, default=48)
+    p.add_argument("--gen-length", type=int, default=56)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
     args = p.parse_args(argv)
@@ -87,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     epochs = [int(e) for e in args.epochs.split(",")]
-    rows = [run(objective, e, args) for e in epochs for objective in ("ar", "mdm")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [run(o, e, s, args) for s in seeds for e in epochs for o in ("ar", "mdm")]
     most = max(epochs)
-    samples = {o: sample(os.path.join(args.out, f"{o}_e{most}"), args) for o in ("ar", "mdm")}
+    samples = {o: sample(os.path.join(args.out, f"{o}_e{most}_s{seeds[0]}"), args) for o in ("ar", "mdm")}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"runs": rows, "samples": samples}, f, indent=1)
