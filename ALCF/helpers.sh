@@ -33,6 +33,8 @@ ENV_VALUE_FLAGS=(
     "LR_DECAY_STYLE|--lr-decay-style"
     "LR_DECAY_ITERS|--lr-decay-iters"
     "OPT|--optimizer"
+    "OBJECTIVE|--objective"
+    "NUM_MC|--num-mc"
     "WEIGHT_DECAY|--weight-decay"
     "CLIP_GRAD|--clip-grad"
     "ADAM_BETA1|--adam-beta1"

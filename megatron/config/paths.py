@@ -18,6 +18,7 @@ def run_name(plan: RunPlan) -> str:
         f"_hs{c.model.hidden_size}_mb{plan.micro_batch_size}_seq{plan.seq_length}"
         f"_gb{plan.global_batch_size}_sp{int(c.parallel.sequence_parallel)}_pp{plan.pp}_tp{plan.tp}"
         f"_{plan.dtype}_opt{c.optim.optimizer}_lr{c.optim.lr:g}"
+        + ("" if c.objective.objective == "ar" else f"_{c.objective.objective}")
     )
 
 

@@ -74,6 +74,8 @@ class RunPlan:
         out["num_parameters"] = self.model.num_parameters()
         out["padded_vocab_size"] = self.model.vocab_size
         out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
+        out["objective"] = self.config.objective.objective
+        out["attention_flops"] = objective_spec(self.config).attention_flops
         return out
 
 
@@ -211,6 +213,16 @@ def _vocab_size(cfg: Config) -> int:
         raise ConfigError(f"--tokenizer-model: cannot load the tokenizer: {e}") from None
 
 
+def objective_spec(cfg: Config):  # noqa: ANN201  (an ObjectiveSpec)
+    """The registered ``--objective`` entry (torch-free)."""
+    from megatron.objectives.registry import get_objective
+
+    try:
+        return get_objective(cfg.objective.objective)
+    except KeyError as e:
+        raise ConfigError(f"--objective: {e.args[0]}") from None
+
+
 def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
     """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids."""
     m = cfg.model
@@ -244,6 +256,7 @@ def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
         output_init_std=m.init_std / math.sqrt(2.0 * m.num_layers),
         embedding_init_std=m.word_embedding_init_std or m.init_std,
         recompute=m.recompute_activations,
+        causal=objective_spec(cfg).causal,
         seed=cfg.train.seed,
     )
 
@@ -374,6 +387,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     from megatron.schedules.registry import schedule_state
 
     schedule_state(plan)  # the schedule's own checks (phase lengths, eta_const), before any work
+    objective_spec(cfg).check(cfg, plan.model)
     from megatron.config.paths import resolve_auto_paths
 
     plan = resolve_auto_paths(plan)

@@ -9,6 +9,7 @@ from megatron.config.data import DataConfig
 from megatron.config.fields import SECTION
 from megatron.config.logs import LoggingConfig
 from megatron.config.model import ModelConfig
+from megatron.config.objective import ObjectiveConfig
 from megatron.config.optim import OptimConfig
 from megatron.config.parallel import ParallelConfig
 from megatron.config.regularize import RegularizeConfig
@@ -29,3 +30,4 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -7,12 +7,14 @@ copies identical by all-reducing their gradients. Stages are balanced by transfo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core import parallel_state
 
-from megatron.model.gpt import masked_mean, token_losses
+from megatron.model.gpt import token_losses
 from megatron.model.layers import (
     Embedding,
     FinalNorm,
@@ -28,29 +30,37 @@ def _tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
 
 
 class PipelineLoss:
-    """Loss of the last stage: masked mean token cross-entropy (as the dense path).
+    """Loss of the last stage: the objective's reduction of the token cross-entropy (as the
+    dense path; masked mean for ``ar``).
 
-    ``labels`` is ``(targets, loss_mask, dataset_ids)``; when ``meter`` is set (a
+    ``labels`` is ``(targets, loss_mask, dataset_ids)`` (for ``mdm``: clean tokens and the
+    m / p weights, so mask and p reach the last stage); when ``meter`` is set (a
     ``CorpusLoss``), the per-token losses are also added to it by dataset.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, objective: Any) -> None:
+        self.objective = objective
         self.meter = None
 
     def __call__(self, logits: torch.Tensor, labels: tuple[torch.Tensor, ...]) -> torch.Tensor:
         targets, loss_mask, dataset_ids = labels
         losses = token_losses(logits, targets)
         if self.meter is not None:
-            self.meter.add(losses, loss_mask, dataset_ids)
-        return masked_mean(losses, loss_mask)
+            self.objective.meter_add(self.meter, losses, loss_mask, dataset_ids)
+        return self.objective.reduce(losses, loss_mask)
 
 
-def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int) -> PipelineModule:
+def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int, objective: Any = None) -> PipelineModule:
     """The pipelined GPT for a ``pp``-stage, ``tp``-way, ``dp``-replica topology.
 
     The topology's rank order (pipe, data, model) matches megatron-core's default
-    ``tp-cp-ep-dp-pp`` order, so both libraries agree on every process group.
+    ``tp-cp-ep-dp-pp`` order, so both libraries agree on every process group. ``objective``
+    (an ``ObjectiveSpec``; default ``ar``) reduces the last stage's token losses.
     """
+    if objective is None:
+        from megatron.objectives.registry import get_objective
+
+        objective = get_objective("ar")
     config = build_mp_config(parallel_state.get_tensor_model_parallel_world_size())
     if spec.tie_embeddings:
         first = TiedLayerSpec("embed", Embedding, spec, config, tied_weight_attr="word_embeddings.weight")
@@ -71,7 +81,7 @@ def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int) -> PipelineMo
     topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
     return PipelineModule(
         layers=layers,
-        loss_fn=PipelineLoss(),
+        loss_fn=PipelineLoss(objective),
         topology=topology,
         partition_method="type:TransformerLayer",
     )

@@ -21,7 +21,8 @@ from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.attention_kernel import attention_context
-from megatron.model.gpt import GPTModel, masked_mean
+from megatron.model.gpt import GPTModel
+from megatron.objectives.registry import plan_objective
 from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
 from megatron.schedules.registry import schedule_from_state, schedule_state
@@ -80,6 +81,7 @@ class TrainEngine:
             plan.model, plan.tp, ctx.device, plan.dtype, cfg.model.use_flash_attn
         )
         self.timers = PhaseTimers(cfg.logging.log_timers_to_tensorboard, ctx.device)
+        self.objective = plan_objective(plan)  # batch transform, loss reduction
         model = self._build_model()
         if before_initialize is not None:
             before_initialize(model)  # e.g. universal-checkpoint weights, before DeepSpeed copies them
@@ -122,7 +124,9 @@ class TrainEngine:
         if self.pipeline:
             from megatron.model.pipeline import build_pipeline_model
 
-            model = build_pipeline_model(self.plan.model, self.plan.tp, self.plan.pp, self.plan.dp)
+            model = build_pipeline_model(
+                self.plan.model, self.plan.tp, self.plan.pp, self.plan.dp, objective=self.objective
+            )
         else:
             model = GPTModel(self.plan.model)
         return model.to(self.ctx.device)
@@ -157,8 +161,8 @@ class TrainEngine:
     def _losses(self, batch: Batch, meter: CorpusLoss | None) -> torch.Tensor:
         token_losses = self.engine(batch.tokens, batch.labels)
         if meter is not None:
-            meter.add(token_losses, batch.loss_mask, batch.dataset_ids)
-        return masked_mean(token_losses, batch.loss_mask)
+            self.objective.meter_add(meter, token_losses, batch.loss_mask, batch.dataset_ids)
+        return self.objective.reduce(token_losses, batch.loss_mask)
 
     def train_step(
         self, batches: list[Batch], meter: CorpusLoss | None = None, *, iteration: int

@@ -50,6 +50,7 @@ from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
+from megatron.objectives.registry import eval_batches, plan_objective
 from megatron.schedules.lr_finder import LRFinderRecorder
 from megatron.schedules.registry import cooldown_start, schedule_from_state
 from megatron.trainer.corpus_loss import CorpusLoss
@@ -115,6 +116,7 @@ class Trainer:
         )
         self.universal = self._open_universal()
         self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
+        self.objective = plan_objective(plan)
         self.regularizers = attach_regularizers(self)  # EWC/LwF, or None
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
@@ -192,7 +194,10 @@ class Trainer:
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
         with self.engine.timers.phase("data"):
-            batches = self.train_reader.step_batches(state.consumed_samples)
+            batches = self.objective.batches(
+                self.plan, self.train_reader, state.consumed_samples,
+                iteration=state.iteration, split="train", draw=0,
+            )
         result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
@@ -200,6 +205,8 @@ class Trainer:
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
         if self.reporter.due(state.iteration):
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
+        if self.objective.step_stats is not None and self.reporter.due(state.iteration):
+            self.reporter.on_train_stats(state.iteration, self.objective.step_stats(batches))
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)
@@ -208,7 +215,8 @@ class Trainer:
             self.reporter.on_optimizer_states(state.iteration, self.optimizer_states)
 
     def evaluate(self, state: TrainState, split: str) -> float | None:
-        """Mean loss over ``--eval-iters`` global batches of ``split`` (the same ones each time)."""
+        """Mean loss over ``--eval-iters`` global batches of ``split`` (the same ones each time),
+        each seen in the objective's number of draws (``--num-mc`` for mdm)."""
         data = self.streams.valid if split == "valid" else self.streams.test
         if data is None or self.cfg.train.eval_iters == 0:
             return None
@@ -217,8 +225,8 @@ class Trainer:
         meter = _meter(data, self.ctx)
         self.engine.eval_mode()
         losses = [
-            self.engine.eval_loss(reader.step_batches(k * self.plan.global_batch_size), meter)
-            for k in range(self.cfg.train.eval_iters)
+            self.engine.eval_loss(batches, meter)
+            for batches in eval_batches(self.objective, self.plan, reader, split=split, iteration=state.iteration)
         ]
         self.engine.train_mode()
         loss = sum(losses) / len(losses)

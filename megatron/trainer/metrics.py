@@ -15,6 +15,7 @@ import torch
 
 from megatron.config.plan import RunPlan
 from megatron.distributed import ParallelContext
+from megatron.objectives.registry import plan_objective
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Reporter:
         self.active = ctx.is_logging_rank
         self.interval = plan.config.logging.log_interval
         self.flops_per_step = plan.model.flops_per_token() * plan.tokens_per_step
+        self.objective = plan_objective(plan)  # metric names
         self.peak = device_peak_flops(ctx.device, plan.dtype)
         self.started = time.perf_counter()
         self.window = _Window(start=self.started)
@@ -112,7 +114,7 @@ class Reporter:
         if self.active:
             parts = [
                 f"iter {iteration:>6d}/{self.plan.train_iters}",
-                f"loss {mean_loss:.4f}",
+                f"{self.objective.train_metric} {mean_loss:.4f}",
                 f"lr {lr:.3e}",
                 f"grad norm {grad_norm:.3f}" if grad_norm is not None else "grad norm n/a",
                 f"{tokens_per_s:,.0f} tok/s",
@@ -124,7 +126,7 @@ class Reporter:
             parts += [f"skipped {w.skipped}", f"elapsed {format_duration(now - self.started)}"]
             log.info(" | ".join(parts))
             for name, value in (
-                ("train/loss", mean_loss),
+                (f"train/{self.objective.train_metric}", mean_loss),
                 ("train/lr", lr),
                 ("train/grad_norm", grad_norm),
                 ("throughput/tokens_per_sec", tokens_per_s),
@@ -169,14 +171,24 @@ class Reporter:
         """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""
         self.window.start += seconds
 
+    def on_train_stats(self, iteration: int, stats: dict[str, float]) -> None:
+        """Objective statistics of the last step (mdm: mean t, masked fraction)."""
+        if not self.active:
+            return
+        log.info("train stats: %s", " | ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+        for name, value in stats.items():
+            self.scalar(f"train/{name}", value, iteration)
+
     def on_eval(self, split: str, iteration: int, loss: float) -> None:
-        """Report an evaluation."""
+        """Report an evaluation under the objective's names (mdm: negative ELBO, ppl bound)."""
         if not self.active:
             return
         ppl = math.exp(min(loss, 50.0))
-        log.info("%s loss at iteration %d: %.4f | ppl %.3f", split, iteration, loss, ppl)
-        self.scalar(f"{split}/loss", loss, iteration)
-        self.scalar(f"{split}/ppl", ppl, iteration)
+        o = self.objective
+        log.info("%s %s at iteration %d: %.4f | %s %.3f", split, o.eval_label, iteration, loss,
+                 o.ppl_metric.replace("_", " "), ppl)
+        self.scalar(f"{split}/{o.eval_metric}", loss, iteration)
+        self.scalar(f"{split}/{o.ppl_metric}", ppl, iteration)
 
     def close(self) -> None:
         """Flush TensorBoard and finish the W&B run."""

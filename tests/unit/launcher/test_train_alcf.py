@@ -159,3 +159,14 @@ def test_every_launcher_variable_maps_to_a_real_flag(repo_root):
     known = knob_by_flag()
     unknown = [e for e in entries if e.split("|")[1] not in known]
     assert unknown == []
+
+
+def test_objective_variable_selects_masked_diffusion(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", TRAIN_ITERS="4",
+                 OBJECTIVE="mdm", NUM_MC="4", NLAYERS="2", HIDDEN="64", HEADS="4", NPROC="1")
+    assert out.returncode == 0, out.stderr
+    assert "OBJECTIVE=mdm -> --objective" in out.stdout
+    printed = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
+    assert printed["plan"]["objective"] == "mdm"
+    assert printed["plan"]["attention_flops"].startswith("full (non-causal)")
+    assert printed["paths"]["save"].endswith("_mdm")  # never the AR run's auto directory
