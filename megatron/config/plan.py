@@ -17,6 +17,8 @@ from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.root import Config
 from megatron.model.spec import GPTSpec, pad_vocab_size
+from megatron.scaling.groups import check_optimizer as check_scaled_optimizer
+from megatron.scaling.recipes import Scaling, derive_scaling
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -40,6 +42,7 @@ class RunPlan:
         min_lr_ratio: eta_min / eta_max.
         dtype: Parameter/compute precision.
         model: The resolved model shape.
+        scaling: The scaling recipe's derived multipliers (muP / CompleteP; neutral for none).
     """
 
     config: Config
@@ -58,12 +61,14 @@ class RunPlan:
     min_lr_ratio: float
     dtype: Literal["fp32", "bf16", "fp16"]
     model: GPTSpec
+    scaling: Scaling = dataclasses.field(default_factory=Scaling)
 
     def summary(self) -> dict[str, Any]:
         """The derived values (not the config) as a flat dict, for logs and checkpoints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.pop("config")
         out.pop("model")
+        out["scaling"] = self.scaling.summary()
         out["num_parameters"] = self.model.num_parameters()
         out["padded_vocab_size"] = self.model.vocab_size
         out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
@@ -199,9 +204,14 @@ def _vocab_size(cfg: Config) -> int:
         raise ConfigError(f"--tokenizer-model: cannot load the tokenizer: {e}") from None
 
 
-def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
-    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids."""
+def build_model_spec(
+    cfg: Config, vocab_size: int, tp: int, scaling: Scaling | None = None
+) -> GPTSpec:
+    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids (``scaling``: the
+    recipe's multipliers, derived from ``cfg`` when not given)."""
     m = cfg.model
+    scaling = scaling or derive_scaling(cfg.scaling, m.hidden_size, m.num_layers)
+    hidden_std, out_std = scaling.init_stds(m.init_std, m.num_layers)
     padded = pad_vocab_size(vocab_size, m.make_vocab_size_divisible_by)
     if padded % tp:
         raise ConfigError(
@@ -229,10 +239,15 @@ def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
         init_method_std=m.init_std,
-        output_init_std=m.init_std / math.sqrt(2.0 * m.num_layers),
+        output_init_std=out_std,
         embedding_init_std=m.word_embedding_init_std or m.init_std,
         recompute=m.recompute_activations,
         seed=cfg.train.seed,
+        hidden_init_std=None if hidden_std == m.init_std else hidden_std,
+        embedding_mult=scaling.embedding_mult,
+        logit_mult=scaling.logit_mult,
+        residual_mult=scaling.residual_mult,
+        attention_scale=scaling.attention_scale(m.head_dim),
     )
 
 
@@ -311,6 +326,8 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
     """
     _check_paths(cfg)
     _check_optimizer(cfg)
+    scaling = derive_scaling(cfg.scaling, cfg.model.hidden_size, cfg.model.num_layers)
+    check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
     tp, pp, dp = _parallel_sizes(cfg, env)
     accum, global_batch = _batch(cfg, dp)
     seq = cfg.model.seq_length
@@ -338,7 +355,8 @@ def resolve(cfg: Config, env: DistEnv) -> RunPlan:
         decay_steps=decay,
         min_lr_ratio=cfg.schedule.min_lr / cfg.optim.lr,
         dtype=dtype,
-        model=build_model_spec(cfg, _vocab_size(cfg), tp),
+        model=build_model_spec(cfg, _vocab_size(cfg), tp, scaling),
+        scaling=scaling,
     )
     from megatron.schedules.registry import build_schedule_fn
 

@@ -11,6 +11,7 @@ from megatron.config.logs import LoggingConfig
 from megatron.config.model import ModelConfig
 from megatron.config.optim import OptimConfig
 from megatron.config.parallel import ParallelConfig
+from megatron.config.scaling import ScalingConfig
 from megatron.config.schedule import ScheduleConfig
 from megatron.config.train import TrainConfig
 
@@ -27,3 +28,4 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
