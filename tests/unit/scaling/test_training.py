@@ -73,3 +73,20 @@ def test_mup_coord_check_logs_activations_in_training(capsys):
                      "layers.1.attention", "layers.1.mlp", "logits"]  # fmt: skip
     # The start-of-run table: one row per group with its LR, WD and eps.
     assert "muP groups | hidden_matrix" in out and "5.000e-03" in out
+
+
+def test_launcher_never_turns_mup_on_by_itself(repo_root, tmp_path, shakespeare_prefix):
+    from tests.unit.launcher.test_train_alcf import launch, plan_of
+
+    common = dict(prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", TRAIN_ITERS="4", NLAYERS="4",
+                  HIDDEN="64", HEADS="4", TOKENIZER_TYPE="byte", NPROC="1")  # fmt: skip
+    out = launch(repo_root, tmp_path, **common)
+    assert out.returncode == 0, out.stderr
+    assert plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]["scaling"]["recipe"] == "none"
+    out = launch(repo_root, tmp_path, MUP_BASE_WIDTH="32", **common)
+    assert out.returncode == 2
+    assert "--mup-base-hidden-size: has no effect without a scaling recipe" in out.stderr
+    out = launch(repo_root, tmp_path, SCALING_RECIPE="completep", MUP_BASE_WIDTH="32", DEPTH_BASE="2", **common)
+    assert out.returncode == 0, out.stderr
+    scaling = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]["scaling"]
+    assert (scaling["recipe"], scaling["width_mult"], scaling["depth_mult"]) == ("completep", 2.0, 2.0)
