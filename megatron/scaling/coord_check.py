@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from megatron.model.layers import MLP, Embedding, OutputLayer, SelfAttention, TransformerLayer
+from megatron.model.layers import Embedding, OutputLayer, TransformerLayer
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ bit-exact under the same recipe and refused under another, --mup-coord-check log
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import pytest
@@ -24,11 +23,11 @@ def run(*flags: str):
 
 
 def test_groups_follow_the_table_under_the_schedule(dist_world1):
+    from megatron.model.gpt import GPTModel
+    from megatron.optimizer.registry import get_optimizer_spec
     from megatron.scaling.groups import build_param_groups
     from megatron.schedules.registry import build_schedule_fn
     from megatron.schedules.scheduler import LRScheduler
-    from megatron.model.gpt import GPTModel
-    from megatron.optimizer.registry import get_optimizer_spec
 
     plan = tiny_plan("--train-iters", "10", *MUP)
     groups = build_param_groups(GPTModel(plan.model).named_parameters(), plan, "elementwise")
