@@ -93,3 +93,13 @@ def test_attention_scale_forms():
     assert tiny_plan(*mup, "--mup-base-head-dim", "4").model.attention_scale == 2 / 8  # sqrt(4)/8
     assert tiny_plan(*mup, "--mup-base-head-dim", "8").model.attention_scale is None  # = 1/sqrt(8)
     assert tiny_plan(*mup, "--mup-attn-scale-power", "0.5").model.attention_scale is None
+
+
+def test_hf_export_refuses_mup_multipliers():
+    from megatron.checkpointing.hf_export import check_llama_shaped
+    from megatron.config import ConfigError
+
+    llama = ("--train-iters", "1", "--normalization", "rmsnorm", "--swiglu")
+    check_llama_shaped(tiny_plan(*llama).model)
+    with pytest.raises(ConfigError, match="no muP/CompleteP forward multipliers"):
+        check_llama_shaped(tiny_plan(*llama, "--scaling-recipe", "mup", "--mup-base-hidden-size", "8").model)
