@@ -76,6 +76,10 @@ def check_llama_shaped(spec: GPTSpec) -> None:
         problems.append("--use-rotary-position-embeddings (this model: learned positions)")
     if not spec.causal:
         problems.append("causal attention (this model: bidirectional, masked-diffusion objective)")
+    multipliers = (spec.embedding_mult, spec.logit_mult, spec.residual_mult)
+    if multipliers != (1.0, 1.0, 1.0) or spec.attention_scale is not None:
+        problems.append("no muP/CompleteP forward multipliers (this model: --scaling-recipe with "
+                        f"embedding/logit/residual x{multipliers}, attention scale {spec.attention_scale})")
     if problems:
         raise ConfigError(f"--input: not a Llama-shaped model; Llama needs {', '.join(problems)}")
 

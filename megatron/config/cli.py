@@ -161,6 +161,21 @@ def suggest_flag(flag: str) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _explicit_bools(argv: list[str]) -> list[str]:
+    """``--switch=False`` -> ``--no-switch`` (and ``=True`` -> ``--switch``): scripts written for
+    argparse's ``type=bool`` (the ALCF fork's ``--mup-coord-check=True``) pass a value, which is
+    parsed here, never read as truthy text."""
+    table = knob_by_flag()
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        knob = table.get(name) if sep and not name.startswith("--no-") else None
+        if knob is not None and knob.kind == "bool":
+            token = name if convert(knob, value) else "--no-" + name[2:]
+        out.append(token)
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py") -> ParsedArgs:
     """Parse a command line into a typed config.
 
@@ -174,7 +189,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
     Raises:
         ConfigError: Unknown flag, bad value, conflicting repeat, or failed validation.
     """
-    argv = [normalize_flag(a) for a in (sys.argv[1:] if argv is None else argv)]
+    argv = _explicit_bools([normalize_flag(a) for a in (sys.argv[1:] if argv is None else argv)])
     argv = translate_argv(argv)  # Megatron(-DeepSpeed) flags: mapped, no-op or refused
     parser = build_parser(prog)
     namespace, unknown = parser.parse_known_args(argv)

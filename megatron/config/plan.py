@@ -18,6 +18,8 @@ from megatron.config.fields import ConfigError
 from megatron.config.regularize import check_regularizers
 from megatron.config.root import Config
 from megatron.model.spec import GPTSpec, pad_vocab_size
+from megatron.scaling.groups import check_optimizer as check_scaled_optimizer
+from megatron.scaling.recipes import Scaling, derive_scaling
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,6 +46,7 @@ class RunPlan:
         unique_samples: Samples in the ``--unique-tokens`` subset (data-constrained runs), else None.
         deepspeed: The DeepSpeed config dict (generated, with the user's JSON merged in).
         sources: ``{flag: {"value", "source"}}`` of every value some config layer set.
+        scaling: The scaling recipe's derived multipliers (muP / CompleteP; neutral for none).
     """
 
     config: Config
@@ -65,12 +68,14 @@ class RunPlan:
     unique_samples: int | None = None
     deepspeed: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
+    scaling: Scaling = field(default_factory=Scaling)
 
     def summary(self) -> dict[str, Any]:
         """The derived values (not the config) as a flat dict, for logs and checkpoints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("config", "model", "deepspeed", "sources"):
             out.pop(name)
+        out["scaling"] = self.scaling.summary()
         out["num_parameters"] = self.model.num_parameters()
         out["padded_vocab_size"] = self.model.vocab_size
         out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
@@ -223,9 +228,14 @@ def objective_spec(cfg: Config):  # noqa: ANN201  (an ObjectiveSpec)
         raise ConfigError(f"--objective: {e.args[0]}") from None
 
 
-def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
-    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids."""
+def build_model_spec(
+    cfg: Config, vocab_size: int, tp: int, scaling: Scaling | None = None
+) -> GPTSpec:
+    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids (``scaling``: the
+    recipe's multipliers, derived from ``cfg`` when not given)."""
     m = cfg.model
+    scaling = scaling or derive_scaling(cfg.scaling, m.hidden_size, m.num_layers)
+    hidden_std, out_std = scaling.init_stds(m.init_std, m.num_layers)
     padded = pad_vocab_size(vocab_size, m.make_vocab_size_divisible_by)
     if padded % tp:
         raise ConfigError(
@@ -253,11 +263,16 @@ def build_model_spec(cfg: Config, vocab_size: int, tp: int) -> GPTSpec:
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
         init_method_std=m.init_std,
-        output_init_std=m.init_std / math.sqrt(2.0 * m.num_layers),
+        output_init_std=out_std,
         embedding_init_std=m.word_embedding_init_std or m.init_std,
         recompute=m.recompute_activations,
         causal=objective_spec(cfg).causal,
         seed=cfg.train.seed,
+        hidden_init_std=None if hidden_std == m.init_std else hidden_std,
+        embedding_mult=scaling.embedding_mult,
+        logit_mult=scaling.logit_mult,
+        residual_mult=scaling.residual_mult,
+        attention_scale=scaling.attention_scale(m.head_dim),
     )
 
 
@@ -350,6 +365,8 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     """
     _check_paths(cfg)
     _check_optimizer(cfg)
+    scaling = derive_scaling(cfg.scaling, cfg.model.hidden_size, cfg.model.num_layers)
+    check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
     tp, pp, dp = _parallel_sizes(cfg, env)
     check_regularizers(cfg, pp)
     accum, global_batch = _batch(cfg, dp)
@@ -379,9 +396,10 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
         decay_steps=decay,
         min_lr_ratio=cfg.schedule.min_lr / cfg.optim.lr,
         dtype=dtype,
-        model=build_model_spec(cfg, _vocab_size(cfg), tp),
+        model=build_model_spec(cfg, _vocab_size(cfg), tp, scaling),
         unique_samples=subset,
         sources=dict(sources or {}),
+        scaling=scaling,
     )
     from megatron.config.deepspeed import to_deepspeed_config
     from megatron.schedules.registry import schedule_state

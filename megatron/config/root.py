@@ -13,6 +13,7 @@ from megatron.config.objective import ObjectiveConfig
 from megatron.config.optim import OptimConfig
 from megatron.config.parallel import ParallelConfig
 from megatron.config.regularize import RegularizeConfig
+from megatron.config.scaling import ScalingConfig
 from megatron.config.schedule import ScheduleConfig
 from megatron.config.train import TrainConfig
 
@@ -31,3 +32,4 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)

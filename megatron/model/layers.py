@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
                 spec.hidden_size,
                 qkv_width,
                 config=config,
-                init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.query_key_value"),
+                init_method=normal_init(spec.hidden_std, spec.seed, f"{name}.query_key_value"),
                 bias=spec.bias,
                 gather_output=False,
             )
@@ -123,6 +123,7 @@ class SelfAttention(nn.Module):
             dropout_p=self.spec.attention_dropout if self.training else 0.0,
             is_causal=self.spec.causal,
             enable_gqa=self.group > 1,
+            scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
         )
         out, _ = self.dense(out.transpose(1, 2).reshape(b, s, self.heads * hd))
         return out
@@ -141,7 +142,7 @@ class MLP(nn.Module):
                 spec.hidden_size,
                 width,
                 config=config,
-                init_method=normal_init(spec.init_method_std, spec.seed, f"{name}.dense_h_to_4h"),
+                init_method=normal_init(spec.hidden_std, spec.seed, f"{name}.dense_h_to_4h"),
                 bias=spec.bias,
                 gather_output=False,
                 stride=2 if spec.swiglu else 1,
@@ -176,6 +177,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
         super().__init__()
         self.spec = spec
+        self.layer_number = layer
         self.input_layernorm = build_norm(spec)
         self.self_attention = SelfAttention(spec, layer, config)
         self.post_attention_layernorm = build_norm(spec)
@@ -183,8 +185,13 @@ class TransformerLayer(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.hidden_dropout if self.training else 0.0
-        x = x + F.dropout(self.self_attention(self.input_layernorm(x)), p)
-        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), p)
+        x = x + self._branch(F.dropout(self.self_attention(self.input_layernorm(x)), p))
+        return x + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
+
+    def _branch(self, y: torch.Tensor) -> torch.Tensor:
+        # CompleteP/depth-muP: m_L^-alpha on each branch, after dropout, before the residual add.
+        mult = self.spec.residual_mult
+        return y if mult == 1.0 else y * mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.recompute and self.training and torch.is_grad_enabled():
@@ -229,6 +236,8 @@ class Embedding(nn.Module):
         x = self.word_embeddings(tokens)
         if self.spec.position_embedding == "learned":
             x = x + self.position_embeddings(torch.arange(tokens.shape[1], device=tokens.device))
+        if self.spec.embedding_mult != 1.0:  # muP alpha_in
+            x = x * self.spec.embedding_mult
         return F.dropout(x, self.spec.hidden_dropout if self.training else 0.0)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -243,9 +252,14 @@ class FinalNorm(nn.Module):
     def __init__(self, spec: GPTSpec):
         super().__init__()
         self.final_layernorm = build_norm(spec)
+        self.logit_mult = spec.logit_mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_layernorm(x)
+        h = self.final_layernorm(x)
+        # muP alpha_out/m_N scales the head's input, not its weight, so a tied head (which shares
+        # the embedding weight) and an untied head get the same multiplier, on every TP rank and
+        # on the last pipeline stage alike.
+        return h if self.logit_mult == 1.0 else h * self.logit_mult
 
 
 class OutputLayer(nn.Module):

@@ -40,6 +40,12 @@ class GPTSpec:
         recompute: Recompute layer activations in backward.
         causal: Causal attention (False for the masked-diffusion objective).
         seed: Base seed of the per-tensor initialization.
+        hidden_init_std: Std of the blocks' input matrices (QKV, MLP in) when it differs from
+            ``init_method_std`` (muP: sigma/sqrt(m_N)); None = ``init_method_std``.
+        embedding_mult: Multiplier of the embedding output (muP alpha_in).
+        logit_mult: Multiplier of the head input (muP alpha_out / m_N; tied and untied heads).
+        residual_mult: Multiplier of every residual branch (CompleteP m_L^-alpha).
+        attention_scale: Softmax scale; None = 1/sqrt(head_dim).
     """
 
     num_layers: int
@@ -67,6 +73,16 @@ class GPTSpec:
     recompute: bool = False
     causal: bool = True
     seed: int = 1234
+    hidden_init_std: float | None = None
+    embedding_mult: float = 1.0
+    logit_mult: float = 1.0
+    residual_mult: float = 1.0
+    attention_scale: float | None = None
+
+    @property
+    def hidden_std(self) -> float:
+        """Init std of the blocks' input matrices (QKV, MLP in)."""
+        return self.init_method_std if self.hidden_init_std is None else self.hidden_init_std
 
     def num_parameters(self) -> int:
         """Exact number of trainable scalars (all TP shards together)."""

@@ -31,6 +31,8 @@ class ParamGroup:
         weight_decay: Decoupled weight decay of the group.
         params: The tensors.
         names: Their parameter names (for logging and tests).
+        lr_scale: The group's LR is ``--lr * lr_scale`` times the schedule (muP groups).
+        eps: The group's Adam epsilon, or None for the optimizer's own (muP groups).
     """
 
     name: str
@@ -38,10 +40,18 @@ class ParamGroup:
     weight_decay: float
     params: list[Any] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    lr_scale: float = 1.0
+    eps: float | None = None
 
     def as_torch_group(self, **extra: Any) -> dict[str, Any]:
         """The dict a ``torch.optim.Optimizer`` takes, with our name kept for logging."""
-        return {"params": self.params, "weight_decay": self.weight_decay, "name": self.name, **extra}
+        group = {"params": self.params, "weight_decay": self.weight_decay, "name": self.name}
+        # Only set when they differ from the optimizer's defaults: groups without muP stay as before.
+        if self.lr_scale != 1.0:
+            group["lr_scale"] = self.lr_scale
+        if self.eps is not None:
+            group["eps"] = self.eps
+        return {**group, **extra}
 
     def numel(self) -> int:
         """Number of scalars in the group."""

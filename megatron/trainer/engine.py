@@ -23,8 +23,8 @@ from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.attention_kernel import attention_context
 from megatron.model.gpt import GPTModel
 from megatron.objectives.registry import plan_objective
-from megatron.optimizer.param_groups import describe_groups, split_param_groups
 from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
+from megatron.scaling.groups import build_param_groups
 from megatron.schedules.registry import schedule_from_state, schedule_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
@@ -86,13 +86,8 @@ class TrainEngine:
         if before_initialize is not None:
             before_initialize(model)  # e.g. universal-checkpoint weights, before DeepSpeed copies them
         self.optimizer_spec: OptimizerSpec = get_optimizer_spec(cfg.optim.optimizer)
-        groups = split_param_groups(
-            model.named_parameters(),
-            policy=self.optimizer_spec.param_policy,
-            weight_decay=cfg.optim.weight_decay,
-        )
-        for line in describe_groups(groups):
-            log.info("optimizer %s group %s", cfg.optim.optimizer, line)
+        # Standard policy, or the muP/CompleteP per-group table (logged either way).
+        groups = build_param_groups(model.named_parameters(), plan, self.optimizer_spec.param_policy)
         self.optimizer = self.optimizer_spec.build(
             groups, cfg.optim, cfg.optim.options.get(cfg.optim.optimizer)
         )

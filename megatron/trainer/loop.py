@@ -51,6 +51,8 @@ from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
 from megatron.objectives.registry import eval_batches, plan_objective
+from megatron.scaling.coord_check import CoordCheckLogger
+from megatron.scaling.recipes import check_resume_scaling
 from megatron.schedules.lr_finder import LRFinderRecorder
 from megatron.schedules.registry import cooldown_start, schedule_from_state
 from megatron.trainer.corpus_loss import CorpusLoss
@@ -127,6 +129,9 @@ class Trainer:
         self.valid_loss: float | None = None
         self.optimizer_states: dict[str, float] | None = None
         self.test_loss: float | None = None
+        self.coord_check = (  # --mup-coord-check: activation l1s of the first iterations
+            CoordCheckLogger(self.engine.module) if self.cfg.scaling.mup_coord_check else None
+        )
 
     def _open_universal(self) -> UniversalCheckpoint | None:
         """``--universal-checkpoint``: open and check it before the model is built."""
@@ -135,6 +140,7 @@ class Trainer:
             return None
         uc = UniversalCheckpoint(resolve_universal_dir(ckpt.load))
         check_model_shape(self.plan, uc.metadata, uc.directory)
+        check_resume_scaling(self.plan.scaling, uc.metadata, uc.directory)
         check_tokenizer(self.plan, uc.metadata, uc.directory)
         return uc
 
@@ -207,6 +213,8 @@ class Trainer:
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
         if self.objective.step_stats is not None and self.reporter.due(state.iteration):
             self.reporter.on_train_stats(state.iteration, self.objective.step_stats(batches))
+        if self.coord_check is not None:
+            self.coord_check.on_step(state.iteration)
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)
@@ -290,6 +298,7 @@ class Trainer:
             where = f"{ckpt.load}/{tag}"
             metadata = read_metadata(ckpt.load, tag)
             check_model_shape(self.plan, metadata, where)
+            check_resume_scaling(self.plan.scaling, metadata, where)
             check_topology(self.plan, metadata, where)
             check_tokenizer(self.plan, metadata, where)
             log_config_diff(self.plan, metadata)

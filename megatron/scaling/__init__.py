@@ -1,0 +1,1 @@
+"""Scaling recipes (muP, CompleteP): derived multipliers, optimizer groups, coordinate checks."""
