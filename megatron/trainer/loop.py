@@ -58,6 +58,7 @@ from megatron.trainer.state import (
     run_metadata,
 )
 from megatron.trainer.stop import StopSignals
+from megatron.trainer.token_counts import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class TrainResult:
     stop_reason: str | None
     lr_suggestion: tuple[float, float] | None = None
     optimizer_states: dict[str, float] | None = None
+    tokens: tuple[int, int] | None = None
+    """(trainable, consumed) label tokens of this process's steps (metadata is not trainable)."""
 
 
 def log_plan(plan: RunPlan) -> None:
@@ -113,6 +116,7 @@ class Trainer:
         self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
+        self.token_counter = TokenCounter(ctx.device, plan.tokens_per_step)
         self.cooldown_start = cooldown_start(plan)
         self.reporter = Reporter(plan, ctx)
         self.stop = StopSignals(self.cfg.train, ctx.device)
@@ -177,6 +181,7 @@ class Trainer:
             losses=tuple(self.losses),
             stop_reason=stop_reason,
             optimizer_states=self.optimizer_states,
+            tokens=(self.token_counter.trainable_total, self.token_counter.consumed_total),
         )
 
     def _due(self, iteration: int, interval: int | None) -> bool:
@@ -186,15 +191,15 @@ class Trainer:
         """One optimizer step at the scheduled LR; report it."""
         self.engine.scheduler.set_step(state.iteration)
         lr = self.engine.scheduler.current_lr()
-        result = self.engine.train_step(
-            self.train_reader.step_batches(state.consumed_samples),
-            self.train_meter,
-            iteration=state.iteration,
-        )
+        batches = self.train_reader.step_batches(state.consumed_samples)
+        self.token_counter.add(batches)
+        result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        if self.reporter.due(state.iteration):
+            self.token_counter.report(self.reporter, state.iteration)
         if self.train_meter is not None and self.reporter.due(state.iteration):
             losses = self.train_meter.collect(self.streams.train.corpora)
             self.reporter.on_corpus_losses("train", state.iteration, losses)
