@@ -21,15 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.metadata.cli import add_metadata_args, metadata_options  # noqa: E402
-from megatron.metadata.evaluate import default_conditions, evaluate_pairs, format_table  # noqa: E402
 from megatron.metadata.eval_run import (  # noqa: E402
     CheckpointModel,
-    checkpoint_metadata,
     check_not_trained_on,
+    checkpoint_metadata,
     checkpoint_tokenizer,
     load_records,
     training_lists,
 )
+from megatron.metadata.evaluate import default_conditions, evaluate_pairs, format_table  # noqa: E402
 
 PROG = "eval_metadata_ppl.py"
 

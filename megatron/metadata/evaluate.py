@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from megatron.data.tokenizers import Tokenizer
 from megatron.metadata.render import PrefixFormat, render_document
 
+DEFAULT_FORMAT = PrefixFormat()
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 """``tokens [1, L] -> logits [1, L, V]`` (full vocabulary)."""
 
@@ -126,7 +128,7 @@ def evaluate_pairs(
     conditions: Sequence[Condition],
     max_len: int,
     template: str = "bigscience",
-    fmt: PrefixFormat = PrefixFormat(),
+    fmt: PrefixFormat = DEFAULT_FORMAT,
 ) -> list[PairedScore]:
     """Score every document of every condition plain and with its prefix (one row each)."""
     scores = []

@@ -5,6 +5,9 @@ Each installed package is one document: its long description (the PyPI page text
 and its core metadata are the document's metadata: ``url`` (Home-page, else the first
 Project-URL, preferring Homepage/Source), ``title`` (the name), ``website_description`` (the
 one-line summary), ``topics`` (the ``Topic ::`` classifiers) and ``classifiers`` (all of them).
+Long descriptions can be cut into sections at paragraph breaks, each carrying its package's
+metadata (as BigScience gives every chunk of a document the same prefix); held-out packages are
+chosen by package, so no section of an evaluation package is trained on.
 """
 
 from __future__ import annotations
@@ -66,16 +69,43 @@ def package_records(dists: Iterable[importlib_metadata.Distribution] | None = No
     return [seen[name] for name in sorted(seen)]
 
 
-def write_package_corpus(out_dir: str, eval_every: int = 10) -> tuple[str, str, int, int]:
+def split_sections(text: str, max_chars: int) -> list[str]:
+    """Consecutive paragraphs (blank-line separated) joined up to about ``max_chars`` each."""
+    sections, current = [], ""
+    for paragraph in text.split("\n\n"):
+        if current and len(current) + 2 + len(paragraph) > max_chars:
+            sections.append(current)
+            current = paragraph
+        else:
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current.strip():
+        sections.append(current)
+    return sections
+
+
+def write_package_corpus(
+    out_dir: str, eval_every: int = 10, max_chars: int | None = None
+) -> tuple[str, str, int, int]:
     """Write ``train.jsonl`` and ``eval.jsonl`` (every ``eval_every``-th package) to ``out_dir``.
+
+    Args:
+        out_dir: Output directory.
+        eval_every: Hold out every N-th package (sorted by name).
+        max_chars: Cut descriptions into sections of about this many characters (None: whole).
 
     Returns:
         (train path, eval path, train documents, eval documents).
     """
     os.makedirs(out_dir, exist_ok=True)
     records = package_records()
-    train = [r for i, r in enumerate(records) if i % eval_every != eval_every - 1]
-    held_out = [r for i, r in enumerate(records) if i % eval_every == eval_every - 1]
+
+    def documents(rows: list[dict]) -> list[dict]:
+        if max_chars is None:
+            return rows
+        return [{**r, "text": part} for r in rows for part in split_sections(r["text"], max_chars)]
+
+    train = documents([r for i, r in enumerate(records) if i % eval_every != eval_every - 1])
+    held_out = documents([r for i, r in enumerate(records) if i % eval_every == eval_every - 1])
     paths = []
     for name, rows in (("train", train), ("eval", held_out)):
         path = os.path.join(out_dir, f"{name}.jsonl")

@@ -11,9 +11,15 @@ import torch
 from megatron.config import DistEnv
 from megatron.config.data import DataConfig
 from megatron.data.tokenizers import build_tokenizer
-from megatron.metadata.evaluate import Condition, build_pair, condition_prefix, default_conditions, evaluate_pairs
-from megatron.metadata.render import PrefixFormat
+from megatron.metadata.evaluate import (
+    Condition,
+    build_pair,
+    condition_prefix,
+    default_conditions,
+    evaluate_pairs,
+)
 from megatron.metadata.preprocess import MetadataOptions, tokenize_with_metadata
+from megatron.metadata.render import PrefixFormat
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 from tools.eval_metadata_ppl import main as eval_main

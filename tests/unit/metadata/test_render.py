@@ -89,3 +89,19 @@ def test_probability_edges_and_uniform_range():
     values = [document_uniform(3, i) for i in range(2000)]
     assert 0.0 <= min(values) and max(values) < 1.0
     assert abs(sum(values) / len(values) - 0.5) < 0.02
+
+
+def test_package_corpus_sections_and_urls():
+    from email.message import Message
+
+    from megatron.metadata.package_corpus import package_url, split_sections
+
+    text = "a" * 10 + "\n\n" + "b" * 10 + "\n\n" + "c" * 30
+    assert split_sections(text, 25) == ["a" * 10 + "\n\n" + "b" * 10, "c" * 30]
+    assert "\n\n".join(split_sections(text, 25)) == text
+    meta = Message()
+    meta["Project-URL"] = "Documentation, https://docs.example.org"
+    meta["Project-URL"] = "Source, https://github.com/x/y"
+    assert package_url(meta) == "https://github.com/x/y"
+    meta["Home-page"] = "https://example.org"
+    assert package_url(meta) == "https://example.org"
