@@ -1,4 +1,4 @@
-"""TP=2 and DP=2 with metadata loss masks reproduce one process (same losses, same trainable
+"""TP=2, DP=2 and PP=2 with metadata loss masks reproduce one process (same losses, same trainable
 token counts): the mask travels with its samples through every layout."""
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def test_data_parallel_with_masks_matches_single_process(masked_list):
     flags = ["--data-file-list", masked_list, "--micro-batch-size", "2"]
     reference = _run(DistEnv(), [*flags, "--gradient-accumulation-steps", "2"])
     ranks = run_distributed(_run, flags)
+    for losses, tokens in ranks:
+        assert losses == pytest.approx(reference[0], rel=1e-4)
+        assert tokens == reference[1]
+
+
+def test_pipeline_parallel_with_masks_matches_single_process(masked_list):
+    flags = ["--data-file-list", masked_list, "--gradient-accumulation-steps", "2"]
+    reference = _run(DistEnv(), flags)
+    ranks = run_distributed(_run, ["--pipeline-model-parallel-size", "2", *flags])
     for losses, tokens in ranks:
         assert losses == pytest.approx(reference[0], rel=1e-4)
         assert tokens == reference[1]
