@@ -9,13 +9,14 @@ silently train on the wrong positions, so it is refused before training.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from megatron.config.fields import ConfigError
 from megatron.data.indexed import open_indexed
-from megatron.metadata.preprocess import lossmask_prefix
+from megatron.metadata.preprocess import lossmask_prefix, metadata_json_path
 
 SUFFIX = "_document"
 
@@ -23,16 +24,25 @@ SUFFIX = "_document"
 def find_lossmask(prefix: str) -> str | None:
     """The ``OUT_lossmask_document`` prefix for a text dataset ``OUT_<key>_document``, if present.
 
-    ``<key>`` may itself contain underscores, so every split point is tried (rightmost first).
+    ``<key>`` may itself contain underscores, so every split point is tried (rightmost first); a
+    mask at another split point is taken only when its ``OUT_metadata.json`` names this dataset
+    (``data/my_text_document``'s mask must not be attached to ``data/my_corpus_text_document``).
     """
     if not prefix.endswith(SUFFIX) or prefix == lossmask_prefix(prefix.removesuffix(SUFFIX)):
         return None
     stem = prefix.removesuffix(SUFFIX)
-    for cut in range(len(stem) - 1, 0, -1):
-        if stem[cut] != "_":
-            continue
+    cuts = [cut for cut in range(len(stem) - 1, 0, -1) if stem[cut] == "_"]
+    for rank, cut in enumerate(cuts):
         candidate = lossmask_prefix(stem[:cut])
-        if candidate != prefix and os.path.isfile(candidate + ".idx"):
+        if not os.path.isfile(candidate + ".idx"):
+            continue
+        summary = metadata_json_path(stem[:cut])
+        if os.path.isfile(summary):
+            with open(summary) as f:
+                named = json.load(f).get("text_prefix", "")
+            if os.path.basename(named) == os.path.basename(prefix):
+                return candidate
+        elif rank == 0:
             return candidate
     return None
 

@@ -36,7 +36,10 @@ def test_find_lossmask_next_to_its_dataset(masked, tmp_path):
     assert find_lossmask(masked.lossmask_prefix) is None
     assert find_lossmask(str(tmp_path / "other_text_document")) is None
     (tmp_path / "a_b_lossmask_document.idx").write_bytes(b"")
+    (tmp_path / "a_b_metadata.json").write_text('{"text_prefix": "elsewhere/a_b_long_text_document"}')
     assert find_lossmask(str(tmp_path / "a_b_long_text_document")) == str(tmp_path / "a_b_lossmask_document")
+    # "a_b_c_text_document" (plain) must not take the mask of "a_b" (key "long_text")
+    assert find_lossmask(str(tmp_path / "a_b_c_text_document")) is None
 
 
 def test_samples_carry_the_mask_of_the_same_tokens(masked):
