@@ -35,14 +35,24 @@ PROG = "eval_metadata_ppl.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--load", required=True, help="checkpoint: SAVE, SAVE/global_stepN or universal")
     p.add_argument("--data", required=True, help="held-out jsonl with text and metadata fields")
     p.add_argument("--json-key", default="text", help="the text field")
-    p.add_argument("--prefix", default=None, help="also score every document after this fixed prefix "
-                   "(\\n is a newline), e.g. 'URL: en.wikipedia.org\\n\\n'")
-    p.add_argument("--train-data-file-list", nargs="*", default=[],
-                   help="more training lists to check --data against (the checkpoint's own are always checked)")
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="also score every document after this fixed prefix "
+        "(\\n is a newline), e.g. 'URL: en.wikipedia.org\\n\\n'",
+    )
+    p.add_argument(
+        "--train-data-file-list",
+        nargs="*",
+        default=[],
+        help="more training lists to check --data against (the checkpoint's own are always checked)",
+    )
     p.add_argument("--max-documents", type=int, default=None, help="evaluate the first N documents")
     p.add_argument("--output", default=None, help="also write the scores as JSON")
     add_metadata_args(p)
@@ -52,7 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.metadata_keys:
-        print(f"{PROG}: error: --metadata-keys: name the metadata fields to evaluate", file=sys.stderr)
+        print(
+            f"{PROG}: error: --metadata-keys: name the metadata fields to evaluate", file=sys.stderr
+        )
         return 2
     try:
         options = metadata_options(args)
@@ -61,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
         check_not_trained_on(args.data, [*training_lists(metadata), *args.train_data_file_list])
         model = CheckpointModel(args.load)
         try:
-            prefix = None if args.prefix is None else args.prefix.replace("\\n", "\n").replace("\\t", "\t")
+            prefix = (
+                None
+                if args.prefix is None
+                else args.prefix.replace("\\n", "\n").replace("\\t", "\t")
+            )
             scores = evaluate_pairs(
-                model.logits, checkpoint_tokenizer(model.metadata), records,
-                default_conditions(options.keys, prefix), model.spec.seq_length,
-                options.template, options.fmt,
+                model.logits,
+                checkpoint_tokenizer(model.metadata),
+                records,
+                default_conditions(options.keys, prefix),
+                model.spec.seq_length,
+                options.template,
+                options.fmt,
             )
         finally:
             model.close()

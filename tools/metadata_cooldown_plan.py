@@ -26,7 +26,9 @@ from megatron.metadata.cooldown import CooldownRequest, cooldown_plan  # noqa: E
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--name", default="metadata-cooldown", help="plan name")
     p.add_argument("--output-dir", required=True, help="runner output root")
     p.add_argument("--metadata-data-file-list", required=True, help="stage 1 data (with prefixes)")
@@ -42,15 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="-", help="plan file (default: stdout)")
     args = p.parse_args(argv)
     try:
-        plan = cooldown_plan(CooldownRequest(
-            name=args.name, output_dir=args.output_dir,
-            metadata_data_file_list=args.metadata_data_file_list,
-            plain_data_file_list=args.plain_data_file_list,
-            cooldown_fraction=args.metadata_cooldown_fraction, train_iters=args.train_iters,
-            lr=args.lr, min_lr=args.min_lr, warmup_iters=args.lr_warmup_iters,
-            lr_decay_style=args.lr_decay_style, init_checkpoint=args.init_checkpoint,
-            eval_data=args.eval_data,
-        ))
+        plan = cooldown_plan(
+            CooldownRequest(
+                name=args.name,
+                output_dir=args.output_dir,
+                metadata_data_file_list=args.metadata_data_file_list,
+                plain_data_file_list=args.plain_data_file_list,
+                cooldown_fraction=args.metadata_cooldown_fraction,
+                train_iters=args.train_iters,
+                lr=args.lr,
+                min_lr=args.min_lr,
+                warmup_iters=args.lr_warmup_iters,
+                lr_decay_style=args.lr_decay_style,
+                init_checkpoint=args.init_checkpoint,
+                eval_data=args.eval_data,
+            )
+        )
     except ConfigError as e:
         print(f"metadata_cooldown_plan.py: error: {e}", file=sys.stderr)
         return 2

@@ -89,10 +89,19 @@ def cooldown_plan(req: CooldownRequest) -> dict[str, Any]:
     """The runner plan (a YAML-ready dict) for a metadata run with a plain-text cooldown."""
     stage1 = req.stage1_iters
     stages = [
-        {"key": "metadata", "data": req.metadata_data_file_list, "train_iters": stage1,
-         "iterations": [0, stage1]},
-        {"key": "cooldown", "data": req.plain_data_file_list, "train_iters": req.train_iters - stage1,
-         "iterations": [stage1, req.train_iters], "reset_data_state": True},
+        {
+            "key": "metadata",
+            "data": req.metadata_data_file_list,
+            "train_iters": stage1,
+            "iterations": [0, stage1],
+        },
+        {
+            "key": "cooldown",
+            "data": req.plain_data_file_list,
+            "train_iters": req.train_iters - stage1,
+            "iterations": [stage1, req.train_iters],
+            "reset_data_state": True,
+        },
     ]
     if req.eval_data:
         for stage in stages:

@@ -49,7 +49,9 @@ def check_not_trained_on(eval_path: str, train_lists: Sequence[str]) -> None:
     """
     path, digest = os.path.abspath(eval_path), file_sha256(eval_path)
     for data_list in train_lists:
-        for entry in parse_data_file_list(data_list, flag="--train-data-file-list", check_files=False):
+        for entry in parse_data_file_list(
+            data_list, flag="--train-data-file-list", check_files=False
+        ):
             for summary_path, summary in dataset_summaries(entry.prefix):
                 for item in summary.get("inputs", []):
                     if item.get("path") == path or (digest and item.get("sha256") == digest):
@@ -69,10 +71,14 @@ def training_lists(metadata: dict) -> list[str]:
 def checkpoint_tokenizer(metadata: dict) -> Tokenizer:
     """The tokenizer recorded in a checkpoint's config."""
     c = metadata.get("config", {})
-    return build_tokenizer(DataConfig(
-        tokenizer_type=c.get("--tokenizer-type", "byte"), tokenizer_model=c.get("--tokenizer-model"),
-        vocab_file=c.get("--vocab-file"), merge_file=c.get("--merge-file"),
-    ))
+    return build_tokenizer(
+        DataConfig(
+            tokenizer_type=c.get("--tokenizer-type", "byte"),
+            tokenizer_model=c.get("--tokenizer-model"),
+            vocab_file=c.get("--vocab-file"),
+            merge_file=c.get("--merge-file"),
+        )
+    )
 
 
 def load_records(path: str, keys: Sequence[str], text_key: str = "text") -> list[tuple[str, dict]]:
@@ -109,7 +115,9 @@ class CheckpointModel:
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
             self._tmp = tempfile.TemporaryDirectory()
-            dist.init_process_group("gloo", init_method=f"file://{self._tmp.name}/rdzv", rank=0, world_size=1)
+            dist.init_process_group(
+                "gloo", init_method=f"file://{self._tmp.name}/rdzv", rank=0, world_size=1
+            )
             parallel_state.initialize_model_parallel(1, 1, create_gloo_process_groups=False)
         self.model = GPTModel(self.spec)
         load_weights(self.model, ckpt, self.spec, 0, 1)

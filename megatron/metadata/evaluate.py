@@ -72,9 +72,15 @@ class PairedScore:
 
     def as_dict(self) -> dict[str, float | int | str]:
         """JSON row."""
-        return {"type": self.name, "documents": self.documents, "prefix_too_long": self.too_long,
-                "tokens": self.tokens,
-                "ppl_plain": self.ppl_plain, "ppl_meta": self.ppl_meta, "ratio": self.ratio}
+        return {
+            "type": self.name,
+            "documents": self.documents,
+            "prefix_too_long": self.too_long,
+            "tokens": self.tokens,
+            "ppl_plain": self.ppl_plain,
+            "ppl_meta": self.ppl_meta,
+            "ratio": self.ratio,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +115,9 @@ def _nll(logits_fn: LogitsFn, row: list[int], first: int) -> float:
     return float(losses.double().sum())
 
 
-def condition_prefix(cond: Condition, text: str, metadata: dict, template: str,
-                     fmt: PrefixFormat) -> tuple[str, str] | None:
+def condition_prefix(
+    cond: Condition, text: str, metadata: dict, template: str, fmt: PrefixFormat
+) -> tuple[str, str] | None:
     """(prefix, text separator) of a document under ``cond`` (None: it lacks the keys)."""
     if cond.fixed_prefix is not None:
         return cond.fixed_prefix, ""
@@ -162,9 +169,13 @@ def default_conditions(keys: Sequence[str], fixed_prefix: str | None) -> list[Co
 
 def format_table(scores: Sequence[PairedScore]) -> str:
     """A Markdown table of the scores."""
-    lines = ["| metadata | documents | tokens | ppl plain | ppl with prefix | ratio |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| metadata | documents | tokens | ppl plain | ppl with prefix | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s in scores:
-        lines.append(f"| {s.name} | {s.documents} | {s.tokens:,} | {s.ppl_plain:.3f} | "
-                     f"{s.ppl_meta:.3f} | {s.ratio:.4f} |")
+        lines.append(
+            f"| {s.name} | {s.documents} | {s.tokens:,} | {s.ppl_plain:.3f} | "
+            f"{s.ppl_meta:.3f} | {s.ratio:.4f} |"
+        )
     return "\n".join(lines)

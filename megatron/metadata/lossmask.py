@@ -58,13 +58,17 @@ def open_lossmask(prefix: str, indexed):  # noqa: ANN001, ANN201  (megatron.core
     if mask_prefix is None:
         return None
     if not os.path.isfile(mask_prefix + ".bin"):
-        raise ConfigError(f"{mask_prefix}.bin: missing (its .idx exists); rerun tools/preprocess_data.py")
+        raise ConfigError(
+            f"{mask_prefix}.bin: missing (its .idx exists); rerun tools/preprocess_data.py"
+        )
     mask = open_indexed(mask_prefix)
     text_lengths = np.asarray(indexed.sequence_lengths)
     mask_lengths = np.asarray(mask.sequence_lengths)
     fix = "re-run tools/preprocess_data.py --metadata-keys ... for both, or remove the stale mask"
     if mask.index.dtype != np.uint8:
-        raise ConfigError(f"{mask_prefix}.idx: a loss mask must be uint8, found {mask.index.dtype}; {fix}")
+        raise ConfigError(
+            f"{mask_prefix}.idx: a loss mask must be uint8, found {mask.index.dtype}; {fix}"
+        )
     if len(mask_lengths) != len(text_lengths):
         raise ConfigError(
             f"{mask_prefix}.idx holds {len(mask_lengths)} documents but {prefix}.idx holds "

@@ -77,11 +77,15 @@ class MetadataOptions:
 
     def __post_init__(self) -> None:
         if not self.keys or any(not k for k in self.keys):
-            raise ConfigError("--metadata-keys: give at least one key, e.g. --metadata-keys url,timestamp")
+            raise ConfigError(
+                "--metadata-keys: give at least one key, e.g. --metadata-keys url,timestamp"
+            )
         if len(set(self.keys)) != len(self.keys):
             raise ConfigError(f"--metadata-keys: a key is repeated in {list(self.keys)}")
         if self.template not in TEMPLATES:
-            raise ConfigError(f"--metadata-template: unknown {self.template!r}; known: {sorted(TEMPLATES)}")
+            raise ConfigError(
+                f"--metadata-template: unknown {self.template!r}; known: {sorted(TEMPLATES)}"
+            )
         allowed = TEMPLATES[self.template].keys
         if allowed is not None and set(self.keys) - set(allowed):
             raise ConfigError(
@@ -146,7 +150,9 @@ def iter_records(
     """
     for path in paths:
         if not path.endswith(JSON_SUFFIXES):
-            raise ConfigError(f"--metadata-keys: needs jsonl records with metadata fields; {path} is plain text")
+            raise ConfigError(
+                f"--metadata-keys: needs jsonl records with metadata fields; {path} is plain text"
+            )
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
@@ -196,7 +202,9 @@ def _encode_pairs(args: tuple[list[tuple[str, str]], bool]) -> list[tuple[np.nda
     texts = tok.encode_batch([text for _, text in pairs])
     with_prefix = [i for i, (prefix, _) in enumerate(pairs) if prefix]
     prefixes: list[list[int]] = [[] for _ in pairs]
-    for i, ids in zip(with_prefix, tok.encode_batch([pairs[i][0] for i in with_prefix]), strict=True):
+    for i, ids in zip(
+        with_prefix, tok.encode_batch([pairs[i][0] for i in with_prefix]), strict=True
+    ):
         prefixes[i] = ids
     out = []
     for prefix_ids, text_ids in zip(prefixes, texts, strict=True):
@@ -233,11 +241,18 @@ def _check_keys(report: MetadataReport, options: MetadataOptions, inputs: Sequen
         )
     for key in options.keys:
         if report.missing[key]:
-            log.warning("metadata key %r missing from %d of %d documents (skipped there)",
-                        key, report.missing[key], report.documents)
+            log.warning(
+                "metadata key %r missing from %d of %d documents (skipped there)",
+                key,
+                report.missing[key],
+                report.documents,
+            )
         if report.malformed[key]:
-            log.warning("metadata key %r malformed in %d prefixed documents (kept as text)",
-                        key, report.malformed[key])
+            log.warning(
+                "metadata key %r malformed in %d prefixed documents (kept as text)",
+                key,
+                report.malformed[key],
+            )
 
 
 def write_metadata_json(
@@ -334,7 +349,15 @@ def tokenize_with_metadata(
         _check_keys(report, options, inputs)  # raising here removes the unfinished outputs
     seconds = time.perf_counter() - started
     on_progress(PreprocessProgress(report.documents, tokens, seconds, done=True))
-    stats = MetadataStats(text_out, mask_out, metadata_json_path(prefix), report.documents, tokens,
-                          prefix_tokens, seconds, report)
+    stats = MetadataStats(
+        text_out,
+        mask_out,
+        metadata_json_path(prefix),
+        report.documents,
+        tokens,
+        prefix_tokens,
+        seconds,
+        report,
+    )
     write_metadata_json(stats.json_path, stats, options, tokenizer_cfg.tokenizer_type, inputs)
     return stats

@@ -180,7 +180,9 @@ def _meco(text: str, values: Sequence[tuple[str, str]], fmt: PrefixFormat) -> Re
     (_, url), *_ = values
     well_formed = is_web_url(url)
     shown = url_domain(url) if fmt.short_url and well_formed else url.strip()
-    return Rendered(fmt.meco_prefix + shown + fmt.meco_suffix, text, () if well_formed else ("url",))
+    return Rendered(
+        fmt.meco_prefix + shown + fmt.meco_suffix, text, () if well_formed else ("url",)
+    )
 
 
 def get_template(name: str) -> TemplateSpec:

@@ -62,8 +62,11 @@ class TokenCounter:
         if trainable != consumed or self.trainable_total != self.consumed_total:
             log.info(
                 "tokens: %s trainable of %s consumed (%.1f%%) this interval; %s of %s since start",
-                f"{trainable:,}", f"{consumed:,}", 100 * trainable / max(consumed, 1),
-                f"{self.trainable_total:,}", f"{self.consumed_total:,}",
+                f"{trainable:,}",
+                f"{consumed:,}",
+                100 * trainable / max(consumed, 1),
+                f"{self.trainable_total:,}",
+                f"{self.consumed_total:,}",
             )
         reporter.scalar("train/trainable_tokens", self.trainable_total, iteration)
         reporter.scalar("train/consumed_tokens", self.consumed_total, iteration)

@@ -24,16 +24,24 @@ def masked_list(tmp_path_factory) -> str:
     with open(path, "w") as f:
         for r in package_records()[:30]:
             f.write(json.dumps({**r, "text": r["text"][:200]}) + "\n")
-    stats = tokenize_with_metadata([str(path)], str(root / "pk"), DataConfig(tokenizer_type="byte"),
-                                   MetadataOptions(keys=("url", "title"), probability=0.7))
+    stats = tokenize_with_metadata(
+        [str(path)],
+        str(root / "pk"),
+        DataConfig(tokenizer_type="byte"),
+        MetadataOptions(keys=("url", "title"), probability=0.7),
+    )
     data_list = root / "list.txt"
     data_list.write_text(f"1 {stats.text_prefix} packages\n")
     return str(data_list)
 
 
 def _run(env: DistEnv, flags: list[str]) -> tuple[list[float], tuple[int, int]]:
-    result = train(tiny_plan("--train-iters", "4", "--lr", "1e-2", "--split", "90,10,0", *flags, env=env,
-                             mock=False), env)
+    result = train(
+        tiny_plan(
+            "--train-iters", "4", "--lr", "1e-2", "--split", "90,10,0", *flags, env=env, mock=False
+        ),
+        env,
+    )
     return [*result.losses, result.valid_loss], result.tokens
 
 

@@ -20,14 +20,25 @@ from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 from tools.metadata_cooldown_plan import main as plan_main
 
-REQ = dict(name="meco", output_dir="out", metadata_data_file_list="meta.txt", plain_data_file_list="plain.txt")
+REQ = dict(
+    name="meco",
+    output_dir="out",
+    metadata_data_file_list="meta.txt",
+    plain_data_file_list="plain.txt",
+)
 
 
 def test_plan_has_two_stages_90_and_10_with_carried_optimizer():
-    plan = cooldown_plan(CooldownRequest(**REQ, cooldown_fraction=0.1, train_iters=100, warmup_iters=5))
+    plan = cooldown_plan(
+        CooldownRequest(**REQ, cooldown_fraction=0.1, train_iters=100, warmup_iters=5)
+    )
     first, second = plan["stages"]
     assert (first["data"], first["train_iters"], first["iterations"]) == ("meta.txt", 90, [0, 90])
-    assert (second["data"], second["train_iters"], second["iterations"]) == ("plain.txt", 10, [90, 100])
+    assert (second["data"], second["train_iters"], second["iterations"]) == (
+        "plain.txt",
+        10,
+        [90, 100],
+    )
     assert second["reset_data_state"] is True and "reset_data_state" not in first
     method = plan["method"]
     assert method["carry_optimizer"] is True and method["warmup_usage"] == "first"
@@ -35,12 +46,26 @@ def test_plan_has_two_stages_90_and_10_with_carried_optimizer():
 
 
 def test_one_schedule_across_both_stages_no_rewarm():
-    plan = cooldown_plan(CooldownRequest(**REQ, cooldown_fraction=0.1, train_iters=100, warmup_iters=5))
+    plan = cooldown_plan(
+        CooldownRequest(**REQ, cooldown_fraction=0.1, train_iters=100, warmup_iters=5)
+    )
     fns = [build_schedule_fn(tiny_plan(*_schedule_only(stage_flags(plan, k)))) for k in range(2)]
     (f1, fp1), (f2, fp2) = fns
     assert fp1 == fp2  # the checkpoint's schedule is resumed as is
-    single, _ = build_schedule_fn(tiny_plan("--train-iters", "100", "--lr", "0.003", "--min-lr", "0.0003",
-                                            "--lr-decay-style", "cosine", "--lr-warmup-iters", "5"))
+    single, _ = build_schedule_fn(
+        tiny_plan(
+            "--train-iters",
+            "100",
+            "--lr",
+            "0.003",
+            "--min-lr",
+            "0.0003",
+            "--lr-decay-style",
+            "cosine",
+            "--lr-warmup-iters",
+            "5",
+        )
+    )
     assert [f2(s) for s in range(90, 100)] == [single(s) for s in range(90, 100)]
     assert f2(90) < f2(89) < 1.0  # still decaying at the stage boundary: no rewarm
     assert f1(0) < f1(4) < f1(5) == 1.0  # the warmup is in stage 1
@@ -65,11 +90,39 @@ def test_bad_requests():
 
 def test_tool_writes_yaml(tmp_path, capsys):
     out = tmp_path / "plan.yaml"
-    assert plan_main(["--output-dir", "o", "--metadata-data-file-list", "m.txt", "--plain-data-file-list",
-                      "p.txt", "--train-iters", "100", "--output", str(out)]) == 0
+    assert (
+        plan_main(
+            [
+                "--output-dir",
+                "o",
+                "--metadata-data-file-list",
+                "m.txt",
+                "--plain-data-file-list",
+                "p.txt",
+                "--train-iters",
+                "100",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load(out.read_text())["stages"][1]["train_iters"] == 10
-    assert plan_main(["--output-dir", "o", "--metadata-data-file-list", "m.txt", "--plain-data-file-list",
-                      "m.txt", "--train-iters", "100"]) == 2
+    assert (
+        plan_main(
+            [
+                "--output-dir",
+                "o",
+                "--metadata-data-file-list",
+                "m.txt",
+                "--plain-data-file-list",
+                "m.txt",
+                "--train-iters",
+                "100",
+            ]
+        )
+        == 2
+    )
     assert "--plain-data-file-list" in capsys.readouterr().err
 
 
@@ -78,16 +131,29 @@ def test_two_stage_run_continues_the_schedule_on_plain_lists(package_jsonl, tmp_
     byte = DataConfig(tokenizer_type="byte")
     short = tmp_path / "short.jsonl"  # 200-character texts: metadata is a third of the tokens
     with open(package_jsonl) as f:
-        short.write_text("".join(json.dumps({**r, "text": r["text"][:200]}) + "\n" for r in map(json.loads, f)))
-    meta = tokenize_with_metadata([str(short)], str(tmp_path / "m"), byte,
-                                  MetadataOptions(keys=("url", "title"), probability=1.0))
+        short.write_text(
+            "".join(json.dumps({**r, "text": r["text"][:200]}) + "\n" for r in map(json.loads, f))
+        )
+    meta = tokenize_with_metadata(
+        [str(short)],
+        str(tmp_path / "m"),
+        byte,
+        MetadataOptions(keys=("url", "title"), probability=1.0),
+    )
     plain = tokenize_to_indexed([str(short)], str(tmp_path / "p"), byte).prefixes["text"]
     (tmp_path / "meta.txt").write_text(f"1 {meta.text_prefix} packages\n")
     (tmp_path / "plain.txt").write_text(f"1 {plain} packages\n")
-    plan = cooldown_plan(CooldownRequest(
-        name="meco", output_dir=str(tmp_path), metadata_data_file_list=str(tmp_path / "meta.txt"),
-        plain_data_file_list=str(tmp_path / "plain.txt"), cooldown_fraction=0.1, train_iters=20,
-        warmup_iters=2))
+    plan = cooldown_plan(
+        CooldownRequest(
+            name="meco",
+            output_dir=str(tmp_path),
+            metadata_data_file_list=str(tmp_path / "meta.txt"),
+            plain_data_file_list=str(tmp_path / "plain.txt"),
+            cooldown_fraction=0.1,
+            train_iters=20,
+            warmup_iters=2,
+        )
+    )
     save = str(tmp_path / "ckpt")
     common = ["--split", "100,0,0", "--save", save]
     stage1 = tiny_plan(*stage_flags(plan, 0), *common, mock=False)

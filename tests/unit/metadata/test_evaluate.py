@@ -75,7 +75,9 @@ class TwoTokens(torch.nn.Module):
 
 
 def test_context_free_model_gives_equal_ppl_exactly(package_jsonl):
-    scores = evaluate_pairs(Unigram(384), TOK, _records(package_jsonl), default_conditions(KEYS, "URL: x.org\n\n"), 128)
+    scores = evaluate_pairs(
+        Unigram(384), TOK, _records(package_jsonl), default_conditions(KEYS, "URL: x.org\n\n"), 128
+    )
     assert [s.name for s in scores] == [*KEYS, "all", "fixed prefix"]
     for s in scores:
         assert s.documents > 0 and s.tokens > 0
@@ -110,23 +112,58 @@ def trained(package_jsonl, tmp_path_factory):
     lines = open(package_jsonl).readlines()
     train_jsonl.write_text("".join(lines[:30]))
     eval_jsonl.write_text("".join(lines[30:]))
-    stats = tokenize_with_metadata([str(train_jsonl)], str(root / "pk"), DataConfig(tokenizer_type="byte"),
-                                   MetadataOptions(keys=KEYS, probability=0.5))
+    stats = tokenize_with_metadata(
+        [str(train_jsonl)],
+        str(root / "pk"),
+        DataConfig(tokenizer_type="byte"),
+        MetadataOptions(keys=KEYS, probability=0.5),
+    )
     data_list = root / "list.txt"
     data_list.write_text(f"1 {stats.text_prefix} packages\n")
     save = str(root / "ckpt")
-    train(tiny_plan("--train-iters", "3", "--seq-length", "64", "--data-file-list", str(data_list),
-                    "--split", "100,0,0", "--save", save, mock=False), DistEnv())
+    train(
+        tiny_plan(
+            "--train-iters",
+            "3",
+            "--seq-length",
+            "64",
+            "--data-file-list",
+            str(data_list),
+            "--split",
+            "100,0,0",
+            "--save",
+            save,
+            mock=False,
+        ),
+        DistEnv(),
+    )
     return save, str(train_jsonl), str(eval_jsonl), root
 
 
 def test_tool_scores_held_out_documents(trained, capsys, tmp_path):
     save, _, eval_jsonl, _ = trained
     out = tmp_path / "scores.json"
-    rc = eval_main(["--load", save, "--data", eval_jsonl, "--metadata-keys", "url,title",
-                    "--prefix", "URL: github.com\\n\\n", "--output", str(out), "--max-documents", "4"])
+    rc = eval_main(
+        [
+            "--load",
+            save,
+            "--data",
+            eval_jsonl,
+            "--metadata-keys",
+            "url,title",
+            "--prefix",
+            "URL: github.com\\n\\n",
+            "--output",
+            str(out),
+            "--max-documents",
+            "4",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
-    assert "| metadata | documents | tokens | ppl plain | ppl with prefix | ratio |" in capsys.readouterr().out
+    assert (
+        "| metadata | documents | tokens | ppl plain | ppl with prefix | ratio |"
+        in capsys.readouterr().out
+    )
     rows = json.loads(out.read_text())
     assert [r["type"] for r in rows] == ["url", "title", "all", "fixed prefix"]
     assert all(r["documents"] + r["prefix_too_long"] == 4 for r in rows[1:])  # all have a title

@@ -28,7 +28,9 @@ KEYS = ("url", "title", "website_description")
 @pytest.fixture(scope="module")
 def masked(package_jsonl, tmp_path_factory):
     out = tmp_path_factory.mktemp("masked") / "pk"
-    return tokenize_with_metadata([package_jsonl], str(out), BYTE, MetadataOptions(keys=KEYS, probability=0.5))
+    return tokenize_with_metadata(
+        [package_jsonl], str(out), BYTE, MetadataOptions(keys=KEYS, probability=0.5)
+    )
 
 
 def test_find_lossmask_next_to_its_dataset(masked, tmp_path):
@@ -36,8 +38,12 @@ def test_find_lossmask_next_to_its_dataset(masked, tmp_path):
     assert find_lossmask(masked.lossmask_prefix) is None
     assert find_lossmask(str(tmp_path / "other_text_document")) is None
     (tmp_path / "a_b_lossmask_document.idx").write_bytes(b"")
-    (tmp_path / "a_b_metadata.json").write_text('{"text_prefix": "elsewhere/a_b_long_text_document"}')
-    assert find_lossmask(str(tmp_path / "a_b_long_text_document")) == str(tmp_path / "a_b_lossmask_document")
+    (tmp_path / "a_b_metadata.json").write_text(
+        '{"text_prefix": "elsewhere/a_b_long_text_document"}'
+    )
+    assert find_lossmask(str(tmp_path / "a_b_long_text_document")) == str(
+        tmp_path / "a_b_lossmask_document"
+    )
     # "a_b_c_text_document" (plain) must not take the mask of "a_b" (key "long_text")
     assert find_lossmask(str(tmp_path / "a_b_c_text_document")) is None
 
@@ -69,8 +75,14 @@ class _Rows:
 
 
 def _reader(rows, micro=1):
-    return BatchReader(_Rows(rows), micro_batch_size=micro, dp_size=1, dp_rank=0, grad_accum_steps=1,
-                       device=torch.device("cpu"))
+    return BatchReader(
+        _Rows(rows),
+        micro_batch_size=micro,
+        dp_size=1,
+        dp_rank=0,
+        grad_accum_steps=1,
+        device=torch.device("cpu"),
+    )
 
 
 def test_label_positions_predicting_prefix_tokens_are_masked(masked):
@@ -133,11 +145,21 @@ def _list(tmp_path, *lines):
 
 
 def test_mismatched_mask_is_refused_naming_both_files(package_jsonl, tmp_path):
-    a = tokenize_with_metadata([package_jsonl], str(tmp_path / "a"), BYTE, MetadataOptions(keys=KEYS, probability=1.0))
-    b = tokenize_with_metadata([package_jsonl], str(tmp_path / "b"), BYTE, MetadataOptions(keys=("url",), probability=1.0))
+    a = tokenize_with_metadata(
+        [package_jsonl], str(tmp_path / "a"), BYTE, MetadataOptions(keys=KEYS, probability=1.0)
+    )
+    b = tokenize_with_metadata(
+        [package_jsonl], str(tmp_path / "b"), BYTE, MetadataOptions(keys=("url",), probability=1.0)
+    )
     for ext in (".bin", ".idx"):
         shutil.copy(b.lossmask_prefix + ext, a.lossmask_prefix + ext)  # b's prefixes are shorter
-    plan = tiny_plan("--data-file-list", _list(tmp_path, f"1 {a.text_prefix} pk"), "--train-iters", "2", mock=False)
+    plan = tiny_plan(
+        "--data-file-list",
+        _list(tmp_path, f"1 {a.text_prefix} pk"),
+        "--train-iters",
+        "2",
+        mock=False,
+    )
     with pytest.raises(ConfigError) as e:
         build_streams(plan)
     assert a.lossmask_prefix + ".idx" in str(e.value) and a.text_prefix + ".idx" in str(e.value)
@@ -155,7 +177,11 @@ def test_mismatched_mask_is_refused_naming_both_files(package_jsonl, tmp_path):
 def test_no_metadata_loss_mask_flag_reads_tokens_only(masked, tmp_path):
     data = _list(tmp_path, f"1 {masked.text_prefix} pk")
     on = build_streams(tiny_plan("--data-file-list", data, "--train-iters", "2", mock=False))
-    off = build_streams(tiny_plan("--data-file-list", data, "--train-iters", "2", "--no-metadata-loss-mask", mock=False))
+    off = build_streams(
+        tiny_plan(
+            "--data-file-list", data, "--train-iters", "2", "--no-metadata-loss-mask", mock=False
+        )
+    )
     _, row = on.train.stream[0]
     _, tokens = off.train.stream[0]
     assert row.shape == (2, 17) and np.array_equal(row[0], tokens)

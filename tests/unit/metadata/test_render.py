@@ -66,7 +66,9 @@ def test_meco_domain(url, domain):
 def test_meco_malformed_and_long_url():
     r = render_document("d", {"url": "ftp:/broken"}, ["url"], template="meco")
     assert (r.prefix, r.malformed) == ("URL: ftp:/broken\n\n", ("url",))
-    full = render_document("d", {"url": "https://a.org/x"}, ["url"], "meco", PrefixFormat(short_url=False))
+    full = render_document(
+        "d", {"url": "https://a.org/x"}, ["url"], "meco", PrefixFormat(short_url=False)
+    )
     assert full.prefix == "URL: https://a.org/x\n\n"
 
 

@@ -27,14 +27,27 @@ def data_list(package_jsonl, tmp_path_factory):
         for line in f:
             record = json.loads(line)
             out.write(json.dumps({**record, "text": record["text"][:300]}) + "\n")
-    stats = tokenize_with_metadata([str(short)], str(root / "pk"), BYTE,
-                                   MetadataOptions(keys=("url", "title", "website_description"), probability=1.0))
+    stats = tokenize_with_metadata(
+        [str(short)],
+        str(root / "pk"),
+        BYTE,
+        MetadataOptions(keys=("url", "title", "website_description"), probability=1.0),
+    )
     path = root / "list.txt"
     path.write_text(f"1 {stats.text_prefix} packages\n")
     return str(path)
 
 
-FLAGS = ["--train-iters", "6", "--seq-length", "32", "--micro-batch-size", "4", "--split", "90,10,0"]
+FLAGS = [
+    "--train-iters",
+    "6",
+    "--seq-length",
+    "32",
+    "--micro-batch-size",
+    "4",
+    "--split",
+    "90,10,0",
+]
 
 
 def test_trainable_tokens_are_counted_apart_from_consumed(data_list):
@@ -44,12 +57,17 @@ def test_trainable_tokens_are_counted_apart_from_consumed(data_list):
     expected = sum(int(np.count_nonzero(stream[i][1][1][1:])) for i in range(6 * 4))
     assert result.tokens == (expected, 6 * 4 * 32)
     assert 0 < expected < 6 * 4 * 32  # the sampled windows hold metadata
-    unmasked = train(tiny_plan(*FLAGS, "--data-file-list", data_list, "--no-metadata-loss-mask", mock=False), DistEnv())
+    unmasked = train(
+        tiny_plan(*FLAGS, "--data-file-list", data_list, "--no-metadata-loss-mask", mock=False),
+        DistEnv(),
+    )
     assert unmasked.tokens == (6 * 4 * 32, 6 * 4 * 32)
     assert unmasked.losses != result.losses  # metadata positions are averaged in too
 
 
-def test_blend_with_a_plain_corpus_reports_per_corpus_loss(data_list, shakespeare_prefix, tmp_path, capsys):
+def test_blend_with_a_plain_corpus_reports_per_corpus_loss(
+    data_list, shakespeare_prefix, tmp_path, capsys
+):
     prefix = open(data_list).read().split()[1]
     blend = tmp_path / "blend.txt"
     blend.write_text(f"1 {prefix} packages\n1 {shakespeare_prefix} plays\n")
