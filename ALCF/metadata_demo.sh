@@ -2,14 +2,16 @@
 # Metadata-conditioned training on the installed packages' metadata files, with and without
 # prefixes, then the paired evaluation on held-out packages (README "Metadata-conditioned training").
 #   bash ALCF/metadata_demo.sh            # CPU, ~10 minutes on a 2-core machine
-# Variables: PYTHON_EXEC, OUT (outputs/metadata-demo), TRAIN_ITERS (preset: 200).
+# Variables: PYTHON_EXEC, OUT (outputs/metadata-demo), TRAIN_ITERS (preset: 200; warmup 10%).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON_EXEC:-.venv/bin/python}"
 OUT="${OUT:-outputs/metadata-demo}"
 KEYS="url,title,website_description"
 EXTRA=()
-if [[ -n "${TRAIN_ITERS:-}" ]]; then EXTRA+=(--train-iters "${TRAIN_ITERS}"); fi
+if [[ -n "${TRAIN_ITERS:-}" ]]; then
+    EXTRA+=(--train-iters "${TRAIN_ITERS}" --lr-warmup-iters "$((TRAIN_ITERS / 10))")
+fi
 
 "${PY}" tools/prepare_package_corpus.py --output-dir data/packages --max-chars 1500
 "${PY}" tools/preprocess_data.py --input data/packages/train.jsonl --output-prefix data/packages/meta \
