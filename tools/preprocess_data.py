@@ -11,6 +11,14 @@ when complete. Other tokenizers:
     --tokenizer-type sentencepiece --tokenizer-model m.model      (tools/train_tokenizer.py --type sentencepiece)
     --tokenizer-type gpt2bpe --vocab-file vocab.json --merge-file merges.txt
 
+With metadata (shared/specs/metadata.md), each document gets, with probability p (seeded by
+its index), a prefix rendered from its jsonl fields that is loss-masked in training:
+
+    --metadata-keys url,timestamp --metadata-template bigscience --metadata-probability 0.5
+
+also writes ``data/corpus_lossmask_document.bin/.idx`` (uint8, 1 = trainable) and
+``data/corpus_metadata.json``.
+
 Progress (docs/s, tokens/s) goes to stderr; the summary to stdout.
 """
 
@@ -26,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.config.data import DataConfig  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.data.preprocess import PreprocessProgress, tokenize_to_indexed  # noqa: E402
+from megatron.metadata.cli import add_metadata_args, describe, tokenize_from_args  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge-file", default=None, help="gpt2bpe: merges.txt")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--append-eod", action="store_true", help="end each document with EOD")
+    add_metadata_args(p)
     return p.parse_args(argv)
 
 
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             vocab_file=args.vocab_file,
             merge_file=args.merge_file,
         )
+        if args.metadata_keys:
+            print(describe(tokenize_from_args(args, tokenizer_cfg, progress)))
+            return 0
         stats = tokenize_to_indexed(
             args.input,
             args.output_prefix,

@@ -35,6 +35,10 @@ class DataConfig:
     """GPT-2 BPE merges (merges.txt) for --tokenizer-type gpt2bpe."""
     vocab_size: int | None = None
     """Vocabulary size for --mock-data (real tokenizers report their own)."""
+    metadata_loss_mask: bool = True
+    """Read PREFIX's loss mask (OUT_lossmask_document, written by preprocessing with
+    --metadata-keys) so metadata prefixes are context but never targets; --no-metadata-loss-mask
+    trains on them too."""
 
     def __post_init__(self) -> None:
         require_registered(self, "tokenizer_type", "tokenizer")

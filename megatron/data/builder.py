@@ -23,6 +23,7 @@ from megatron.data.data_list import DataEntry, parse_data_file_list
 from megatron.data.indexed import open_indexed
 from megatron.data.loader import MockStream
 from megatron.data.sequences import SequenceDataset, split_documents
+from megatron.metadata.lossmask import open_lossmask
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def _datasets(
     per_split: dict[str, list[tuple[DataEntry, SequenceDataset]]] = {s: [] for s in SPLITS}
     for entry in entries:
         indexed = open_indexed(entry.prefix)
+        lossmask = open_lossmask(entry.prefix, indexed) if cfg.data.metadata_loss_mask else None
         try:
             ranges = split_documents(len(indexed), ratios)
         except ValueError as e:
@@ -107,6 +109,7 @@ def _datasets(
                         plan.seq_length,
                         cfg.train.seed,
                         name=f"{entry.prefix}:{split}",
+                        lossmask=lossmask,
                     )
                 except ValueError as e:
                     if split == "train":

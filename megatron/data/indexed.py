@@ -31,15 +31,16 @@ class IndexedWriter:
     Args:
         prefix: Output prefix (``prefix.bin`` and ``prefix.idx``).
         vocab_size: Vocabulary size (chooses the token dtype).
+        dtype: Overrides the dtype (e.g. ``np.uint8`` for a loss-mask dataset).
     """
 
-    def __init__(self, prefix: str, vocab_size: int):
+    def __init__(self, prefix: str, vocab_size: int, dtype: type[np.number] | None = None):
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
         self.prefix = prefix
         self.tmp_prefix = f"{prefix}.tmp-{os.getpid()}"
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-        self.dtype = token_dtype(vocab_size)
+        self.dtype = dtype or token_dtype(vocab_size)
         self._builder = IndexedDatasetBuilder(self.tmp_prefix + ".bin", dtype=self.dtype)
         self.num_documents = 0
         self.num_tokens = 0

@@ -22,7 +22,7 @@ class Batch:
     Attributes:
         tokens: Inputs ``[b, s]``.
         labels: Next tokens ``[b, s]``.
-        loss_mask: 1.0 where the loss counts ``[b, s]``.
+        loss_mask: True where the loss counts ``[b, s]`` (bool: ``~`` must mean logical not).
         dataset_ids: Which dataset of the blend each sample came from ``[b]``.
     """
 
@@ -48,6 +48,20 @@ class MockStream:
     def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
         start = np.random.default_rng([self.seed, 7, int(index)]).integers(0, self.vocab_size)
         return 0, (start + np.arange(self.seq_length + 1, dtype=np.int64)) % self.vocab_size
+
+
+def collate_rows(rows: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into tokens ``[b, s + 1]`` and a bool trainable mask ``[b, s + 1]``.
+
+    A sample is a token row, or ``[tokens, trainable]`` (``[2, s + 1]``) when its dataset has a
+    loss mask (metadata prefixes); rows of both kinds may share a micro-batch (blends).
+    """
+    if all(row.ndim == 1 for row in rows):
+        tokens = torch.from_numpy(np.stack(rows))
+        return tokens, torch.ones(tokens.shape, dtype=torch.bool)
+    tokens = np.stack([row[0] if row.ndim == 2 else row for row in rows])
+    trainable = np.stack([row[1] != 0 if row.ndim == 2 else np.ones(row.shape, bool) for row in rows])
+    return torch.from_numpy(tokens), torch.from_numpy(trainable)
 
 
 class BatchReader:
@@ -93,12 +107,13 @@ class BatchReader:
         """Read and collate one micro-batch."""
         indices = self.sample_indices(consumed, micro_step)
         ids, rows = zip(*(self.stream[i] for i in indices), strict=True)
-        samples = torch.from_numpy(np.stack(rows))
+        samples, trainable = collate_rows(rows)
         pin = self.device.type == "cuda"
         batch = Batch(
             tokens=samples[:, :-1],
             labels=samples[:, 1:],
-            loss_mask=torch.ones(samples.shape[0], samples.shape[1] - 1),
+            # Label j is token j + 1: it counts when that token is trainable (not metadata).
+            loss_mask=trainable[:, 1:],
             dataset_ids=torch.tensor(ids, dtype=torch.long),
         )
         if self.device.type == "cpu":

@@ -24,15 +24,20 @@ class SequenceDataset:
         seq_length: Tokens per training sample (each sample holds one more, for the labels).
         seed: Run seed.
         name: Identifies the dataset and split; salts the shuffles.
+        lossmask: Optional uint8 indexed dataset with the same document lengths (1 = trainable;
+            written by preprocessing with metadata). Samples then are ``[2, seq_length + 1]``:
+            tokens and the trainable flag of each token, read with the same indices.
 
     Raises:
         ValueError: The documents hold fewer than ``seq_length + 1`` tokens.
     """
 
     def __init__(
-        self, indexed, doc_start: int, doc_stop: int, seq_length: int, seed: int, name: str
+        self, indexed, doc_start: int, doc_stop: int, seq_length: int, seed: int, name: str,
+        lossmask=None,
     ):
         self.indexed = indexed
+        self.lossmask = lossmask
         self.doc_ids = np.arange(doc_start, doc_stop, dtype=np.int64)
         self.lengths = np.asarray(indexed.sequence_lengths[doc_start:doc_stop], dtype=np.int64)
         self.seq_length = seq_length
@@ -63,21 +68,27 @@ class SequenceDataset:
         return self._epochs[epoch]
 
     def __getitem__(self, index: int) -> np.ndarray:
-        """Tokens of sample ``index`` (any non-negative index; epochs repeat)."""
+        """Tokens of sample ``index`` (any non-negative index; epochs repeat); with a loss mask,
+        ``[tokens, trainable]`` stacked."""
         epoch, j = divmod(int(index), self.samples_per_epoch)
         order, starts, shuffle = self._epoch(epoch)
         position = int(shuffle[j]) * self.seq_length
         remaining = self.seq_length + 1
         d = int(np.searchsorted(starts, position, side="right")) - 1
         offset = position - int(starts[d])
-        pieces = []
+        pieces, masks = [], []
         while remaining > 0:
             doc = int(order[d])
             take = min(remaining, int(self.lengths[doc]) - offset)
             pieces.append(self.indexed.get(int(self.doc_ids[doc]), offset=offset, length=take))
+            if self.lossmask is not None:
+                masks.append(self.lossmask.get(int(self.doc_ids[doc]), offset=offset, length=take))
             remaining -= take
             d, offset = d + 1, 0
-        return np.concatenate(pieces).astype(np.int64, copy=False)
+        tokens = np.concatenate(pieces).astype(np.int64, copy=False)
+        if self.lossmask is None:
+            return tokens
+        return np.stack([tokens, np.concatenate(masks).astype(np.int64, copy=False)])
 
 
 def split_documents(num_documents: int, ratios: tuple[float, float, float]) -> list[tuple[int, int]]:

@@ -61,6 +61,7 @@ from megatron.trainer.metrics import Reporter
 from megatron.trainer.optimizer_states import optimizer_state_stats
 from megatron.trainer.state import TrainState, data_state, restore_data_state
 from megatron.trainer.stop import StopSignals
+from megatron.trainer.token_counts import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class TrainResult:
     stop_reason: str | None
     lr_suggestion: tuple[float, float] | None = None
     optimizer_states: dict[str, float] | None = None
+    tokens: tuple[int, int] | None = None
+    """(trainable, consumed) label tokens of this process's steps (metadata is not trainable)."""
 
 
 def log_plan(plan: RunPlan) -> None:
@@ -122,6 +125,7 @@ class Trainer:
         self.regularizers = attach_regularizers(self)  # EWC/LwF, or None
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
+        self.token_counter = TokenCounter(ctx.device, plan.tokens_per_step)
         self.cooldown_start = cooldown_start(plan)
         self.reporter = Reporter(plan, ctx)
         self.stop = StopSignals(self.cfg.train, ctx.device)
@@ -190,6 +194,7 @@ class Trainer:
             losses=tuple(self.losses),
             stop_reason=stop_reason,
             optimizer_states=self.optimizer_states,
+            tokens=(self.token_counter.trainable_total, self.token_counter.consumed_total),
         )
 
     def _due(self, iteration: int, interval: int | None) -> bool:
@@ -204,6 +209,7 @@ class Trainer:
                 self.plan, self.train_reader, state.consumed_samples,
                 iteration=state.iteration, split="train", draw=0,
             )
+        self.token_counter.add(batches)
         result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
@@ -211,6 +217,7 @@ class Trainer:
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
         if self.reporter.due(state.iteration):
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
+            self.token_counter.report(self.reporter, state.iteration)
         if self.objective.step_stats is not None and self.reporter.due(state.iteration):
             self.reporter.on_train_stats(state.iteration, self.objective.step_stats(batches))
         if self.coord_check is not None:
