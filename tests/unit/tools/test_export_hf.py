@@ -22,7 +22,12 @@ import torch
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.convert import convert
 from megatron.checkpointing.hf_arch import EXPORTERS, select_exporter
-from megatron.checkpointing.hf_export import check_llama_shaped, export_hf, export_llama, open_checkpoint
+from megatron.checkpointing.hf_export import (
+    check_llama_shaped,
+    export_hf,
+    export_llama,
+    open_checkpoint,
+)
 from megatron.checkpointing.hf_shards import INDEX_FILE, parse_size
 from megatron.checkpointing.universal import load_weights
 from megatron.config import ConfigError, DistEnv
