@@ -185,7 +185,8 @@ def split_qkv(fused: torch.Tensor, spec: GPTSpec) -> tuple[torch.Tensor, ...]:
     return q, k, v
 
 
-def _shape_of(spec: GPTSpec) -> dict[str, tuple[int, ...]]:
+def shapes_of(spec: GPTSpec) -> dict[str, tuple[int, ...]]:
+    """Full (TP=1) shape of each of our canonical parameters."""
     from megatron.checkpointing.layout import full_shapes
 
     return full_shapes(spec)
@@ -196,12 +197,13 @@ def _vocab_rows(get: Getter, name: str, spec: GPTSpec) -> Callable[[], torch.Ten
     return lambda: get(name)[: spec.original_vocab_size]
 
 
-def _direct(get: Getter, ours: str, hf: str, shapes: dict, transpose: bool = False) -> HFTensor:
+def direct_tensor(get: Getter, ours: str, hf: str, shapes: dict, transpose: bool = False) -> HFTensor:
+    """Our tensor ``ours`` as HF's ``hf`` unchanged (or transposed, for GPT-2's Conv1D)."""
     shape = shapes[ours][::-1] if transpose else shapes[ours]
     return HFTensor(hf, tuple(shape), (lambda: get(ours).t()) if transpose else (lambda: get(ours)))
 
 
-def _qkv_parts(get: Getter, ours: str, spec: GPTSpec, hf: str, kind: str) -> Iterator[HFTensor]:
+def qkv_tensors(get: Getter, ours: str, spec: GPTSpec, hf: str, kind: str) -> Iterator[HFTensor]:
     """Separate ``{hf}.{q,k,v}_proj.{kind}`` tensors from our fused ``ours``."""
     width = {"q": spec.num_attention_heads * spec.head_dim, "k": spec.num_key_value_heads * spec.head_dim}
     width["v"] = width["k"]
@@ -210,19 +212,22 @@ def _qkv_parts(get: Getter, ours: str, spec: GPTSpec, hf: str, kind: str) -> Ite
         yield HFTensor(f"{hf}.{p}_proj.{kind}", shape, lambda i=i: split_qkv(get(ours), spec)[i])
 
 
-def _embedding(get: Getter, spec: GPTSpec, name: str) -> HFTensor:
+def embedding_tensor(get: Getter, spec: GPTSpec, name: str) -> HFTensor:
+    """The word embedding without the padded vocabulary rows."""
     return HFTensor(name, (spec.original_vocab_size, spec.hidden_size),
                     _vocab_rows(get, "embedding.word_embeddings.weight", spec))
 
 
-def _head(get: Getter, spec: GPTSpec, name: str) -> Iterator[HFTensor]:
+def head_tensors(get: Getter, spec: GPTSpec, name: str) -> Iterator[HFTensor]:
+    """The untied output head without padded rows (nothing when tied)."""
     # Tied: no head tensor; transformers ties it to the input embedding on load.
     if not spec.tie_embeddings:
         yield HFTensor(name, (spec.original_vocab_size, spec.hidden_size),
                        _vocab_rows(get, "output.output_layer.weight", spec))
 
 
-def _norm(get: Getter, spec: GPTSpec, ours: str, hf: str) -> Iterator[HFTensor]:
+def norm_tensors(get: Getter, spec: GPTSpec, ours: str, hf: str) -> Iterator[HFTensor]:
+    """A norm's weight (and LayerNorm's bias)."""
     keys = ("weight", "bias") if spec.normalization == "layernorm" else ("weight",)
     for k in keys:
         yield HFTensor(f"{hf}.{k}", (spec.hidden_size,), lambda k=k: get(f"{ours}.{k}"))

@@ -15,16 +15,16 @@ import torch
 from megatron.checkpointing.hf_arch import (
     Getter,
     HFTensor,
-    _direct,
-    _embedding,
-    _head,
-    _norm,
-    _qkv_parts,
-    _shape_of,
+    direct_tensor,
+    embedding_tensor,
     gpt2_problems,
+    head_tensors,
     llama_problems,
     neox_problems,
+    norm_tensors,
+    qkv_tensors,
     register_exporter,
+    shapes_of,
     starcoder2_problems,
 )
 from megatron.model.spec import GPTSpec
@@ -70,26 +70,26 @@ def llama_config(spec: GPTSpec) -> dict[str, Any]:
 @register_exporter("llama", "LlamaForCausalLM", problems=llama_problems, config=llama_config)
 def llama_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     """Llama: separate q/k/v projections, SwiGLU fc1 ``[gate; up]`` split in two."""
-    shapes = _shape_of(spec)
-    yield _embedding(get, spec, "model.embed_tokens.weight")
+    shapes = shapes_of(spec)
+    yield embedding_tensor(get, spec, "model.embed_tokens.weight")
     kinds = ("weight", "bias") if spec.bias else ("weight",)
     f, d = spec.ffn_hidden_size, spec.hidden_size
     for i in range(spec.num_layers):
         ours, hf = f"layers.{i}", f"model.layers.{i}"
-        yield from _norm(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
-        yield from _norm(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
         for kind in kinds:
-            yield from _qkv_parts(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
+            yield from qkv_tensors(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
                                   f"{hf}.self_attn", kind)
-            yield _direct(get, f"{ours}.self_attention.dense.{kind}", f"{hf}.self_attn.o_proj.{kind}", shapes)
+            yield direct_tensor(get, f"{ours}.self_attention.dense.{kind}", f"{hf}.self_attn.o_proj.{kind}", shapes)
             fc1 = f"{ours}.mlp.dense_h_to_4h.{kind}"
             shape = (f, d) if kind == "weight" else (f,)
             for half, part in enumerate(("gate", "up")):
                 yield HFTensor(f"{hf}.mlp.{part}_proj.{kind}", shape,
                                lambda fc1=fc1, half=half: get(fc1).chunk(2, dim=0)[half])
-            yield _direct(get, f"{ours}.mlp.dense_4h_to_h.{kind}", f"{hf}.mlp.down_proj.{kind}", shapes)
-    yield from _norm(get, spec, "final_norm.final_layernorm", "model.norm")
-    yield from _head(get, spec, "lm_head.weight")
+            yield direct_tensor(get, f"{ours}.mlp.dense_4h_to_h.{kind}", f"{hf}.mlp.down_proj.{kind}", shapes)
+    yield from norm_tensors(get, spec, "final_norm.final_layernorm", "model.norm")
+    yield from head_tensors(get, spec, "lm_head.weight")
 
 
 # ---- GPT-NeoX ----------------------------------------------------------------------------------
@@ -119,21 +119,21 @@ def neox_config(spec: GPTSpec) -> dict[str, Any]:
 @register_exporter("gpt_neox", "GPTNeoXForCausalLM", problems=neox_problems, config=neox_config)
 def neox_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     """GPT-NeoX: our MHA fused QKV is already its per-head ``[q_h, k_h, v_h]`` layout."""
-    shapes = _shape_of(spec)
-    yield _embedding(get, spec, "gpt_neox.embed_in.weight")
+    shapes = shapes_of(spec)
+    yield embedding_tensor(get, spec, "gpt_neox.embed_in.weight")
     for i in range(spec.num_layers):
         ours, hf = f"layers.{i}", f"gpt_neox.layers.{i}"
-        yield from _norm(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
-        yield from _norm(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
         for kind in ("weight", "bias"):
             for a, b in (("self_attention.query_key_value", "attention.query_key_value"),
                          ("self_attention.dense", "attention.dense"),
                          ("mlp.dense_h_to_4h", "mlp.dense_h_to_4h"),
                          ("mlp.dense_4h_to_h", "mlp.dense_4h_to_h")):
-                yield _direct(get, f"{ours}.{a}.{kind}", f"{hf}.{b}.{kind}", shapes)
-    yield from _norm(get, spec, "final_norm.final_layernorm", "gpt_neox.final_layer_norm")
+                yield direct_tensor(get, f"{ours}.{a}.{kind}", f"{hf}.{b}.{kind}", shapes)
+    yield from norm_tensors(get, spec, "final_norm.final_layernorm", "gpt_neox.final_layer_norm")
     # ``embed_out`` is the name both transformers 4.x and 5.x (which renames it) load.
-    yield from _head(get, spec, "embed_out.weight")
+    yield from head_tensors(get, spec, "embed_out.weight")
 
 
 # ---- Starcoder2 --------------------------------------------------------------------------------
@@ -164,21 +164,21 @@ def starcoder2_config(spec: GPTSpec) -> dict[str, Any]:
                    config=starcoder2_config)
 def starcoder2_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     """Starcoder2: Llama's attention names with LayerNorm and a plain ``c_fc``/``c_proj`` MLP."""
-    shapes = _shape_of(spec)
-    yield _embedding(get, spec, "model.embed_tokens.weight")
+    shapes = shapes_of(spec)
+    yield embedding_tensor(get, spec, "model.embed_tokens.weight")
     kinds = ("weight", "bias") if spec.bias else ("weight",)
     for i in range(spec.num_layers):
         ours, hf = f"layers.{i}", f"model.layers.{i}"
-        yield from _norm(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
-        yield from _norm(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
+        yield from norm_tensors(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
         for kind in kinds:
-            yield from _qkv_parts(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
+            yield from qkv_tensors(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
                                   f"{hf}.self_attn", kind)
-            yield _direct(get, f"{ours}.self_attention.dense.{kind}", f"{hf}.self_attn.o_proj.{kind}", shapes)
-            yield _direct(get, f"{ours}.mlp.dense_h_to_4h.{kind}", f"{hf}.mlp.c_fc.{kind}", shapes)
-            yield _direct(get, f"{ours}.mlp.dense_4h_to_h.{kind}", f"{hf}.mlp.c_proj.{kind}", shapes)
-    yield from _norm(get, spec, "final_norm.final_layernorm", "model.norm")
-    yield from _head(get, spec, "lm_head.weight")
+            yield direct_tensor(get, f"{ours}.self_attention.dense.{kind}", f"{hf}.self_attn.o_proj.{kind}", shapes)
+            yield direct_tensor(get, f"{ours}.mlp.dense_h_to_4h.{kind}", f"{hf}.mlp.c_fc.{kind}", shapes)
+            yield direct_tensor(get, f"{ours}.mlp.dense_4h_to_h.{kind}", f"{hf}.mlp.c_proj.{kind}", shapes)
+    yield from norm_tensors(get, spec, "final_norm.final_layernorm", "model.norm")
+    yield from head_tensors(get, spec, "lm_head.weight")
 
 
 # ---- GPT-2 -------------------------------------------------------------------------------------
@@ -215,22 +215,22 @@ def _gpt2_qkv(get: Getter, ours: str, spec: GPTSpec) -> torch.Tensor:
 @register_exporter("gpt2", "GPT2LMHeadModel", problems=gpt2_problems, config=gpt2_config)
 def gpt2_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     """GPT-2: learned positions ``wpe``; Conv1D weights stored transposed (``[in, out]``)."""
-    shapes = _shape_of(spec)
+    shapes = shapes_of(spec)
     d = spec.hidden_size
-    yield _embedding(get, spec, "transformer.wte.weight")
-    yield _direct(get, "embedding.position_embeddings.weight", "transformer.wpe.weight", shapes)
+    yield embedding_tensor(get, spec, "transformer.wte.weight")
+    yield direct_tensor(get, "embedding.position_embeddings.weight", "transformer.wpe.weight", shapes)
     for i in range(spec.num_layers):
         ours, hf = f"layers.{i}", f"transformer.h.{i}"
-        yield from _norm(get, spec, f"{ours}.input_layernorm", f"{hf}.ln_1")
+        yield from norm_tensors(get, spec, f"{ours}.input_layernorm", f"{hf}.ln_1")
         qkv = f"{ours}.self_attention.query_key_value"
         yield HFTensor(f"{hf}.attn.c_attn.weight", (d, 3 * d), lambda n=f"{qkv}.weight": _gpt2_qkv(get, n, spec))
         yield HFTensor(f"{hf}.attn.c_attn.bias", (3 * d,), lambda n=f"{qkv}.bias": _gpt2_qkv(get, n, spec))
-        yield _direct(get, f"{ours}.self_attention.dense.weight", f"{hf}.attn.c_proj.weight", shapes, True)
-        yield _direct(get, f"{ours}.self_attention.dense.bias", f"{hf}.attn.c_proj.bias", shapes)
-        yield from _norm(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.ln_2")
-        yield _direct(get, f"{ours}.mlp.dense_h_to_4h.weight", f"{hf}.mlp.c_fc.weight", shapes, True)
-        yield _direct(get, f"{ours}.mlp.dense_h_to_4h.bias", f"{hf}.mlp.c_fc.bias", shapes)
-        yield _direct(get, f"{ours}.mlp.dense_4h_to_h.weight", f"{hf}.mlp.c_proj.weight", shapes, True)
-        yield _direct(get, f"{ours}.mlp.dense_4h_to_h.bias", f"{hf}.mlp.c_proj.bias", shapes)
-    yield from _norm(get, spec, "final_norm.final_layernorm", "transformer.ln_f")
-    yield from _head(get, spec, "lm_head.weight")
+        yield direct_tensor(get, f"{ours}.self_attention.dense.weight", f"{hf}.attn.c_proj.weight", shapes, True)
+        yield direct_tensor(get, f"{ours}.self_attention.dense.bias", f"{hf}.attn.c_proj.bias", shapes)
+        yield from norm_tensors(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.ln_2")
+        yield direct_tensor(get, f"{ours}.mlp.dense_h_to_4h.weight", f"{hf}.mlp.c_fc.weight", shapes, True)
+        yield direct_tensor(get, f"{ours}.mlp.dense_h_to_4h.bias", f"{hf}.mlp.c_fc.bias", shapes)
+        yield direct_tensor(get, f"{ours}.mlp.dense_4h_to_h.weight", f"{hf}.mlp.c_proj.weight", shapes, True)
+        yield direct_tensor(get, f"{ours}.mlp.dense_4h_to_h.bias", f"{hf}.mlp.c_proj.bias", shapes)
+    yield from norm_tensors(get, spec, "final_norm.final_layernorm", "transformer.ln_f")
+    yield from head_tensors(get, spec, "lm_head.weight")
