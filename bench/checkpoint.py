@@ -10,6 +10,11 @@
    timed), each in a fresh process with 1 worker, and prints time, peak resident memory of the
    converter process and peak disk used under its output directory (temporaries included), with
    ratios ours / DeepSpeed's. The two outputs are compared tensor for tensor.
+3. Exports the checkpoint to Hugging Face format (``LlamaForCausalLM``), each in a fresh process:
+   the baseline materializes every exported tensor and writes one ``model.safetensors`` (what
+   the first exporter did); ours streams tensor by tensor into ``--max-shard-size 100MB`` shards
+   (fp32, and bf16). Time and peak RSS, ratios ours / baseline; the shards are compared with
+   the single file tensor for tensor.
 """
 
 from __future__ import annotations
@@ -43,6 +48,23 @@ OURS_BODY = """
 from megatron.checkpointing.convert import convert
 r = convert({src!r}, {out!r}, workers=1, verify=True)
 print("VERIFY", r.verify_seconds)
+"""
+
+EXPORT_BASELINE_BODY = """
+import os, torch
+from safetensors.torch import save_file
+from megatron.checkpointing.hf_arch import select_exporter
+from megatron.checkpointing.hf_export import open_checkpoint, _LastTensor
+ckpt = open_checkpoint({src!r})
+exporter = select_exporter(ckpt.spec)
+get = _LastTensor(ckpt)
+tensors = {{t.name: t.load().contiguous().clone() for t in exporter.tensors(get, ckpt.spec)}}
+os.makedirs({out!r})
+save_file(tensors, os.path.join({out!r}, "model.safetensors"), metadata={{"format": "pt"}})
+"""
+EXPORT_BODY = """
+from megatron.checkpointing.hf_export import export_hf
+export_hf({src!r}, {out!r}, dtype={dtype!r}, max_shard_size="100MB")
 """
 
 
@@ -115,6 +137,37 @@ def _measure(body: str, watch: str) -> tuple[float, int, int, str]:
     return float(seconds), int(rss), peak[0], proc.stdout
 
 
+def _bench_export(step: str, work: str) -> None:
+    """Part 3: HF export, baseline (whole model in memory, one file) against ours (streamed shards)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    base_out = os.path.join(work, "hf_baseline")
+    base = _measure(EXPORT_BASELINE_BODY.format(src=step, out=base_out), base_out)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = os.path.join(work, f"hf_{dtype}")
+        runs[dtype] = (_measure(EXPORT_BODY.format(src=step, out=out, dtype=dtype), out), out)
+    size = _du(base_out)
+    print(f"HF export (LlamaForCausalLM, {size / 2**20:.0f} MiB of fp32 weights)")
+    print(f"{'exporter':<34} {'seconds':>8} {'peak RSS MiB':>13} {'files':>6}")
+    print(f"{'whole model, one file (baseline)':<34} {base[0]:>8.2f} {base[1] / 2**20:>13.0f} {1:>6}")
+    for dtype, (r, out) in runs.items():
+        files = len([f for f in os.listdir(out) if f.endswith(".safetensors")])
+        print(f"{'ours, 100MB shards, ' + dtype:<34} {r[0]:>8.2f} {r[1] / 2**20:>13.0f} {files:>6}")
+    r, out = runs["float32"]
+    print(f"ratio ours (fp32) / baseline: time {r[0] / base[0]:.2f}, peak RSS {r[1] / base[1]:.2f}")
+    whole = load_file(os.path.join(base_out, "model.safetensors"))
+    with open(os.path.join(out, "model.safetensors.index.json")) as f:
+        shard_files = set(json.load(f)["weight_map"].values())
+    import torch
+
+    sharded = {k: v for file in shard_files for k, v in load_file(os.path.join(out, file)).items()}
+    same = sorted(whole) == sorted(sharded) and all(torch.equal(whole[k], sharded[k]) for k in whole)
+    print(f"sharded export identical to the single file: {same} ({len(whole)} tensors)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512)
@@ -154,6 +207,7 @@ def main() -> None:
 
         same = all(torch.equal(a.full(n, k), b.full(n, k)) for n in a.dirs for k in ("fp32", "exp_avg", "exp_avg_sq"))
         print(f"outputs identical: {same} ({len(a.dirs)} parameters)")
+        _bench_export(step, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

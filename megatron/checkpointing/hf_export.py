@@ -1,24 +1,15 @@
-"""Export a checkpoint of ours to Hugging Face Llama format (``LlamaForCausalLM``).
+"""Export a checkpoint of ours to a Hugging Face ``transformers`` model directory.
 
-Writes ``config.json`` and ``model.safetensors`` (plus ``tokenizer.json`` when the run used a
-Hugging Face tokenizer), loadable with ``transformers.AutoModelForCausalLM.from_pretrained``.
-Only Llama-shaped models export: RMSNorm, SwiGLU, RoPE, causal attention. Our RoPE already uses
-the rotate-half layout of HF Llama, so q/k rows need no interleave permutation; the fused QKV
-only needs regrouping from our per-key/value-head groups to HF's separate projections.
-
-Name map (ours -> HF), per layer ``i``::
-
-    layers.i.input_layernorm                 model.layers.i.input_layernorm
-    layers.i.self_attention.query_key_value  model.layers.i.self_attn.{q,k,v}_proj
-    layers.i.self_attention.dense            model.layers.i.self_attn.o_proj
-    layers.i.post_attention_layernorm        model.layers.i.post_attention_layernorm
-    layers.i.mlp.dense_h_to_4h ([gate; up])  model.layers.i.mlp.{gate,up}_proj
-    layers.i.mlp.dense_4h_to_h               model.layers.i.mlp.down_proj
+``export_hf`` picks the target class from the model's shape (the registry in ``hf_arch`` /
+``hf_targets``: Llama, GPT-NeoX, Starcoder2, GPT-2; a model none represents exactly is refused
+naming the flags), streams the tensors one by one from the (memory-mapped) checkpoint into
+safetensors shards (``hf_shards``), and adds ``config.json``, ``generation_config.json`` and the
+run's tokenizer (``hf_tokenizer``). The source is a ``SAVE`` directory (its ``latest``), a
+``SAVE/global_stepN`` of any TP/PP/DP/ZeRO layout, or a universal checkpoint.
 
 The embedding (and untied head) are trimmed from the padded ``vocab_size`` rows to the
 tokenizer's ``original_vocab_size``: padded rows are never real tokens, so the logits of every
-real token are unchanged (only the softmax loses the padded rows' small share).
-Transformers is not needed to export, only to load the result.
+real token are unchanged. Transformers is not needed to export, only to load the result.
 """
 
 from __future__ import annotations
@@ -27,16 +18,20 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import torch
 
+import megatron.checkpointing.hf_targets  # noqa: F401  (registers the export targets)
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.convert import step_dir
+from megatron.checkpointing.hf_arch import EXPORTERS, select_exporter
+from megatron.checkpointing.hf_shards import Progress, parse_size, peak_rss_bytes, write_shards
+from megatron.checkpointing.hf_tokenizer import write_tokenizer
 from megatron.checkpointing.reader import WEIGHT, SavedCheckpoint
 from megatron.checkpointing.universal import UniversalCheckpoint, is_universal
 from megatron.config.fields import ConfigError
-from megatron.data.tokenizers import file_sha256
 from megatron.model.spec import GPTSpec
 
 log = logging.getLogger(__name__)
@@ -46,6 +41,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+"""``save_pretrained``'s default."""
 
 
 def open_checkpoint(source: str) -> SavedCheckpoint | UniversalCheckpoint:
@@ -62,189 +60,107 @@ def open_checkpoint(source: str) -> SavedCheckpoint | UniversalCheckpoint:
 
 
 def check_llama_shaped(spec: GPTSpec) -> None:
-    """Refuse a model that ``LlamaForCausalLM`` cannot represent.
+    """Refuse a model that ``LlamaForCausalLM`` cannot represent (naming the flags)."""
+    select_exporter(spec, "llama")
+
+
+def dtype_name(dtype: str) -> str:
+    """The canonical dtype name of ``dtype`` (``bf16`` -> ``bfloat16``).
 
     Raises:
-        ConfigError: Naming the training flags that differ from Llama's architecture.
+        ConfigError: Unknown dtype.
     """
-    problems = []
-    if spec.normalization != "rmsnorm":
-        problems.append(f"--normalization rmsnorm (this model: {spec.normalization})")
-    if not spec.swiglu:
-        problems.append("--swiglu (this model: GeLU MLP)")
-    if spec.position_embedding != "rope":
-        problems.append("--use-rotary-position-embeddings (this model: learned positions)")
-    if not spec.causal:
-        problems.append("causal attention (this model: bidirectional, masked-diffusion objective)")
-    multipliers = (spec.embedding_mult, spec.logit_mult, spec.residual_mult)
-    if multipliers != (1.0, 1.0, 1.0) or spec.attention_scale is not None:
-        problems.append("no muP/CompleteP forward multipliers (this model: --scaling-recipe with "
-                        f"embedding/logit/residual x{multipliers}, attention scale {spec.attention_scale})")
-    if problems:
-        raise ConfigError(f"--input: not a Llama-shaped model; Llama needs {', '.join(problems)}")
+    name = DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype: unknown dtype {dtype!r}; known: {sorted([*DTYPES, *DTYPE_ALIASES])}")
+    return name
 
 
-def split_qkv(fused: torch.Tensor, spec: GPTSpec) -> tuple[torch.Tensor, ...]:
-    """HF ``(q, k, v)`` rows of our fused QKV weight or bias.
+class _LastTensor:
+    """``get(name)`` of full fp32 weights, remembering the last one: q/k/v and gate/up are read
+    from one fused tensor in a row, which is then loaded (and TP-merged) once."""
 
-    Our rows are grouped per key/value head g: ``[q heads of g, k_g, v_g]``; HF keeps query heads
-    in order (head h belongs to group ``h // group``), then the key and value heads in order.
-    """
-    kv, hd = spec.num_key_value_heads, spec.head_dim
-    group = spec.num_attention_heads // kv
-    rest = fused.shape[1:]
-    grouped = fused.reshape(kv, group + 2, hd, *rest)
-    q = grouped[:, :group].reshape(kv * group * hd, *rest)
-    k = grouped[:, group].reshape(kv * hd, *rest)
-    v = grouped[:, group + 1].reshape(kv * hd, *rest)
-    return q, k, v
+    def __init__(self, ckpt: SavedCheckpoint | UniversalCheckpoint):
+        self.ckpt = ckpt
+        self.name: str | None = None
+        self.value: torch.Tensor | None = None
 
-
-def llama_state_dict(ckpt: Any, spec: GPTSpec) -> dict[str, torch.Tensor]:
-    """HF Llama tensors (fp32) from a reader with ``.full(name, "fp32")`` (names as in ``full_shapes``)."""
-
-    def get(name: str) -> torch.Tensor:
-        return ckpt.full(name, WEIGHT)
-
-    vocab = spec.original_vocab_size
-    out = {"model.embed_tokens.weight": get("embedding.word_embeddings.weight")[:vocab]}
-    suffixes = ("weight", "bias") if spec.bias else ("weight",)
-    for i in range(spec.num_layers):
-        ours, hf = f"layers.{i}", f"model.layers.{i}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{hf}.{norm}.weight"] = get(f"{ours}.{norm}.weight")
-        for kind in suffixes:
-            fused = get(f"{ours}.self_attention.query_key_value.{kind}")
-            for p, t in zip("qkv", split_qkv(fused, spec), strict=True):
-                out[f"{hf}.self_attn.{p}_proj.{kind}"] = t
-            out[f"{hf}.self_attn.o_proj.{kind}"] = get(f"{ours}.self_attention.dense.{kind}")
-            gate, up = get(f"{ours}.mlp.dense_h_to_4h.{kind}").chunk(2, dim=0)
-            out.update({f"{hf}.mlp.gate_proj.{kind}": gate, f"{hf}.mlp.up_proj.{kind}": up})
-            out[f"{hf}.mlp.down_proj.{kind}"] = get(f"{ours}.mlp.dense_4h_to_h.{kind}")
-    out["model.norm.weight"] = get("final_norm.final_layernorm.weight")
-    # Tied: no lm_head entry; transformers ties it to embed_tokens on load (tie_word_embeddings).
-    if not spec.tie_embeddings:
-        out["lm_head.weight"] = get("output.output_layer.weight")[:vocab]
-    return out
+    def __call__(self, name: str) -> torch.Tensor:
+        if name != self.name:
+            self.name, self.value = None, None  # drop the previous tensor before reading the next
+            self.value, self.name = self.ckpt.full(name, WEIGHT), name
+        return self.value
 
 
-def llama_config(spec: GPTSpec, dtype: str, eos_token_id: int | None) -> dict[str, Any]:
-    """``config.json`` of ``LlamaForCausalLM`` for ``spec``.
-
-    RoPE theta is written both as the legacy ``rope_theta`` (transformers 4.x) and inside
-    ``rope_parameters`` (5.x), so either major version reads it.
-    """
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": spec.original_vocab_size,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.ffn_hidden_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_key_value_heads": spec.num_key_value_heads,
-        "head_dim": spec.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": spec.max_position_embeddings,
-        "rms_norm_eps": spec.norm_epsilon,
-        "rope_theta": float(spec.rotary_base),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(spec.rotary_base)},
-        "attention_bias": spec.bias,
-        "mlp_bias": spec.bias,
-        "initializer_range": spec.init_method_std,
-        "tie_word_embeddings": spec.tie_embeddings,
-        "bos_token_id": None,
-        "eos_token_id": eos_token_id,
-        "torch_dtype": dtype,
-        "dtype": dtype,
-    }
+def export_config(exporter_config: dict[str, Any], dtype: str, eos: int | None) -> dict[str, Any]:
+    """``config.json``: the target's fields plus dtype and token ids."""
+    return {**exporter_config, "torch_dtype": dtype, "dtype": dtype, "bos_token_id": None,
+            "eos_token_id": eos, "pad_token_id": None}
 
 
-def _hf_tokenizer_file(metadata: dict[str, Any]) -> str | None:
-    """The run's ``tokenizer.json`` when it used ``--tokenizer-type hf`` and the file is unchanged."""
-    info = metadata.get("tokenizer") or {}
-    files = info.get("files") or []
-    if info.get("type") != "hf" or not files:
-        return None
-    path = files[0]
-    if not os.path.isfile(path):
-        log.warning("hf export: tokenizer %s is missing; no tokenizer.json exported", path)
-        return None
-    saved = (info.get("sha256") or [None])[0]
-    if saved is not None and file_sha256(path) != saved:
-        log.warning("hf export: %s changed since training; no tokenizer.json exported", path)
-        return None
-    return path
-
-
-def _write_tokenizer(path: str, out: str, spec: GPTSpec) -> int | None:
-    """Copy ``tokenizer.json`` (and a minimal ``tokenizer_config.json``); return the EOD id."""
-    from tokenizers import Tokenizer as RustTokenizer
-
-    from megatron.data.tokenizers import find_eod_token
-
-    shutil.copyfile(path, os.path.join(out, "tokenizer.json"))
-    tokenizer = RustTokenizer.from_file(path)
-    eod = find_eod_token(tokenizer)
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": spec.seq_length,
-        "eos_token": eod,
-    }
-    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return None if eod is None else tokenizer.token_to_id(eod)
-
-
-def export_llama(source: str, output: str, dtype: str = "float32") -> dict[str, Any]:
-    """Write checkpoint ``source`` as a Hugging Face Llama model directory ``output``.
+def export_hf(source: str, output: str, *, architecture: str | None = None, dtype: str = "float32",
+              max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, progress: Progress | None = None,
+              tokenizer: bool = True) -> dict[str, Any]:
+    """Write checkpoint ``source`` as a Hugging Face model directory ``output``.
 
     Args:
         source: ``SAVE`` (its ``latest``), ``SAVE/global_stepN`` or a universal checkpoint.
         output: Target directory; must not exist. Written under a temporary name and renamed
             when complete, so a failed export leaves nothing behind.
-        dtype: ``float32``, ``bfloat16`` or ``float16`` for the saved tensors.
+        architecture: A registered target (``llama``, ``gpt_neox``, ...); default: the first that
+            represents the model exactly.
+        dtype: ``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``.
+        max_shard_size: Largest safetensors file (``"5GB"``, ``"500MB"``, bytes).
+        progress: Called after each tensor with (bytes done, bytes total, name).
+        tokenizer: Also export the run's tokenizer.
 
     Returns:
-        ``{"output", "parameters", "dtype", "vocab_size", "tokenizer", "bytes"}``.
+        ``{"output", "architecture", "hf_class", "parameters", "dtype", "vocab_size",
+        "tokenizer", "files", "bytes", "seconds", "peak_rss_bytes"}``.
 
     Raises:
-        ConfigError: Unknown dtype, or a model that is not Llama-shaped.
+        ConfigError: Unknown dtype/architecture, bad shard size, or a model no target represents.
         CheckpointError: Unreadable source or existing output.
     """
-    from safetensors.torch import save_file
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype: unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+    start = time.perf_counter()
+    dtype = dtype_name(dtype)
+    max_bytes = parse_size(max_shard_size)
     if os.path.exists(output):
         raise CheckpointError(f"--output: {output} exists; remove it or choose another directory")
     ckpt = open_checkpoint(source)
     spec = ckpt.spec
-    check_llama_shaped(spec)
-    # Fresh contiguous copies: safetensors refuses views that share storage (gate/up halves).
-    tensors = {
-        name: t.to(DTYPES[dtype]).clone(memory_format=torch.contiguous_format)
-        for name, t in llama_state_dict(ckpt, spec).items()
-    }
-    tokenizer = _hf_tokenizer_file(ckpt.metadata)
+    exporter = select_exporter(spec, architecture)
+    tensors = list(exporter.tensors(_LastTensor(ckpt), spec))
     tmp = f"{output.rstrip('/')}.tmp-{os.getpid()}"
     try:
         os.makedirs(tmp)
-        eos = _write_tokenizer(tokenizer, tmp, spec) if tokenizer else None
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        kind, eos = (None, None)
+        if tokenizer:
+            kind, eos = write_tokenizer(ckpt.metadata.get("tokenizer") or {}, tmp, spec.seq_length,
+                                        spec.original_vocab_size)
+        report = write_shards(tensors, tmp, DTYPES[dtype], max_bytes, progress)
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(llama_config(spec, dtype, eos), f, indent=2)
+            json.dump(export_config(exporter.config(spec), dtype, eos), f, indent=2)
+        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+            json.dump({"do_sample": False, "eos_token_id": eos, "bos_token_id": None}, f, indent=2)
         os.replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    parameters = sum(t.numel() for t in tensors.values())
-    log.info("hf export: %s -> %s (%d parameters, %s)", source, output, parameters, dtype)
-    return {
-        "output": output,
-        "parameters": parameters,
-        "dtype": dtype,
-        "vocab_size": spec.original_vocab_size,
-        "tokenizer": tokenizer,
-        "bytes": os.path.getsize(os.path.join(output, "model.safetensors")),
+    summary = {
+        "output": output, "architecture": exporter.name, "hf_class": exporter.hf_class,
+        "parameters": report.parameters, "dtype": dtype, "vocab_size": spec.original_vocab_size,
+        "tokenizer": kind, "files": report.files, "bytes": report.bytes,
+        "seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes(),
     }
+    log.info("hf export: %s -> %s (%s, %d parameters, %s, %d file(s))", source, output,
+             exporter.hf_class, report.parameters, dtype, len(report.files))
+    return summary
+
+
+def export_llama(source: str, output: str, dtype: str = "float32") -> dict[str, Any]:
+    """``export_hf`` forced to ``LlamaForCausalLM`` (refuses other shapes, naming the flags)."""
+    return export_hf(source, output, architecture="llama", dtype=dtype)
+
+
+__all__ = ["DTYPES", "EXPORTERS", "check_llama_shaped", "export_hf", "export_llama", "open_checkpoint"]

@@ -1,0 +1,1 @@
+"""Downstream evaluation: EleutherAI's lm-evaluation-harness on exported checkpoints, local tasks."""
