@@ -148,6 +148,15 @@ def output_prefix(prefix: str, key: str) -> str:
     return f"{prefix}_{key}_document"
 
 
+def _check_inputs(inputs: Sequence[str], workers: int) -> None:
+    """Refuse a bad ``--workers`` or a missing ``--input`` before any work."""
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {workers}")
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--input: no such file {path}")
+
+
 def tokenize_to_indexed(
     inputs: Sequence[str],
     prefix: str,
@@ -181,11 +190,7 @@ def tokenize_to_indexed(
         ConfigError: Bad ``--workers`` or an unloadable tokenizer.
         ValueError: A malformed jsonl line (the message names file:line); no output is left.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers: must be at least 1, got {workers}")
-    for path in inputs:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--input: no such file {path}")
+    _check_inputs(inputs, workers)
     tokenizer = build_tokenizer(tokenizer_cfg)
     if any(not p.endswith(JSON_SUFFIXES) for p in inputs):
         json_keys = ("text",)
@@ -227,9 +232,5 @@ def tokenize_to_indexed(
             pool.join()
     seconds = time.perf_counter() - started
     on_progress(PreprocessProgress(documents, tokens, seconds, done=True))
-    return PreprocessStats(
-        prefixes={key: output_prefix(prefix, key) for key in json_keys},
-        documents=documents,
-        tokens=tokens,
-        seconds=seconds,
-    )
+    prefixes = {key: output_prefix(prefix, key) for key in json_keys}
+    return PreprocessStats(prefixes=prefixes, documents=documents, tokens=tokens, seconds=seconds)

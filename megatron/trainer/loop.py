@@ -1,8 +1,8 @@
-"""The training loop. ``Trainer.run`` reads like a table of contents; each step is a method."""
+"""The training loop. ``Trainer.run`` reads like a table of contents; each step is a method.
+Resume policy lives in ``resume.py``, the LR range test in ``range_test.py``."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -14,52 +14,37 @@ import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
     checkpoint_tag,
-    load_engine_states,
     mark_pre_cooldown,
     prune_checkpoints,
-    read_latest_tag,
-    read_metadata,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_universal_info
 from megatron.checkpointing.metadata import (
-    check_model_shape,
-    check_tokenizer,
-    check_topology,
     client_info,
-    log_config_diff,
     run_metadata,
 )
 from megatron.checkpointing.reader import CLIENT_KEY
 from megatron.checkpointing.universal import (
-    LATEST_UNIVERSAL_FILE,
-    UniversalCheckpoint,
-    is_universal,
-    load_optimizer_states,
     load_weights,
-    resolve_universal_dir,
 )
 from megatron.config.deepspeed import deepspeed_agreements
 from megatron.config.env import DistEnv
-from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
-from megatron.continual.regularizers import attach_regularizers, stage_start
+from megatron.continual.regularizers import attach_regularizers
 from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
 from megatron.objectives.registry import eval_batches, plan_objective
 from megatron.scaling.coord_check import CoordCheckLogger
-from megatron.scaling.recipes import check_resume_scaling
-from megatron.schedules.lr_finder import LRFinderRecorder
-from megatron.schedules.registry import cooldown_start, schedule_from_state
+from megatron.schedules.registry import cooldown_start
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
 from megatron.trainer.optimizer_states import optimizer_state_stats
-from megatron.trainer.state import TrainState, data_state, restore_data_state
+from megatron.trainer.resume import open_universal, restore
+from megatron.trainer.state import TrainState, data_state
 from megatron.trainer.stop import StopSignals
 from megatron.trainer.token_counts import TokenCounter
 
@@ -119,7 +104,7 @@ class Trainer:
         self.streams: DataStreams = build_streams(
             plan, is_builder=ctx.env.rank == 0, barrier=_barrier
         )
-        self.universal = self._open_universal()
+        self.universal = open_universal(plan)
         self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
         self.objective = plan_objective(plan)
         self.regularizers = attach_regularizers(self)  # EWC/LwF, or None
@@ -136,17 +121,6 @@ class Trainer:
         self.coord_check = (  # --mup-coord-check: activation l1s of the first iterations
             CoordCheckLogger(self.engine.module) if self.cfg.scaling.mup_coord_check else None
         )
-
-    def _open_universal(self) -> UniversalCheckpoint | None:
-        """``--universal-checkpoint``: open and check it before the model is built."""
-        ckpt = self.cfg.checkpoint
-        if not ckpt.universal_checkpoint:
-            return None
-        uc = UniversalCheckpoint(resolve_universal_dir(ckpt.load))
-        check_model_shape(self.plan, uc.metadata, uc.directory)
-        check_resume_scaling(self.plan.scaling, uc.metadata, uc.directory)
-        check_tokenizer(self.plan, uc.metadata, uc.directory)
-        return uc
 
     def _universal_weights(self, module: torch.nn.Module) -> None:
         if self.universal is not None:
@@ -166,7 +140,7 @@ class Trainer:
         """Train until the plan's last iteration or a stop signal; evaluate and save."""
         stop_reason = None
         try:  # a refused checkpoint must also restore the SIGTERM handler (finally below)
-            state = self.restore()
+            state = restore(self)
             while state.iteration < self.plan.train_iters:
                 self.train_step(state)
                 if self._due(state.iteration, self.cfg.train.eval_interval):
@@ -280,116 +254,16 @@ class Trainer:
             prune_checkpoints(ckpt.save, ckpt.keep_last_n_checkpoints)
         self.reporter.exclude(time.perf_counter() - started)
 
+    def restore(self) -> TrainState:
+        """Resume from ``--load`` (``megatron/trainer/resume.py``)."""
+        return restore(self)
+
     def finish(self, state: TrainState) -> None:
         """Final validation and test loss, final checkpoint."""
         self.evaluate(state, "valid")
         self.test_loss = self.evaluate(state, "test")
         self.save(state)
 
-    def restore(self) -> TrainState:
-        """Resume from ``--load`` (or start fresh when it holds no checkpoint yet)."""
-        ckpt = self.cfg.checkpoint
-        if ckpt.load is None:
-            return TrainState()
-        if self.universal is not None:
-            metadata, client, where = self._restore_universal()
-        else:
-            tag = read_latest_tag(ckpt.load)
-            if tag is None:
-                if is_universal(ckpt.load) or os.path.isfile(os.path.join(ckpt.load, LATEST_UNIVERSAL_FILE)):
-                    raise ConfigError(f"--load: {ckpt.load} holds a universal checkpoint; add --universal-checkpoint")
-                if self.regularizers is not None:
-                    self.regularizers.no_checkpoint(ckpt.load)
-                log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
-                return TrainState()
-            where = f"{ckpt.load}/{tag}"
-            metadata = read_metadata(ckpt.load, tag)
-            check_model_shape(self.plan, metadata, where)
-            check_resume_scaling(self.plan.scaling, metadata, where)
-            check_topology(self.plan, metadata, where)
-            check_tokenizer(self.plan, metadata, where)
-            log_config_diff(self.plan, metadata)
-            client = load_engine_states(
-                self.engine.engine,
-                ckpt.load,
-                tag,
-                weights_only=ckpt.finetune,
-                load_optimizer=not ckpt.no_load_optim,
-            )
-        # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
-        scheduler = self.engine.scheduler
-        scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
-        if self.regularizers is not None:
-            self.regularizers.on_restore(where, metadata, stage_start(ckpt))
-        if ckpt.finetune:
-            log.info(
-                "--finetune: loaded weights of %s; iteration, optimizer, LR schedule and data "
-                "position start from zero",
-                where,
-            )
-            self._log_next_lrs(0)
-            return TrainState()
-        self._check_schedule(metadata)
-        if not ckpt.no_load_rng and "rng" in client:
-            set_rng_state(client["rng"])
-        state = TrainState(
-            iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
-        )
-        if ckpt.reset_data_state:
-            # A continual stage on a new list: optimizer and schedule go on, the stream restarts.
-            log.info("--reset-data-state: data position reset (checkpoint had consumed %d samples)",
-                     state.consumed_samples)
-            state.consumed_samples = 0
-        else:
-            restore_data_state(self.streams.train.stream, state.consumed_samples, metadata)
-        log.info("resumed at iteration %d", state.iteration)
-        self._log_next_lrs(state.iteration)
-        return state
-
-    def _restore_universal(self) -> tuple[dict, dict, str]:
-        """Optimizer states of a universal checkpoint (its weights went in before DeepSpeed)."""
-        uc, ckpt = self.universal, self.cfg.checkpoint
-        log_config_diff(self.plan, uc.metadata)
-        source = uc.metadata.get("universal", {})
-        log.info("universal checkpoint %s (saved at TP=%s PP=%s DP=%s ZeRO-%s) loaded at TP=%d PP=%d DP=%d "
-                 "ZeRO-%d; RNG states start from the seed (the rank layout changed)", uc.directory,
-                 source.get("tp"), source.get("pp"), source.get("dp"), source.get("zero_stage"),
-                 self.plan.tp, self.plan.pp, self.plan.dp, self.cfg.parallel.zero_stage)
-        if not (ckpt.finetune or ckpt.no_load_optim):
-            self.engine.eval_mode()  # the saved weights are the eval-mode ones (schedule-free x)
-            load_optimizer_states(self.engine, uc, self.engine.optimizer_spec.group_state_keys)
-            self.engine.train_mode()
-        return uc.metadata, {}, uc.directory
-
-    def _log_next_lrs(self, iteration: int) -> None:
-        """After any load: the LRs of the next steps, so a reset or kept schedule is visible."""
-        scheduler = self.engine.scheduler
-        lrs = [f"{scheduler.fn(s) * scheduler.lr:.3e}" for s in range(iteration, iteration + 3)]
-        log.info("LR of steps %d-%d: %s (%s)", iteration, iteration + 2, ", ".join(lrs), scheduler.fingerprint)
-
-    def _check_schedule(self, metadata: dict) -> None:
-        """Resume on the checkpoint's schedule; a different one needs an explicit choice."""
-        saved = metadata.get("scheduler", {})
-        scheduler = self.engine.scheduler
-        if saved.get("schedule_fingerprint") in (None, scheduler.fingerprint):
-            return
-        ckpt = self.cfg.checkpoint
-        if ckpt.override_opt_param_scheduler:
-            log.warning("--override-opt-param-scheduler: following this run's LR schedule %s "
-                        "instead of the checkpoint's %s", scheduler.fingerprint, saved["schedule_fingerprint"])
-        elif ckpt.use_checkpoint_opt_param_scheduler and saved.get("schedule"):
-            fn, fingerprint = schedule_from_state(saved["schedule"])
-            scheduler.replace(fn, fingerprint, saved["schedule"]["lr"], saved["schedule"])
-            log.info("--use-checkpoint-opt-param-scheduler: following the checkpoint's LR schedule %s",
-                     fingerprint)
-        else:
-            raise ConfigError(
-                f"--lr-decay-style: the LR schedule differs from the checkpoint's (checkpoint: "
-                f"{saved['schedule_fingerprint']}; now: {scheduler.fingerprint}); resuming would "
-                "silently change the LR. Add --use-checkpoint-opt-param-scheduler (keep the "
-                "checkpoint's) or --override-opt-param-scheduler (use this one), or start a new "
-                "schedule with --finetune"
-            )
 
 
 def _barrier() -> None:
@@ -404,39 +278,6 @@ def _meter(split: Split, ctx: ParallelContext) -> CorpusLoss | None:
     return CorpusLoss(len(split.corpora), ctx.device)
 
 
-def range_test(trainer: Trainer) -> TrainResult:
-    """``--lr-finder``: ramp the LR over the run's steps, record the smoothed loss, stop on
-    divergence, write ``lr_finder.csv``/``.png`` and suggest an LR. Weights and optimizer state
-    are restored afterwards; nothing is evaluated or saved."""
-    cfg = trainer.cfg
-    engine = trainer.engine
-    snapshot = (copy.deepcopy(engine.module.state_dict()), copy.deepcopy(engine.optimizer.state_dict()))
-    recorder = LRFinderRecorder()
-    state = TrainState()
-    stop_reason = None
-    try:
-        while state.iteration < trainer.plan.train_iters:
-            trainer.train_step(state)
-            if recorder.record(engine.scheduler.current_lr(), trainer.losses[-1]):
-                stop_reason = "loss diverged (smoothed loss above 4x its minimum)"
-                break
-    finally:
-        engine.module.load_state_dict(snapshot[0])
-        engine.optimizer.load_state_dict(snapshot[1])
-        trainer.reporter.close()
-        trainer.stop.close()
-    directory = cfg.schedule.lr_finder_dir or cfg.checkpoint.save or "outputs/lr_finder"
-    suggestion = None
-    if trainer.ctx.is_logging_rank:
-        suggestion = recorder.write(directory)
-        log.info("LR finder: %d steps%s; suggested LR %.3e (steepest descent), %.3e (minimum / 10); "
-                 "see %s/lr_finder.png", state.iteration, f", {stop_reason}" if stop_reason else "",
-                 suggestion[0], suggestion[1], directory)
-    return TrainResult(iteration=state.iteration, train_loss=trainer.losses[-1], valid_loss=None,
-                       test_loss=None, losses=tuple(trainer.losses), stop_reason=stop_reason,
-                       lr_suggestion=suggestion)
-
-
 def train(plan: RunPlan, env: DistEnv) -> TrainResult:
     """Start the process groups, run, and tear them down (also on error)."""
     ctx = init_distributed(plan, env)
@@ -444,6 +285,10 @@ def train(plan: RunPlan, env: DistEnv) -> TrainResult:
     try:
         log_plan(plan)
         trainer = Trainer(plan, ctx)
-        return range_test(trainer) if plan.config.schedule.lr_finder else trainer.run()
+        if plan.config.schedule.lr_finder:
+            from megatron.trainer.range_test import range_test
+
+            return range_test(trainer)
+        return trainer.run()
     finally:
         destroy_distributed()

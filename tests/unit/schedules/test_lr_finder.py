@@ -11,7 +11,8 @@ from megatron.config import DistEnv
 from megatron.distributed import destroy_distributed, init_distributed
 from megatron.schedules import functions as F
 from megatron.schedules.lr_finder import LRFinderRecorder, suggest_lr
-from megatron.trainer.loop import Trainer, range_test
+from megatron.trainer.loop import Trainer
+from megatron.trainer.range_test import range_test
 from tests.helpers import tiny_plan
 
 
