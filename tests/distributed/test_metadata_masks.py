@@ -28,7 +28,7 @@ def masked_list(tmp_path_factory) -> str:
         [str(path)],
         str(root / "pk"),
         DataConfig(tokenizer_type="byte"),
-        MetadataOptions(keys=("url", "title"), probability=0.7),
+        MetadataOptions(keys=("url", "title"), probability=1.0),  # every document: masks in any batch
     )
     data_list = root / "list.txt"
     data_list.write_text(f"1 {stats.text_prefix} packages\n")
