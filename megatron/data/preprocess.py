@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -132,8 +133,9 @@ def _encode_chunk(args: tuple[list[dict[str, str]], bool]) -> list[dict[str, np.
     return out
 
 
-def _chunks(docs: Iterator[dict[str, str]], size: int, append_eod: bool):  # noqa: ANN202
-    chunk: list[dict[str, str]] = []
+def chunked(docs: Iterator[Any], size: int, append_eod: bool):  # noqa: ANN201
+    """Worker tasks: lists of ``size`` documents (any item type), each with ``append_eod``."""
+    chunk: list[Any] = []
     for doc in docs:
         chunk.append(doc)
         if len(chunk) == size:
@@ -194,7 +196,7 @@ def tokenize_to_indexed(
     tokenizer = build_tokenizer(tokenizer_cfg)
     if any(not p.endswith(JSON_SUFFIXES) for p in inputs):
         json_keys = ("text",)
-    tasks = _chunks(iter_documents(inputs, json_keys), chunk_size, append_eod)
+    tasks = chunked(iter_documents(inputs, json_keys), chunk_size, append_eod)
     documents = tokens = 0
     with contextlib.ExitStack() as stack:
         # Writers finalize (rename into place) only if the whole loop succeeds.

@@ -35,6 +35,7 @@ from megatron.data.indexed import IndexedWriter, token_dtype
 from megatron.data.preprocess import (
     JSON_SUFFIXES,
     PreprocessProgress,
+    chunked,
     log_progress,
     output_prefix,
 )
@@ -220,17 +221,6 @@ def _encode_pairs(args: tuple[list[tuple[str, str]], bool]) -> list[tuple[np.nda
     return out
 
 
-def _chunks(pairs: Iterator[tuple[str, str]], size: int, append_eod: bool):  # noqa: ANN202
-    chunk: list[tuple[str, str]] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) == size:
-            yield chunk, append_eod
-            chunk = []
-    if chunk:
-        yield chunk, append_eod
-
-
 def _check_keys(report: MetadataReport, options: MetadataOptions, inputs: Sequence[str]) -> None:
     """A key no document has is an error; keys missing from some documents are reported."""
     absent = [k for k in options.keys if report.present[k] == 0]
@@ -319,7 +309,7 @@ def tokenize_with_metadata(
     tokenizer = build_tokenizer(tokenizer_cfg)
     report = MetadataReport()
     pairs = rendered_pairs(iter_records(inputs, text_key, options.keys), options, report)
-    tasks = _chunks(pairs, chunk_size, append_eod)
+    tasks = chunked(pairs, chunk_size, append_eod)
     text_out, mask_out = output_prefix(prefix, text_key), lossmask_prefix(prefix)
     tokens = prefix_tokens = 0
     with contextlib.ExitStack() as stack:
