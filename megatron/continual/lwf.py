@@ -26,6 +26,8 @@ import torch.distributed.nn.functional as dist_nn
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
+from megatron.model.gpt import vocab_parallel_argmax
+
 
 def _tp() -> int:
     return parallel_state.get_tensor_model_parallel_world_size()
@@ -54,20 +56,6 @@ def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tem
     return reduce_from_tensor_model_parallel_region(partial) if _tp() > 1 else partial
 
 
-def vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Token ids ``[b, s]`` of the largest logit over the whole (TP-split) vocabulary."""
-    best, ids = logits.detach().float().max(dim=-1)
-    tp = _tp()
-    if tp == 1:
-        return ids
-    group = parallel_state.get_tensor_model_parallel_group()
-    ids = ids + parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
-    all_best = [torch.empty_like(best) for _ in range(tp)]
-    all_ids = [torch.empty_like(ids) for _ in range(tp)]
-    dist.all_gather(all_best, best.contiguous(), group=group)
-    dist.all_gather(all_ids, ids.contiguous(), group=group)
-    winner = torch.stack(all_best).argmax(dim=0, keepdim=True)  # ties: the lowest rank, lowest id
-    return torch.stack(all_ids).gather(0, winner).squeeze(0)
 
 
 def lwf_loss(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core import tensor_parallel as mtp
@@ -30,6 +31,24 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # vocab_parallel_cross_entropy overwrites its input; .float() of fp32 logits is the same
     # tensor, which nothing reads afterwards.
     return mtp.vocab_parallel_cross_entropy(logits.float(), labels)
+
+
+def vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Token ids ``[b, s]`` of the largest logit over the whole (TP-split) vocabulary: each rank's
+    best, all-gathered; ties go to the lowest rank (then the lowest id). Used by LwF's hard
+    labels and, on Gumbel-perturbed logits, by Sophia's label sampler."""
+    best, ids = logits.detach().float().max(dim=-1)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return ids
+    group = parallel_state.get_tensor_model_parallel_group()
+    ids = ids + parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
+    all_best = [torch.empty_like(best) for _ in range(tp)]
+    all_ids = [torch.empty_like(ids) for _ in range(tp)]
+    dist.all_gather(all_best, best.contiguous(), group=group)
+    dist.all_gather(all_ids, ids.contiguous(), group=group)
+    winner = torch.stack(all_best).argmax(dim=0, keepdim=True)  # ties: the lowest rank, lowest id
+    return torch.stack(all_ids).gather(0, winner).squeeze(0)
 
 
 def masked_mean(losses: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

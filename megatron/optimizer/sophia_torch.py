@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron.model.gpt import masked_mean, token_losses
+from megatron.model.gpt import masked_mean, token_losses, vocab_parallel_argmax
 from megatron.optimizer.adamw_side import closure_loss
 from megatron.optimizer.host import OptimizerHost, StepHost
 from megatron.optimizer.placement import optimizer_slots
@@ -98,18 +98,8 @@ def sample_vocab_parallel(logits: torch.Tensor, generator: torch.Generator) -> t
     tiny = torch.finfo(torch.float32).tiny
     exponential = uniform.clamp_(min=tiny).log_().neg_().clamp_(min=tiny)  # -log(u) > 0
     gumbel = exponential.log_().neg_()
-    best, ids = (logits.detach().float() + gumbel).max(dim=-1)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    if tp == 1:
-        return ids
-    group = parallel_state.get_tensor_model_parallel_group()
-    ids = ids + parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
-    all_best = [torch.empty_like(best) for _ in range(tp)]
-    all_ids = [torch.empty_like(ids) for _ in range(tp)]
-    dist.all_gather(all_best, best.contiguous(), group=group)
-    dist.all_gather(all_ids, ids.contiguous(), group=group)
-    winner = torch.stack(all_best).argmax(dim=0, keepdim=True)
-    return torch.stack(all_ids).gather(0, winner).squeeze(0)
+    # Gumbel-max: the argmax of logits + Gumbel noise over the whole vocabulary is a sample.
+    return vocab_parallel_argmax(logits.detach().float() + gumbel)
 
 
 def gnb_estimate(
