@@ -8,6 +8,7 @@ import os
 import tempfile
 
 import pytest
+import torch
 
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
@@ -64,3 +65,84 @@ def test_lwf_at_tp2_matches_one_process():
     hard = _run([], ["--lwf-weight", "1"], 1)[0]
     ranks = _run(["--tensor-model-parallel-size", "2"], ["--lwf-weight", "1"], 2)
     assert ranks[0] == pytest.approx(hard, rel=1e-5)
+
+
+# ---- universal conversion carries theta*, F and the teacher ---------------------------------------
+
+LAYOUT_2 = {"zero1-dp2": ["--zero-stage", "1", "--micro-batch-size", "2"],
+            "tp2": ["--tensor-model-parallel-size", "2", "--micro-batch-size", "4"]}
+BOTH = [*EWC, *LWF]
+
+
+def _stage1_cut(env: DistEnv, root: str, flags: list[str]) -> list[float]:
+    """Stage 1 from s0, saving at step 2 and stopping there."""
+    argv = ["--train-iters", "4", "--load", os.path.join(root, "s0"), "--finetune", "--save",
+            os.path.join(root, "s1"), "--save-interval", "2", "--exit-interval", "2", *flags]
+    return list(train(tiny_plan(*argv, env=env), env).losses)
+
+
+def _resume(env: DistEnv, save: str, flags: list[str]) -> list[float]:
+    """A resume inside stage 1 (``--load`` is the stage's own ``--save``)."""
+    argv = ["--train-iters", "4", "--load", save, "--save", save, *flags]
+    return list(train(tiny_plan(*argv, env=env), env).losses)
+
+
+def _gathered(step_dir: str, spec) -> dict[str, dict[str, torch.Tensor]]:
+    """theta*/F of every rank file: each TP rank's flat slices gathered over DP, merged over TP."""
+    from megatron.checkpointing.layout import full_shapes, merge, split, tp_layout
+
+    pieces: dict[tuple[str, str], dict[int, list]] = {}
+    for name in sorted(os.listdir(os.path.join(step_dir, "continual"))):
+        tp = int(name.split("_")[0][2:])
+        ewc = torch.load(os.path.join(step_dir, "continual", name), weights_only=True)["ewc"]
+        for (param, start, _, _), a, f in zip(ewc["shards"], ewc["anchor"], ewc["fisher"], strict=True):
+            for key, value in (("anchor", a), ("fisher", f)):
+                pieces.setdefault((param, key), {}).setdefault(tp, []).append((start, value))
+    shapes = full_shapes(spec)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for (param, key), by_tp in pieces.items():
+        layout = tp_layout(param, spec)
+        local_shape = split(torch.empty(shapes[param]), layout, 0, len(by_tp)).shape
+        local = [torch.cat([v for _, v in sorted(by_tp[t], key=lambda x: x[0])]).view(local_shape)
+                 for t in sorted(by_tp)]
+        out.setdefault(param, {})[key] = merge(local, layout).reshape(-1)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["zero1-dp2", "tp2"])
+def test_universal_conversion_carries_ewc_and_lwf_to_one_process(layout):
+    import shutil
+
+    from megatron.checkpointing.convert import convert
+    from megatron.checkpointing.layout import merge, tp_layout
+
+    root = tempfile.mkdtemp()
+    flags = LAYOUT_2[layout]
+    run_distributed(_stage, root, flags, None)
+    run_distributed(_stage1_cut, root, [*flags, *BOTH])
+    s1, moved = os.path.join(root, "s1"), os.path.join(root, "s1_universal")
+    shutil.copytree(s1, moved)
+    # The reference: an unconverted resume at the saved layout.
+    reference = run_distributed(_resume, s1, [*flags, *BOTH])[0]
+    report = convert(os.path.join(moved, "global_step2"))
+    assert report.regularizers == ("ewc", "teacher")
+    losses = _resume(DistEnv(), moved, ["--micro-batch-size", "4", "--universal-checkpoint", *BOTH])
+    assert losses == pytest.approx(reference, rel=1e-5)
+    # theta*/F after the resume (saved at step 4 by one process: whole parameters) are the
+    # unconverted step-2 values gathered over DP and merged over TP, bit for bit.
+    spec = tiny_plan("--train-iters", "1").model
+    saved = _gathered(os.path.join(s1, "global_step2"), spec)
+    after = torch.load(os.path.join(moved, "global_step4", "continual", "tp0_pp0_dp0.pt"), weights_only=True)
+    assert len(after["ewc"]["shards"]) == len(saved)
+    for (param, _, numel, scale), a, f in zip(after["ewc"]["shards"], after["ewc"]["anchor"],
+                                              after["ewc"]["fisher"], strict=True):
+        assert scale == 1 and numel == a.numel()
+        assert torch.equal(a, saved[param]["anchor"]), param
+        assert torch.equal(f, saved[param]["fisher"]), param
+    assert sum(float(v["fisher"].sum()) for v in saved.values()) > 0
+    # The teacher too.
+    teacher = after["teacher"]
+    source = [torch.load(os.path.join(s1, "global_step2", "continual", f"tp{t}_pp0_dp0.pt"),
+                         weights_only=True)["teacher"] for t in range(2 if layout == "tp2" else 1)]
+    for key, value in teacher.items():
+        assert torch.equal(value, merge([s[key] for s in source], tp_layout(key, spec))), key
