@@ -44,42 +44,54 @@ def rank_states(source: str) -> dict[tuple[int, int, int], dict]:
     return states
 
 
-def _local_ewc(ckpt: SavedCheckpoint, states: dict, tp: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """This TP rank's (anchor, fisher) per canonical name, gathered over its DP ranks' shards."""
-    shapes = {name: s.shape for name, slots in ckpt.slots.items() for s in slots if s.tp == tp}
-    out: dict[str, list[torch.Tensor]] = {}
-    for (t, _, dp), state in sorted(states.items()):
+def _ewc_index(ckpt: SavedCheckpoint, states: dict) -> dict[str, dict[int, list[tuple]]]:
+    """canonical name -> TP rank -> its shards ``(start, numel, rank key, index in the file)``."""
+    index: dict[str, dict[int, list[tuple]]] = {}
+    for rank, state in sorted(states.items()):
         ewc = state.get("ewc")
-        if t != tp or ewc is None:
+        if ewc is None:
             continue
-        for (name, start, numel, _), anchor, fisher in zip(ewc["shards"], ewc["anchor"], ewc["fisher"],
-                                                           strict=True):
+        for i, (name, start, numel, _) in enumerate(ewc["shards"]):
             canon = canonical_name(name, ckpt.spec.num_layers)
-            if canon not in shapes:
-                raise CheckpointError(f"{ckpt.directory}/{STATE_DIR}: EWC shard of {name!r} (DP rank {dp}) "
+            if canon not in ckpt.slots:
+                raise CheckpointError(f"{ckpt.directory}/{STATE_DIR}: EWC shard of {name!r} (rank {rank}) "
                                       "names no parameter of the checkpoint")
-            size = torch.Size(shapes[canon]).numel()
-            a, f, seen = out.setdefault(canon, [torch.zeros(size), torch.zeros(size), torch.zeros(size, dtype=torch.bool)])
-            a[start:start + numel] = anchor
-            f[start:start + numel] = fisher
-            seen[start:start + numel] = True
-    for name, shape in shapes.items():
-        if name not in out or not bool(out[name][2].all()):
-            raise CheckpointError(f"{ckpt.directory}/{STATE_DIR}: the EWC anchor of TP rank {tp} does not "
-                                  f"cover every element of {name}; the checkpoint's EWC files are incomplete")
-    return {name: (a.view(shapes[name]), f.view(shapes[name])) for name, (a, f, _) in out.items()}
+            index.setdefault(canon, {}).setdefault(rank[0], []).append((start, numel, rank, i))
+    return index
+
+
+def _local_ewc(ckpt: SavedCheckpoint, states: dict, canon: str, tp: int, shards: list[tuple]) -> list[torch.Tensor]:
+    """TP rank ``tp``'s (anchor, fisher) of one parameter, gathered over its DP ranks' shards."""
+    shape = next(s.shape for s in ckpt.slots[canon] if s.tp == tp)
+    size = torch.Size(shape).numel()
+    anchor, fisher, seen = torch.zeros(size), torch.zeros(size), torch.zeros(size, dtype=torch.bool)
+    for start, numel, rank, i in shards:
+        ewc = states[rank]["ewc"]
+        anchor[start:start + numel] = ewc["anchor"][i]
+        fisher[start:start + numel] = ewc["fisher"][i]
+        seen[start:start + numel] = True
+    if not bool(seen.all()):
+        raise CheckpointError(f"{ckpt.directory}/{STATE_DIR}: the EWC anchor of TP rank {tp} does not "
+                              f"cover every element of {canon}; the checkpoint's EWC files are incomplete")
+    return [anchor.view(shape), fisher.view(shape)]
 
 
 def _write_ewc(ckpt: SavedCheckpoint, states: dict, out: str) -> None:
+    """One parameter at a time (the source files are memory-mapped): memory ~ the largest one."""
     first = next(s["ewc"] for s in states.values() if s.get("ewc") is not None)
-    locals_ = [_local_ewc(ckpt, states, t) for t in range(ckpt.tp)]
+    index = _ewc_index(ckpt, states)
+    missing = sorted(set(ckpt.slots) - set(index))
+    if missing or any(sorted(by_tp) != list(range(ckpt.tp)) for by_tp in index.values()):
+        raise CheckpointError(f"{ckpt.directory}/{STATE_DIR}: EWC files miss parameters or TP ranks "
+                              f"({missing[:3]}); the checkpoint's EWC files are incomplete")
     directory = os.path.join(out, STATE_DIR, "ewc")
     os.makedirs(directory)
-    for name in locals_[0]:
-        layout = tp_layout(name, ckpt.spec)
-        full = {key: merge([local[name][i] for local in locals_], layout).contiguous()
+    for canon, by_tp in index.items():
+        pieces = [_local_ewc(ckpt, states, canon, tp, by_tp[tp]) for tp in range(ckpt.tp)]
+        layout = tp_layout(canon, ckpt.spec)
+        full = {key: merge([p[i] for p in pieces], layout).contiguous()
                 for i, key in enumerate(("anchor", "fisher"))}
-        torch.save(full, os.path.join(directory, f"{name}.pt"))
+        torch.save(full, os.path.join(directory, f"{canon}.pt"))
     with open(os.path.join(out, STATE_DIR, EWC_META), "w") as f:
         json.dump({"weight": first["weight"], "num_iterations": first["num_iterations"]}, f)
 
