@@ -1,6 +1,8 @@
 """EWC and LwF at 2 processes reproduce one process (relative 1e-5 on every loss): EWC at TP=2
 and at DP=2 under ZeRO-1/2 (theta* and F sharded like the fp32 master partitions), LwF at TP=2
-(vocab-parallel log-softmax normalizers and KL sums reduced over TP)."""
+(vocab-parallel log-softmax normalizers and KL sums reduced over TP). Universal conversion carries
+theta*, F and the teacher: DP=2 ZeRO-1 or TP=2 -> universal -> one process (or TP=2 -> DP=2
+ZeRO-2) restores them bit for bit and continues like the unconverted resume (rel 1e-5)."""
 
 from __future__ import annotations
 
@@ -109,15 +111,23 @@ def _gathered(step_dir: str, spec) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("layout", ["zero1-dp2", "tp2"])
-def test_universal_conversion_carries_ewc_and_lwf_to_one_process(layout):
+def _teacher(step_dir: str, spec) -> dict[str, torch.Tensor]:
+    """The teacher's full weights: the DP-rank-0 files merged over TP."""
+    from megatron.checkpointing.layout import merge, tp_layout
+
+    files = sorted(f for f in os.listdir(os.path.join(step_dir, "continual")) if f.endswith("_dp0.pt"))
+    parts = [torch.load(os.path.join(step_dir, "continual", f), weights_only=True)["teacher"] for f in files]
+    return {k: merge([p[k] for p in parts], tp_layout(k, spec)) for k in parts[0]}
+
+
+@pytest.mark.parametrize(("source", "target"), [("zero1-dp2", "one"), ("tp2", "one"), ("tp2", "zero2-dp2")])
+def test_universal_conversion_carries_ewc_and_lwf(source, target):
     import shutil
 
     from megatron.checkpointing.convert import convert
-    from megatron.checkpointing.layout import merge, tp_layout
 
     root = tempfile.mkdtemp()
-    flags = LAYOUT_2[layout]
+    flags = LAYOUT_2[source]
     run_distributed(_stage, root, flags, None)
     run_distributed(_stage1_cut, root, [*flags, *BOTH])
     s1, moved = os.path.join(root, "s1"), os.path.join(root, "s1_universal")
@@ -126,23 +136,24 @@ def test_universal_conversion_carries_ewc_and_lwf_to_one_process(layout):
     reference = run_distributed(_resume, s1, [*flags, *BOTH])[0]
     report = convert(os.path.join(moved, "global_step2"))
     assert report.regularizers == ("ewc", "teacher")
-    losses = _resume(DistEnv(), moved, ["--micro-batch-size", "4", "--universal-checkpoint", *BOTH])
+    if target == "one":
+        losses = _resume(DistEnv(), moved, ["--micro-batch-size", "4", "--universal-checkpoint", *BOTH])
+    else:
+        ranks = run_distributed(_resume, moved, ["--zero-stage", "2", "--micro-batch-size", "2",
+                                                 "--universal-checkpoint", *BOTH])
+        assert ranks[0] == ranks[1]
+        losses = ranks[0]
     assert losses == pytest.approx(reference, rel=1e-5)
-    # theta*/F after the resume (saved at step 4 by one process: whole parameters) are the
-    # unconverted step-2 values gathered over DP and merged over TP, bit for bit.
+    # theta*/F after the resume (saved again at step 4 at the new layout) are the unconverted
+    # step-2 values (gathered over DP, merged over TP), bit for bit; so is the teacher.
     spec = tiny_plan("--train-iters", "1").model
     saved = _gathered(os.path.join(s1, "global_step2"), spec)
-    after = torch.load(os.path.join(moved, "global_step4", "continual", "tp0_pp0_dp0.pt"), weights_only=True)
-    assert len(after["ewc"]["shards"]) == len(saved)
-    for (param, _, numel, scale), a, f in zip(after["ewc"]["shards"], after["ewc"]["anchor"],
-                                              after["ewc"]["fisher"], strict=True):
-        assert scale == 1 and numel == a.numel()
-        assert torch.equal(a, saved[param]["anchor"]), param
-        assert torch.equal(f, saved[param]["fisher"]), param
-    assert sum(float(v["fisher"].sum()) for v in saved.values()) > 0
-    # The teacher too.
-    teacher = after["teacher"]
-    source = [torch.load(os.path.join(s1, "global_step2", "continual", f"tp{t}_pp0_dp0.pt"),
-                         weights_only=True)["teacher"] for t in range(2 if layout == "tp2" else 1)]
-    for key, value in teacher.items():
-        assert torch.equal(value, merge([s[key] for s in source], tp_layout(key, spec))), key
+    after = _gathered(os.path.join(moved, "global_step4"), spec)
+    assert sorted(after) == sorted(saved) and sum(float(v["fisher"].sum()) for v in saved.values()) > 0
+    for param, values in saved.items():
+        assert torch.equal(after[param]["anchor"], values["anchor"]), param
+        assert torch.equal(after[param]["fisher"], values["fisher"]), param
+    teacher, expected = (_teacher(os.path.join(d, step), spec)
+                         for d, step in ((moved, "global_step4"), (s1, "global_step2")))
+    assert teacher.keys() == expected.keys()
+    assert all(torch.equal(teacher[k], expected[k]) for k in teacher)
