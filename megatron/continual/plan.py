@@ -12,6 +12,8 @@
     train_iters_per_stage: 100     # or tokens_per_stage
     method: {lr: 3.0e-4, min_lr: 3.0e-5, warmup_iters: 10, schedule: cosine,
              carry_optimizer: false, replay: {ratio: 0.5, pool: uniform-stages}}
+    eval_after_each_stage: true    # the forgetting-matrix row after each stage (stage_eval.py)
+    eval_max_sequences: 256        # cap per evaluation dataset (optional)
 
 Unknown keys are an error naming ``file:line``; every check runs before any stage starts.
 Torch-free.
