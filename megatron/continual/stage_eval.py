@@ -109,6 +109,22 @@ def write_rows(matrix: dict, stage_keys: Sequence[str], tb_dir: str) -> list[str
     return todo
 
 
+def write_eval_plan(plan: object) -> str:
+    """``<root>/eval/eval_plan.yaml``: the runner's resolved plan as the evaluator reads it (its
+    CLI overrides, e.g. ``--exp-name``, included; absolute paths); returns its path."""
+    import yaml
+
+    doc = {"name": plan.name, "output_dir": plan.output_dir,
+           "stages": [{"key": s.key, "eval_data": s.eval_data} for s in plan.stages]}
+    out = os.path.join(plan.root, EVAL_DIR)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "eval_plan.yaml")
+    with open(f"{path}.tmp", "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    os.replace(f"{path}.tmp", path)
+    return path
+
+
 def run_eval_tool(plan: object, python: str, rows: Sequence[str]) -> dict:
     """Run ``tools/continual_eval.py`` on ``plan`` (a ``continual.plan.Plan``) for the pending
     ``rows``, writing TensorBoard; returns its JSON summary.
@@ -123,7 +139,7 @@ def run_eval_tool(plan: object, python: str, rows: Sequence[str]) -> dict:
     from megatron.continual.launch import ROOT
 
     tool = os.path.join(ROOT, "tools", "continual_eval.py")
-    argv = [python, tool, "--plan", plan.path, "--tensorboard-dir", "auto"]
+    argv = [python, tool, "--plan", write_eval_plan(plan), "--tensorboard-dir", "auto"]
     if plan.eval_max_sequences is not None:
         argv += ["--max-sequences", str(plan.eval_max_sequences)]
     out = subprocess.run(argv, capture_output=True, text=True, check=False)

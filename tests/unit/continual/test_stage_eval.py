@@ -120,3 +120,18 @@ def test_bad_eval_plans_are_refused_before_any_stage(cpt_lists, tmp_path):
     with pytest.raises(PlanError, match="eval_max_sequences must be a positive integer"):
         load_plan(path)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_evaluator_reads_the_runners_resolved_plan(cpt_lists, tmp_path, monkeypatch):
+    from megatron.continual.eval_plan import read_eval_plan
+    from megatron.continual.plan import build_plan
+    from megatron.continual.stage_eval import write_eval_plan
+
+    path = write_plan(tmp_path / "plan.yaml", cpt_lists, eval_after_each_stage=True)
+    raw = yaml.safe_load(open(path))
+    raw["name"] = "renamed"  # e.g. continual_run.py --exp-name renamed
+    plan = build_plan(raw, path)
+    monkeypatch.chdir(tmp_path.parent)  # the evaluator may run from anywhere
+    seen = read_eval_plan(write_eval_plan(plan))
+    assert seen.root == plan.root == str(tmp_path / "out" / "renamed")
+    assert [(s.key, s.eval_data) for s in seen.stages] == [(s.key, s.eval_data) for s in plan.stages]
