@@ -12,7 +12,9 @@ A stage whose layout (TP/PP, or DP/ZeRO with partitioned optimizer states) diffe
 checkpoint it loads gets that checkpoint converted to universal first. After the final save the
 runner writes ``STAGE_DONE.json`` (``markers.py``). SIGTERM, the kill switch ``<root>/STOP`` and
 a time limit stop the running stage at its next step (it saves) and the runner exits with
-``EXIT_STOPPED``; rerunning the plan continues inside that stage.
+``EXIT_STOPPED``; rerunning the plan continues inside that stage. With ``eval_after_each_stage``
+each finished stage's row of the forgetting matrix is evaluated before the next stage starts
+(``stage_eval.py``).
 """
 
 from __future__ import annotations
