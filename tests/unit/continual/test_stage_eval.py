@@ -69,7 +69,7 @@ def test_runner_evaluates_after_each_stage_and_a_rerun_does_no_work(cpt_lists, t
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stderr
     # The row of stage k is evaluated before stage k+1 starts.
-    for k, (key, following) in enumerate([("s1", "stage s2 (2/3)"), ("s2", "stage s3 (3/3)")]):
+    for key, following in [("s1", "stage s2 (2/3)"), ("s2", "stage s3 (3/3)")]:
         line = f"eval_after_each_stage: rows ['{key}']: 3 cells measured, TensorBoard rows ['{key}']"
         assert line in log and log.index(line) < log.index(following), log[-3000:]
     assert "eval_after_each_stage: rows ['s3']: 3 cells measured" in log
