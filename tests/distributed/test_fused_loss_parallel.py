@@ -96,3 +96,12 @@ def test_flag_with_zero2_data_parallel_and_bf16():
     assert ranks[0] == pytest.approx(reference, rel=1e-4)
     bf16 = _losses(DistEnv(), ["--bf16"])
     assert _losses(DistEnv(), ["--bf16", *FUSED]) == pytest.approx(bf16, rel=1e-3)  # bf16 vs fp32: ~1e-2
+
+
+@pytest.mark.slow  # ~10 s: two 4-step runs
+def test_masked_diffusion_with_flag_follows_unfused_curve():
+    """``--objective mdm`` weights the per-token losses by m / p after the model: the fused path
+    returns the same per-token losses, so the weighted curve (and 2-draw validation) is the same."""
+    mdm = ["--objective", "mdm", "--num-mc", "2", "--ar-ratio", "0.25"]
+    reference = _losses(DistEnv(), mdm)
+    assert _losses(DistEnv(), [*mdm, *FUSED]) == pytest.approx(reference, rel=1e-5)
