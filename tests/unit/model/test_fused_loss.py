@@ -72,10 +72,15 @@ def test_fused_bf16_matches_unfused_within_bf16_tolerance(dist_world1):
     assert _rel(got[2], ref[2]) < 2e-2 and _rel(got[3], ref[3]) < 2e-2
 
 
-@pytest.mark.parametrize("flags", [(), ("--untie-embeddings-and-output-weights",)])
+MUP = ("--scaling-recipe", "mup", "--mup-base-hidden-size", "4", "--mup-output-mult", "2")
+
+
+@pytest.mark.parametrize(
+    "flags", [(), ("--untie-embeddings-and-output-weights",), MUP], ids=["tied", "untied", "mup-logit-mult"]
+)
 def test_model_with_flag_equals_model_without(dist_world1, flags):
-    """The whole GPT (tied and untied head): the same losses and the same gradient on every
-    parameter, final norm and embeddings included."""
+    """The whole GPT (tied and untied head; muP's multiplier of the head input): the same losses
+    and the same gradient on every parameter, final norm and embeddings included."""
     plain = GPTModel(tiny_plan("--train-iters", "1", *flags).model)
     fused = GPTModel(tiny_plan("--train-iters", "1", *flags, "--fused-linear-cross-entropy",
                                "--fused-ce-chunk-tokens", "10").model)
