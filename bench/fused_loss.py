@@ -6,11 +6,13 @@ backward to the hidden states and the head weight. Fused: ``fused_token_losses``
 ``--chunks`` size. Time is the median of ``--repeats`` alternating runs (same inputs); peak
 memory is measured by ``PeakTensorMemory`` (live bytes of every tensor the ops allocate,
 forward and backward, inputs excluded), in a separate pass so the meter does not slow the
-timed runs. Ratios are fused / unfused; ``cpu x`` compares this process's CPU seconds, which a
-busy shared machine disturbs far less than wall time (both printed).
+timed runs. Ratios are fused / unfused; on CPU ``time x`` compares this process's CPU seconds,
+which a busy shared machine disturbs far less than wall time (both printed). ``--device cuda``
+times wall seconds (synchronized) and reads the CUDA allocator's peak instead.
 
     .venv/bin/python bench/fused_loss.py                          # V 32000, 4096 tokens, d 256
     .venv/bin/python bench/fused_loss.py --tokens 8192 --hidden 1024 --chunks 1024 4096
+    .venv/bin/python bench/fused_loss.py --device cuda --dtype bf16 --tokens 16384 --hidden 2048
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from megatron.model.gpt import masked_mean, token_losses  # noqa: E402
 from megatron.model.memory_meter import PeakTensorMemory  # noqa: E402
 
 
-def make_inputs(tokens: int, vocab: int, hidden: int, dtype: torch.dtype, seed: int = 0):
+def make_inputs(tokens: int, vocab: int, hidden: int, dtype: torch.dtype, device: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(1, tokens, hidden, generator=g).to(dtype)
-    w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype)
-    labels = torch.randint(0, vocab, (1, tokens), generator=g)
-    mask = (torch.rand(1, tokens, generator=g) > 0.1).float()
+    h = torch.randn(1, tokens, hidden, generator=g).to(device, dtype)
+    w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(device, dtype)
+    labels = torch.randint(0, vocab, (1, tokens), generator=g).to(device)
+    mask = (torch.rand(1, tokens, generator=g) > 0.1).float().to(device)
     return h, w, labels, mask
 
 
@@ -55,16 +57,27 @@ def step(chunk: int | None, h0, w0, labels, mask) -> tuple[float, torch.Tensor, 
 
 
 def measure_memory(chunk: int | None, inputs) -> dict:
-    """Loss, gradients and peak tensor memory of one step (untimed: the meter costs time)."""
-    with PeakTensorMemory() as meter:
+    """Loss, gradients and peak tensor memory of one step (untimed: the meter costs time).
+    On CUDA the allocator's own peak above the memory held before the step."""
+    if inputs[0].is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
         loss, gh, gw = step(chunk, *inputs)
-    return {"loss": loss, "grads": (gh, gw), "peak": meter.peak_bytes, "times": []}
+        peak = torch.cuda.max_memory_allocated() - held
+    else:
+        with PeakTensorMemory() as meter:
+            loss, gh, gw = step(chunk, *inputs)
+        peak = meter.peak_bytes
+    return {"loss": loss, "grads": (gh, gw), "peak": peak, "times": []}
 
 
 def measure_time(chunk: int | None, inputs) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one step."""
     wall, cpu = time.perf_counter(), time.process_time()
     step(chunk, *inputs)
+    if inputs[0].is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -76,6 +89,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: CPU time is stable on a busy box)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,9 +98,9 @@ def main() -> None:
         dist.init_process_group("gloo", init_method=f"file://{tmp}/rdzv", rank=0, world_size=1)
         parallel_state.initialize_model_parallel(1, 1)
         dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-        inputs = make_inputs(args.tokens, args.vocab, args.hidden, dtype)
+        inputs = make_inputs(args.tokens, args.vocab, args.hidden, dtype, args.device)
         print(f"tokens {args.tokens}, vocab {args.vocab}, hidden {args.hidden}, {args.dtype}, "
-              f"{torch.get_num_threads()} threads; logits [tokens, V] fp32 = "
+              f"{args.device}, {torch.get_num_threads()} threads; logits [tokens, V] fp32 = "
               f"{args.tokens * args.vocab * 4 / 2**20:.0f} MiB")
         variants = [None, *args.chunks]
         results = {c: measure_memory(c, inputs) for c in variants}  # also the warm-up
@@ -94,15 +108,16 @@ def main() -> None:
             for c in variants:
                 results[c]["times"].append(measure_time(c, inputs))
         base = results[None]
-        print(f"{'variant':<18}{'wall s':>8}{'cpu s':>8}{'peak MiB':>10}{'cpu x':>7}{'mem x':>7}"
+        print(f"{'variant':<18}{'wall s':>8}{'cpu s':>8}{'peak MiB':>10}{'time x':>7}{'mem x':>7}"
               f"{'loss':>10}{'dW rel err':>12}")
-        bcpu = statistics.median(t[1] for t in base["times"])
+        timed = 0 if args.device == "cuda" else 1  # the ratio: wall on CUDA, CPU seconds on CPU
+        btime = statistics.median(t[timed] for t in base["times"])
         for c in variants:
             r = results[c]
             wall, cpu = (statistics.median(t[i] for t in r["times"]) for i in (0, 1))
             err = (r["grads"][1].float() - base["grads"][1].float()).norm() / base["grads"][1].float().norm()
             name = "unfused" if c is None else f"fused chunk {c}"
-            print(f"{name:<18}{wall:>8.3f}{cpu:>8.3f}{r['peak'] / 2**20:>10.1f}{cpu / bcpu:>7.2f}"
+            print(f"{name:<18}{wall:>8.3f}{cpu:>8.3f}{r['peak'] / 2**20:>10.1f}{(wall, cpu)[timed] / btime:>7.2f}"
                   f"{r['peak'] / base['peak']:>7.3f}{r['loss']:>10.5f}{err.item():>12.1e}")
         parallel_state.destroy_model_parallel()
         dist.destroy_process_group()
