@@ -1,10 +1,12 @@
 """Peak bytes of the tensors that operations allocate, measured on any device (CPU included).
 
 ``torch.cuda.max_memory_allocated`` has no CPU counterpart; this meter is a
-``TorchDispatchMode`` that counts each new output storage of every operation (forward and the
-autograd backward run on this thread) while it is alive, and records the largest total. Tensors
-that existed before the meter was entered (weights, inputs) are not counted, so the number is
-the working memory of the measured code: for the loss benchmark, its logits and softmax.
+``TorchDispatchMode`` that counts each new output storage of every operation run under it
+(forward, and the autograd backward started inside it) while the storage is alive, and records
+the largest total. Tensors that existed before the meter was entered (weights, inputs) and
+in-place results are not counted, so the number is the working memory of the measured code:
+for the loss benchmark, its logits, softmax and the gradients it returns. It counts storage
+bytes as torch sees them, not the allocator's rounding or fragmentation.
 """
 
 from __future__ import annotations
