@@ -67,6 +67,7 @@ ENV_VALUE_FLAGS=(
     "EXIT_DURATION_MINS|--exit-duration-in-mins"
     "KILL_SWITCH_FILE|--kill-switch-file"
     "SEED|--seed"
+    "FUSED_CE_CHUNK_TOKENS|--fused-ce-chunk-tokens"
     "WANDB_PROJECT|--wandb-project"
     "WANDB_EXP_NAME|--wandb-exp-name"
 )
@@ -75,6 +76,7 @@ ENV_SWITCH_FLAGS=(
     "SP|--sequence-parallel"
     "CPU_OPTIMIZER|--cpu-optimizer"
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
+    "FUSED_CE|--fused-linear-cross-entropy"
 )
 
 _die() {

@@ -69,6 +69,10 @@ class ModelConfig:
     """Recompute each transformer layer's activations in the backward pass (saves memory)."""
     use_flash_attn: bool = knob(False, aliases=("--use-flash-attn-v2", "--use-flash-attn-triton"))
     """Run attention only on SDPA's flash kernel (an error at start where it cannot run: e.g. attention dropout on CPU). The kernel SDPA picks is reported at start either way."""
+    fused_linear_cross_entropy: bool = False
+    """Compute the output layer and the cross-entropy together, --fused-ce-chunk-tokens tokens at a time, never holding the full fp32 logits (less memory; one extra head matmul in backward). Not with --lwf-weight, pipeline parallelism or --zero-stage 3."""
+    fused_ce_chunk_tokens: int = 4096
+    """Tokens per chunk of --fused-linear-cross-entropy: the loss holds about chunk * vocab / TP fp32 logits at a time."""
 
     def __post_init__(self) -> None:
         require_positive(
@@ -86,6 +90,7 @@ class ModelConfig:
             "init_method_std",
             "word_embedding_init_std",
             "make_vocab_size_divisible_by",
+            "fused_ce_chunk_tokens",
         )
         require_ratio(self, "hidden_dropout", "attention_dropout", closed=False)
         if self.small_init and self.init_method_std is not None:
@@ -117,6 +122,11 @@ class ModelConfig:
             self.adjust_word_embedding_init == (self.word_embedding_init_std is not None),
             "--word-embedding-init-std",
             "goes together with --adjust-word-embedding-init (give both or neither)",
+        )
+        require(
+            self.fused_linear_cross_entropy or self.fused_ce_chunk_tokens == 4096,
+            "--fused-ce-chunk-tokens",
+            "only used with --fused-linear-cross-entropy (FUSED_CE=1); add it or drop this flag",
         )
 
     @property

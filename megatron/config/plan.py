@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
+from megatron.config.fused_loss import check_fused_loss
 from megatron.config.optimizer_checks import check_optimizer
 from megatron.config.regularize import check_regularizers
 from megatron.config.root import Config
@@ -274,6 +275,7 @@ def build_model_spec(
         logit_mult=scaling.logit_mult,
         residual_mult=scaling.residual_mult,
         attention_scale=scaling.attention_scale(m.head_dim),
+        fused_ce_chunk_tokens=m.fused_ce_chunk_tokens if m.fused_linear_cross_entropy else 0,
     )
 
 
@@ -304,6 +306,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
     tp, pp, dp = _parallel_sizes(cfg, env)
     check_regularizers(cfg, pp)
+    check_fused_loss(cfg, pp)
     accum, global_batch = _batch(cfg, dp)
     seq = cfg.model.seq_length
     tokens_per_step = global_batch * seq

@@ -61,7 +61,7 @@ class GPTModel(nn.Module):
     """Embedding -> L transformer layers -> final norm -> (tied or untied) vocab-parallel head.
 
     ``forward(tokens)`` returns vocab-parallel logits; ``forward(tokens, labels)`` returns the
-    per-token losses ``[b, s]``.
+    per-token losses ``[b, s]`` (chunked, without the logits, when ``spec.fused_ce_chunk_tokens``).
     """
 
     def __init__(self, spec: GPTSpec):
@@ -78,10 +78,20 @@ class GPTModel(nn.Module):
         for layer in self.layers:
             h = layer(h)
         h = self.final_norm(h)
+        if labels is not None and self.spec.fused_ce_chunk_tokens:  # --fused-linear-cross-entropy
+            from megatron.model.fused_loss import fused_token_losses
+
+            return fused_token_losses(h, self.head_weight(), labels, self.spec.fused_ce_chunk_tokens)
         logits = self.embedding.logits(h) if self.output is None else self.output(h)
         if labels is None:
             return logits
         return token_losses(logits, labels)
+
+    def head_weight(self) -> torch.Tensor:
+        """This rank's ``[V / tp, d]`` output-layer weight (the word embeddings when tied)."""
+        if self.output is None:
+            return self.embedding.word_embeddings.weight
+        return self.output.output_layer.weight
 
     def gather_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits ``[b, s, V]`` on every TP rank (for evaluation and export)."""

@@ -46,6 +46,8 @@ class GPTSpec:
         logit_mult: Multiplier of the head input (muP alpha_out / m_N; tied and untied heads).
         residual_mult: Multiplier of every residual branch (CompleteP m_L^-alpha).
         attention_scale: Softmax scale; None = 1/sqrt(head_dim).
+        fused_ce_chunk_tokens: Tokens per chunk of the fused output layer + cross-entropy
+            (``megatron.model.fused_loss``); 0 = logits, then the loss (unfused).
     """
 
     num_layers: int
@@ -78,6 +80,7 @@ class GPTSpec:
     logit_mult: float = 1.0
     residual_mult: float = 1.0
     attention_scale: float | None = None
+    fused_ce_chunk_tokens: int = 0
 
     @property
     def hidden_std(self) -> float:

@@ -170,3 +170,14 @@ def test_objective_variable_selects_masked_diffusion(repo_root, tmp_path, shakes
     assert printed["plan"]["objective"] == "mdm"
     assert printed["plan"]["attention_flops"].startswith("full (non-causal)")
     assert printed["paths"]["save"].endswith("_mdm")  # never the AR run's auto directory
+
+
+def test_fused_ce_variables_select_the_fused_loss(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", TRAIN_ITERS="4",
+                 FUSED_CE="1", FUSED_CE_CHUNK_TOKENS="1024", NLAYERS="2", HIDDEN="64", HEADS="4", NPROC="1")
+    assert out.returncode == 0, out.stderr
+    assert "FUSED_CE=1 -> --fused-linear-cross-entropy" in out.stdout
+    assert "FUSED_CE_CHUNK_TOKENS=1024 -> --fused-ce-chunk-tokens" in out.stdout
+    printed = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
+    assert printed["sources"]["--fused-linear-cross-entropy"]["value"] is True
+    assert printed["sources"]["--fused-ce-chunk-tokens"]["value"] == 1024
