@@ -67,7 +67,9 @@ class PlainBlock(nn.Module):
         heads, kv_heads, hd = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
         q, k, v = self.qkv(self.attn_norm(x)).split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
         q, k, v = q.view(b, s, heads, hd), k.view(b, s, kv_heads, hd), v.view(b, s, kv_heads, hd)
-        cos, sin = rope_tables(spec.max_position_embeddings, hd, spec.rotary_base, x.device, q.dtype)
+        cos, sin = rope_tables(
+            spec.max_position_embeddings, hd, spec.rotary_base, x.device, q.dtype
+        )
         q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
         a = F.scaled_dot_product_attention(
             q.transpose(1, 2),
@@ -99,7 +101,9 @@ class PlainGPT(nn.Module):
         self.blocks = nn.ModuleList(PlainBlock(spec) for _ in range(spec.num_layers))
         self.norm = _norm(spec)
         self.head = (
-            None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+            None
+            if spec.tie_embeddings
+            else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         )
         with torch.no_grad():  # a GPT init; copy_gpt_weights replaces it where it matters
             for p in self.parameters():
@@ -148,7 +152,9 @@ def reference_state_dict(ours: dict[str, torch.Tensor], spec: GPTSpec) -> dict[s
     for i in range(spec.num_layers):
         src, dst = f"layers.{i}.", f"blocks.{i}."
         out[dst + "attn_norm.weight"] = ours[src + "input_layernorm.weight"]
-        out[dst + "qkv.weight"] = _qkv_rows(ours[src + "self_attention.query_key_value.weight"], spec)
+        out[dst + "qkv.weight"] = _qkv_rows(
+            ours[src + "self_attention.query_key_value.weight"], spec
+        )
         out[dst + "proj.weight"] = ours[src + "self_attention.dense.weight"]
         out[dst + "mlp_norm.weight"] = ours[src + "post_attention_layernorm.weight"]
         # fc1 at TP=1 holds the logical [gate; up] rows, the plain order.
