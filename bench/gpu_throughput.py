@@ -119,6 +119,11 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
     return None
 
 
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
+    """Model FLOPs utilization: achieved model FLOP/s over the peak (TFLOP/s); None without one."""
+    return tokens_per_s * flops_per_token / (peak * 1e12) if peak else None
+
+
 def synthetic_batches(spec: Any, micro_batch: int, device: Any, n: int = 4) -> list:
     """``n`` micro-batches of uniform random tokens (throughput does not depend on the text)."""
     import torch
@@ -303,8 +308,8 @@ def measure(args: argparse.Namespace) -> int:
         for name in args.variants.split(","):
             results.append(one_variant(VARIANTS[name], base_flags, ctx, batches, args))
             r = results[-1]
-            if r.status == "ok" and peak:
-                r.mfu = r.tokens_per_s * flops_per_token / (peak * 1e12)
+            if r.status == "ok":
+                r.mfu = mfu(r.tokens_per_s, flops_per_token, peak)
             print(f"  {name}: {r.status} {r.note}".rstrip()
                   + (f" {r.tokens_per_s:,.0f} tokens/s, warm-up {r.warmup_s:.1f} s" if r.status == "ok" else ""),
                   flush=True)
