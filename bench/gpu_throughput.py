@@ -83,6 +83,9 @@ class Result:
     tokens_per_s: float | None = None
     mfu: float | None = None
     peak_memory_gib: float | None = None
+    """Peak allocated by this variant, above what was allocated when it started."""
+    held_before_gib: float | None = None
+    """Allocated when it started (what earlier variants did not give back)."""
     last_loss: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -188,6 +191,8 @@ def run_variant(variant: Variant, plan: Any, ctx: Any, batches: list, args: argp
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+        result.held_before_gib = held / 2**30
     start = time.perf_counter()
     if variant.kind == "plain":
         step, keep = plain_step(plan, device, variant.compiled)
@@ -208,7 +213,7 @@ def run_variant(variant: Variant, plan: Any, ctx: Any, batches: list, args: argp
     result.step_ms = seconds * 1e3
     result.tokens_per_s = plan.model.seq_length * batches[0].tokens.shape[0] / seconds
     if cuda:
-        result.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+        result.peak_memory_gib = (torch.cuda.max_memory_allocated() - held) / 2**30
     del step, keep
     gc.collect()
     torch._dynamo.reset()
