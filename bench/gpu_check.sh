@@ -8,7 +8,8 @@
 # On the GPU machine (device tool):        run(command="bash bench/gpu_check.sh",
 #                                              carry=[".gpu-wheels"], timeout_s=600)
 # Variables: WHEELS (wheel folder, default .gpu-wheels), PRESET (default 1.3b),
-#            TEST_TIMEOUT_S (default 200), BENCH_TIMEOUT_S (default 330).
+#            TEST_TIMEOUT_S (default 200), BENCH_TIMEOUT_S (default 330), BENCH_MAX_S (default 240:
+#            start no benchmark variant after it).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}" || exit 1
@@ -34,7 +35,7 @@ tests_rc=${PIPESTATUS[0]}
 
 echo "== bench/gpu_throughput.py --preset ${PRESET:-1.3b} ($((SECONDS - start)) s)"
 timeout "${BENCH_TIMEOUT_S:-330}" "${python}" bench/gpu_throughput.py --preset "${PRESET:-1.3b}" \
-    --out "${out}/gpu_throughput.json" 2>&1 | grep -v -E "UserWarning|warnings.warn" | tee "${out}/gpu_throughput.log"
+    --max-seconds "${BENCH_MAX_S:-240}" --out "${out}/gpu_throughput.json" 2>&1 | grep -v -E "UserWarning|warnings.warn" | tee "${out}/gpu_throughput.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "== done in $((SECONDS - start)) s: pytest rc=${tests_rc}, benchmark rc=${bench_rc}; results in ${out}"

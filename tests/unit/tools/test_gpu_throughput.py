@@ -51,3 +51,12 @@ def test_cpu_smoke_run_writes_ratios_and_skips_unknown_flags(monkeypatch, tmp_pa
     assert results["ours-future"]["status"] == "skipped"
     assert "--no-such-flag" in results["ours-future"]["note"]
     assert "skipped: this checkout's CLI has no --no-such-flag" in capsys.readouterr().out
+
+
+def test_max_seconds_skips_the_variants_it_has_no_time_for(tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["--allow-cpu", "--variants", "plain-eager,ours", "--max-seconds", "0", "--out", str(out)]
+    assert bench.main(argv) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["status"] for r in results] == ["skipped", "skipped"]
+    assert all("--max-seconds 0" in r["note"] for r in results)
