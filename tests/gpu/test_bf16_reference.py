@@ -4,7 +4,8 @@ the same losses for the same weights and batch, and both stay close to the fp32 
 The fp32 equality of the two models is proven on CPU (tests/unit/model/test_reference.py); here
 the question is whether our bf16 path (bf16 weights, as the DeepSpeed bf16 engine holds them)
 rounds like the plain bf16 path (fp32 weights under autocast). Tolerances: bf16 has 8 mantissa
-bits (relative rounding 2^-9 ~ 0.2% per op); over 2 layers the mean loss agrees to ~0.5%.
+bits (relative rounding 2^-9 ~ 0.2% per op); over 2 layers the mean loss agrees to ~0.05%
+(measured on CPU bf16), asserted to 0.5%.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def test_bf16_loss_of_ours_equals_plain_reference(dist_world1):
     assert our_bf16.mean().item() == pytest.approx(plain_bf16.mean().item(), rel=5e-3)
     assert our_bf16.mean().item() == pytest.approx(truth, rel=1e-2)
     assert plain_bf16.mean().item() == pytest.approx(truth, rel=1e-2)
-    # Token by token too: the bf16 paths differ from each other no more than from the truth.
-    per_token = (our_bf16 - plain_bf16).abs().mean().item()
-    assert per_token < 0.05
-    assert per_token < 2 * (plain_bf16 - fp32).abs().mean().item() + 1e-3
+    # Token by token too (on CPU in bf16: 0.009 between the two, 0.007 and 0.009 from the fp32
+    # truth; our residual stream is bf16, the autocast one fp32). A wrong mapping or rotation
+    # moves the per-token losses by tenths.
+    assert (our_bf16 - plain_bf16).abs().mean().item() < 0.03
+    assert (our_bf16 - fp32).abs().mean().item() < 0.03
