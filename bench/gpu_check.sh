@@ -8,7 +8,7 @@
 # On the GPU machine (device tool):        run(command="bash bench/gpu_check.sh",
 #                                              carry=[".gpu-wheels"], timeout_s=600)
 # Variables: WHEELS (wheel folder, default .gpu-wheels), PRESET (default 1.3b),
-#            TEST_TIMEOUT_S (default 200), BENCH_TIMEOUT_S (default 330), BENCH_MAX_S (default 240:
+#            TEST_TIMEOUT_S (default 200), BENCH_TIMEOUT_S (default 320), BENCH_MAX_S (default 220:
 #            start no benchmark variant after it).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,8 +34,8 @@ timeout "${TEST_TIMEOUT_S:-200}" "${python}" -m pytest tests/gpu tests/unit/mode
 tests_rc=${PIPESTATUS[0]}
 
 echo "== bench/gpu_throughput.py --preset ${PRESET:-1.3b} ($((SECONDS - start)) s)"
-timeout "${BENCH_TIMEOUT_S:-330}" "${python}" bench/gpu_throughput.py --preset "${PRESET:-1.3b}" \
-    --max-seconds "${BENCH_MAX_S:-240}" --out "${out}/gpu_throughput.json" 2>&1 | grep -v -E "UserWarning|warnings.warn" | tee "${out}/gpu_throughput.log"
+timeout "${BENCH_TIMEOUT_S:-320}" "${python}" bench/gpu_throughput.py --preset "${PRESET:-1.3b}" \
+    --max-seconds "${BENCH_MAX_S:-220}" --out "${out}/gpu_throughput.json" 2>&1 | grep -v -E "UserWarning|warnings.warn" | tee "${out}/gpu_throughput.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "== done in $((SECONDS - start)) s: pytest rc=${tests_rc}, benchmark rc=${bench_rc}; results in ${out}"
