@@ -3,11 +3,14 @@
 stage's held-out data (and any extra lists), idempotent and resumable.
 
     python tools/continual_eval.py --plan ALCF/presets/cpt-demo.yaml \
-        [--extra-eval NAME=LIST ...] [--normalizer CKPT] [--max-sequences 256]
+        [--extra-eval NAME=LIST ...] [--normalizer CKPT] [--max-sequences 256] \
+        [--tensorboard-dir auto]
 
 Writes ``<output_dir>/<name>/eval/cells.jsonl`` (one line per cell, skipped when present),
 ``matrix.json`` (losses, bootstrap 95% intervals, ID/backward/forward means, normalized when a
-normalizer is given), ``matrix.png`` and ``matrix_lines.png``.
+normalizer is given), ``matrix.png`` and ``matrix_lines.png``. With ``--tensorboard-dir`` every
+complete row not written yet goes to TensorBoard at step = its stage index (``stage_eval.py``);
+the stage runner does this after each stage with ``eval_after_each_stage: true``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sequences", type=int, default=None, help="per dataset of a list")
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--tensorboard-dir", default=None,
+                        help="write each new matrix row to TensorBoard here (auto: <eval dir>/tensorboard)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -56,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
             plots=not args.no_plots, max_sequences=args.max_sequences,
             micro_batch_size=args.micro_batch_size,
         )
+        rows = []
+        if args.tensorboard_dir is not None:
+            from megatron.continual.stage_eval import TB_DIR, write_rows
+
+            out = args.output_dir or os.path.join(plan.root, "eval")
+            tb = os.path.join(out, TB_DIR) if args.tensorboard_dir == "auto" else args.tensorboard_dir
+            rows = write_rows(matrix, plan.keys, tb)
     except ConfigError as e:
         print(f"continual_eval.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"measured_cells": measured, "checkpoints": matrix["checkpoints"],
+    print(json.dumps({"measured_cells": measured, "tensorboard_rows": rows, "checkpoints": matrix["checkpoints"],
                       "metrics": matrix["metrics"],
                       "normalized_metrics": matrix.get("normalized_metrics")}))
     return 0

@@ -15,8 +15,10 @@ Writes ``SAVE/global_stepN_universal/`` (DeepSpeed's universal layout: ``zero/<p
 memory-mapped: the only disk used is the output (written under a temporary name, renamed when
 complete, removed if the conversion fails). A verification pass (``--no-verify`` skips it)
 re-splits every tensor for every source TP rank and compares it bit for bit with the source.
+EWC's theta*/F and LwF's teacher (``global_stepN/continual/``) are carried too, merged like the
+weights, so a mid-stage resume with ``--ewc-weight``/``--lwf-weight`` works at the new layout.
 DeepSpeed's own ``ds_to_universal`` also works on our checkpoints (ZeRO >= 1); this tool adds
-ZeRO-0, progress, workers, bounded disk and the verification.
+ZeRO-0, progress, workers, bounded disk, the verification and the EWC/LwF state.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     verified = f", verified in {report.verify_seconds:.1f}s" if not args.no_verify else ""
+    if report.regularizers:
+        print(f"{PROG}: carried the continual regularizers' state: {list(report.regularizers)} "
+              "(EWC theta*/F, LwF teacher)", file=sys.stderr)
     print(f"{PROG}: wrote {report.output}: {report.parameters} parameters, states {list(report.states)}, "
           f"{report.bytes_written / 2**20:.1f} MiB in {report.seconds:.1f}s{verified}", file=sys.stderr)
     print(f"{PROG}: load it with --load {report.output} --universal-checkpoint",

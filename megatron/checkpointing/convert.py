@@ -32,6 +32,7 @@ from megatron.checkpointing.checkpoint import METADATA_FILE, CheckpointError
 from megatron.checkpointing.layout import full_shapes, split, tp_layout
 from megatron.checkpointing.reader import WEIGHT, SavedCheckpoint, load_file
 from megatron.checkpointing.universal import LATEST_UNIVERSAL_FILE, STEP
+from megatron.continual.universal_state import convert_regularizers, verify_regularizers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ConvertReport:
         bytes_written: Size of the output.
         seconds: Wall time of the conversion (verification excluded).
         verify_seconds: Wall time of the verification pass (0 when skipped).
+        regularizers: EWC/LwF state carried (``ewc``, ``teacher``; ``continual/universal_state.py``).
     """
 
     output: str
@@ -55,6 +57,7 @@ class ConvertReport:
     bytes_written: int
     seconds: float
     verify_seconds: float
+    regularizers: tuple[str, ...] = ()
 
 
 def _cat_dim(layout: str) -> dict[str, Any]:
@@ -153,6 +156,7 @@ def convert(
                 if progress:
                     progress(done, len(names))
         _write_common(ckpt, source, tmp)
+        regularizers = convert_regularizers(ckpt, tmp)
         seconds = time.perf_counter() - started
         verify_seconds = 0.0
         if verify:
@@ -168,7 +172,8 @@ def convert(
         with open(os.path.join(parent, LATEST_UNIVERSAL_FILE), "w") as f:
             f.write(leaf)
     return ConvertReport(output=output, parameters=len(names), states=tuple(sorted(keys)),
-                         bytes_written=_du(output), seconds=seconds, verify_seconds=verify_seconds)
+                         bytes_written=_du(output), seconds=seconds, verify_seconds=verify_seconds,
+                         regularizers=tuple(regularizers))
 
 
 def _write_common(ckpt: SavedCheckpoint, source: str, out: str) -> None:
@@ -212,6 +217,7 @@ def verify_universal(directory: str, ckpt: SavedCheckpoint) -> None:
                 if not torch.equal(split(value, layout, slot.tp, ckpt.tp), ckpt.local(slot, key)):
                     raise CheckpointError(f"verification: {name}/{key} differs from TP rank {slot.tp} of "
                                           f"pipeline stage {slot.pp} in the source")
+    verify_regularizers(directory, ckpt)
 
 
 def step_dir(source: str) -> str:

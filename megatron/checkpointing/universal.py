@@ -8,6 +8,8 @@ Layout (DeepSpeed's, so ``ds_to_universal`` output and ours are interchangeable)
     DIR/zero/<name>/step.pt          the optimizer step (a scalar)
     DIR/zero/optimizer_state.pt      {"param_groups": [...]} (hyperparameters, group counters)
     DIR/run_metadata.json            ours (DeepSpeed's tool leaves it in mp_rank_00's client state)
+    DIR/continual/                   ours: EWC theta*/F and the LwF teacher, full tensors
+                                     (``megatron/continual/universal_state.py``)
 
 Loading: weights go into the freshly built model *before* ``deepspeed.initialize`` (so every
 ZeRO stage and precision makes its master copies from them); optimizer states go in afterwards

@@ -12,6 +12,8 @@
     train_iters_per_stage: 100     # or tokens_per_stage
     method: {lr: 3.0e-4, min_lr: 3.0e-5, warmup_iters: 10, schedule: cosine,
              carry_optimizer: false, replay: {ratio: 0.5, pool: uniform-stages}}
+    eval_after_each_stage: true    # the forgetting-matrix row after each stage (stage_eval.py)
+    eval_max_sequences: 256        # cap per evaluation dataset (optional)
 
 Unknown keys are an error naming ``file:line``; every check runs before any stage starts.
 Torch-free.
@@ -117,7 +119,9 @@ class Plan:
         stages: The stages, in order.
         base_data: The pretraining data D_0 (replay) when stage 0 continues a base run.
         launcher: train_alcf (bash train_alcf.sh, the default) or python (pretrain_gpt.py).
-        eval_after_each_stage: Run tools/continual_eval.py after each stage (when it exists).
+        eval_after_each_stage: After each stage, evaluate its final checkpoint on every stage's
+            ``eval_data`` (tools/continual_eval.py: cells, matrix.json/png, TensorBoard row).
+        eval_max_sequences: Cap on the sequences per evaluation dataset (None: all).
         delete_previous_checkpoints: After a stage finishes, delete the intermediate
             checkpoints of the stage before it (its final checkpoint is kept).
         prepare: A Python script run (with the runner's interpreter) before anything else, e.g.
@@ -136,6 +140,7 @@ class Plan:
     eval_after_each_stage: bool
     delete_previous_checkpoints: bool
     prepare: str | None
+    eval_max_sequences: int | None = None
 
     @property
     def root(self) -> str:
@@ -149,8 +154,8 @@ class Plan:
 
 PLAN_KEYS = ("name", "init_checkpoint", "config", "args", "stages", "tokens_per_stage",
              "train_iters_per_stage", "method", "output_dir", "base_data", "launcher",
-             "eval_after_each_stage", "delete_previous_checkpoints", "delete_previous_logs",
-             "prepare")
+             "eval_after_each_stage", "eval_max_sequences", "delete_previous_checkpoints",
+             "delete_previous_logs", "prepare")
 STAGE_KEYS = ("key", "data", "eval_data", "tokens", "train_iters", "method", "args", "nproc")
 LAUNCHERS = ("train_alcf", "python")
 
@@ -297,6 +302,14 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
         raise PlanError(f"{path}: launcher python starts one process; stages with nproc > 1 need "
                         "launcher: train_alcf")
     _require_file(raw.get("base_data"), f"{path}: base_data")
+    if raw.get("eval_after_each_stage"):
+        missing = [s.key for s in stages if s.eval_data is None]
+        if missing:
+            raise PlanError(f"{path}: eval_after_each_stage: stages {missing} have no eval_data (their "
+                            "held-out data file list); the forgetting matrix needs one per stage")
+    cap = raw.get("eval_max_sequences")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
+        raise PlanError(f"{path}: eval_max_sequences must be a positive integer, got {cap!r}")
     if raw.get("config") is not None and not os.path.isfile(raw["config"]):
         raise PlanError(f"{path}: config: no such file {raw['config']}")
     return Plan(
@@ -306,5 +319,5 @@ def build_plan(raw: dict[str, Any], path: str = "<plan>") -> Plan:
         launcher=launcher, eval_after_each_stage=bool(raw.get("eval_after_each_stage", False)),
         delete_previous_checkpoints=bool(raw.get("delete_previous_checkpoints",
                                                  raw.get("delete_previous_logs", False))),
-        prepare=_abs(raw.get("prepare")),
+        prepare=_abs(raw.get("prepare")), eval_max_sequences=raw.get("eval_max_sequences"),
     )

@@ -11,8 +11,8 @@ The trainer calls three hooks:
   so a checkpoint is complete with its anchor or not at all).
 
 Files: ``global_stepN/continual/tp{t}_pp{p}_dp{d}.pt`` per rank (EWC shards; the teacher's
-weights from DP rank 0 only). A universal conversion does not carry them: a mid-stage resume from
-a universal checkpoint is refused (resume at the saved layout, or restart the stage).
+weights from DP rank 0 only). A universal conversion carries both (``universal_state.py``), so a
+mid-stage resume from a universal checkpoint at another TP/DP/ZeRO layout restores them bit for bit.
 """
 
 from __future__ import annotations
@@ -121,13 +121,16 @@ class Regularizers:
                  "micro-batch", self.teacher.bytes / 2**20, next(self.teacher.model.parameters()).dtype)
 
     def _restore(self, where: str) -> None:
+        if self.trainer.universal is not None:
+            self._restore_universal(where)
+            return
         path = _state_file(where, self.ctx)
         if not os.path.isfile(path):
             raise ConfigError(
                 f"--ewc-weight/--lwf-weight: {where} holds no EWC/LwF anchor ({path} is missing): a "
                 "resume inside a stage must not re-anchor on drifted weights. Resume from a "
-                "checkpoint of this run at its saved layout (universal conversion drops the "
-                "anchor), or start the stage again from the previous stage with --finetune")
+                "checkpoint of this run saved with EWC/LwF, or start the stage again from the "
+                "previous stage with --finetune")
         state = torch.load(path, map_location=self.ctx.device, weights_only=True)
         if self.cfg.ewc:
             if state.get("ewc") is None:
@@ -144,6 +147,32 @@ class Regularizers:
             self.teacher = Teacher(lambda: GPTModel(self.plan.model), self.engine.module)
             self.teacher.model.load_state_dict(teacher)
         log.info("continual regularizers restored from %s", where)
+
+    def _restore_universal(self, where: str) -> None:
+        from megatron.continual import universal_state as us
+
+        has = us.has_regularizers(where)
+        for on, key, flag in ((self.cfg.ewc, "ewc", "--ewc-weight"), (self.cfg.lwf, "teacher", "--lwf-weight")):
+            if on and not has[key]:
+                raise ConfigError(
+                    f"{flag}: the universal checkpoint {where} carries no {'EWC anchor' if key == 'ewc' else 'LwF teacher'} "
+                    "(converted from a checkpoint saved without it, or by a tool that drops it); a resume "
+                    "inside a stage must not re-anchor on drifted weights. Convert a checkpoint of this "
+                    "run with tools/convert_checkpoint.py, or restart the stage with --finetune")
+        spec, ctx = self.plan.model, self.ctx
+        if self.cfg.ewc:
+            shards = owned_shards(self.engine)
+            anchor, fisher, _ = us.load_ewc(where, shards, spec, ctx.tp_rank, ctx.tp_size)
+            self.ewc = EWCAnchor([*shards], [a.to(ctx.device) for a in anchor],
+                                 [f.to(ctx.device) for f in fisher], self.cfg.ewc_weight,
+                                 self.cfg.ewc_num_iterations)
+        if self.cfg.lwf:
+            from megatron.model.gpt import GPTModel
+
+            self.teacher = Teacher(lambda: GPTModel(self.plan.model), self.engine.module)
+            names = list(self.teacher.model.state_dict())
+            self.teacher.model.load_state_dict(us.load_teacher(where, names, spec, ctx.tp_rank, ctx.tp_size))
+        log.info("continual regularizers restored from the universal checkpoint %s", where)
 
     # ---- per step -----------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ A stage whose layout (TP/PP, or DP/ZeRO with partitioned optimizer states) diffe
 checkpoint it loads gets that checkpoint converted to universal first. After the final save the
 runner writes ``STAGE_DONE.json`` (``markers.py``). SIGTERM, the kill switch ``<root>/STOP`` and
 a time limit stop the running stage at its next step (it saves) and the runner exits with
-``EXIT_STOPPED``; rerunning the plan continues inside that stage.
+``EXIT_STOPPED``; rerunning the plan continues inside that stage. With ``eval_after_each_stage``
+each finished stage's row of the forgetting matrix is evaluated before the next stage starts
+(``stage_eval.py``).
 """
 
 from __future__ import annotations
@@ -217,7 +219,8 @@ class PlanRunner:
             for path, text in ((spec.data_list_path, spec.data_list), (spec.eval_list_path, spec.eval_list)):
                 if text is not None and not _same_text(path, text):
                     write_atomic(path, text)
-            dry[spec.key] = self.launch.dry_run({**spec.flags, "data_file_list": spec.data_list_path},
+            dry[spec.key] = self.launch.dry_run({**spec.flags, **_dry_load(specs, spec, init),
+                                                 "data_file_list": spec.data_list_path},
                                                 spec.stage.nproc, f"{plan.path}: stage {spec.key!r}")
         return specs, markers, dry, init
 
@@ -241,8 +244,19 @@ class PlanRunner:
                 if prev is None:
                     return EXIT_STOPPED
                 self._after_stage(specs, spec)
+        self._evaluate_pending(specs)  # rows a crash left unevaluated; nothing when none
         log.info("plan %s: every stage finished", self.plan.name)
         return EXIT_DONE
+
+    def _evaluate_pending(self, specs: list[StageSpec]) -> None:
+        """``eval_after_each_stage``: the matrix rows of finished stages not evaluated yet."""
+        if not self.plan.eval_after_each_stage:
+            return
+        from megatron.continual.stage_eval import pending, run_eval_tool
+
+        rows = pending(self.plan.root, [s.key for s in specs], [s.directory for s in specs])
+        if rows:
+            run_eval_tool(self.plan, self.launch.python, rows)
 
     def _should_stop(self, runner: Runner) -> bool:
         if runner.stop_requested or os.path.exists(self.kill_switch):
@@ -334,16 +348,7 @@ class PlanRunner:
         log.info("stage %s finished at iteration %d: %s", spec.key, final.iteration, spec.directory)
 
     def _after_stage(self, specs: list[StageSpec], spec: StageSpec) -> None:
-        from megatron.continual.launch import ROOT
-
-        tool = os.path.join(ROOT, "tools", "continual_eval.py")
-        if self.plan.eval_after_each_stage and os.path.isfile(tool):
-            out = subprocess.run([self.launch.python, tool, "--plan", self.plan.path], check=False)
-            if out.returncode != 0:
-                raise StageFailed(f"stage {spec.key!r}: {tool} --plan {self.plan.path} failed "
-                                  f"(status {out.returncode})")
-        elif self.plan.eval_after_each_stage:
-            log.warning("eval_after_each_stage: %s is not installed; skipped", tool)
+        self._evaluate_pending(specs)
         if self.plan.delete_previous_checkpoints and spec.index > 0:
             previous = specs[spec.index - 1]
             keep = read_marker(previous.directory)["tag"]
@@ -351,6 +356,20 @@ class PlanRunner:
                 if entry.startswith("global_step") and entry != keep:
                     shutil.rmtree(os.path.join(previous.directory, entry))
                     log.info("delete_previous_checkpoints: deleted %s", os.path.join(previous.directory, entry))
+
+
+def _dry_load(specs: list[StageSpec], spec: StageSpec, init: Checkpoint | None) -> dict[str, Any]:
+    """The load flags a stage with EWC/LwF starts with (its dry run checks them): they anchor on
+    the previous stage (or ``init_checkpoint``); the first stage without one is refused."""
+    if not (spec.flags.get("ewc_weight") or spec.flags.get("lwf_weight")):
+        return {}
+    load = specs[spec.index - 1].directory if spec.index > 0 else init.load_dir if init else None
+    if load is None:
+        flag = "ewc" if spec.flags.get("ewc_weight") else "lwf"
+        raise PlanError(f"stage {spec.key!r}: method.{flag}.weight > 0 (--{flag}-weight) anchors on the "
+                        "stage before it, and the first stage has no init_checkpoint; set "
+                        f"init_checkpoint or method: {{{flag}: {{weight: 0}}}} for this stage")
+    return {"load": load, "reset_data_state" if spec.continues else "finetune": True}
 
 
 def _same_text(path: str, text: str) -> bool:

@@ -133,6 +133,13 @@ def test_bad_input(tmp_path):
     s0 = _stage0(tmp_path)
     with pytest.raises(ConfigError, match="no EWC/LwF anchor"):
         train(tiny_plan("--train-iters", "4", "--load", s0, "--save", s0, *EWC), DistEnv())
+    # A universal checkpoint converted from a checkpoint without EWC files: refused the same way.
+    from megatron.checkpointing.convert import convert
+
+    assert convert(s0).regularizers == ()
+    with pytest.raises(ConfigError, match="--ewc-weight: the universal checkpoint .* carries no EWC anchor"):
+        train(tiny_plan("--train-iters", "4", "--load", s0, "--save", s0, "--universal-checkpoint", *EWC),
+              DistEnv())
     empty_list = tmp_path / "empty.txt"
     empty_list.write_text("# nothing\n")
     with pytest.raises(ConfigError, match="--ewc-fisher-data: previous"):

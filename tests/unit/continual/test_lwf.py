@@ -68,3 +68,16 @@ def test_bad_input():
         tiny_plan("--lwf-temperature", "0")
     with pytest.raises(ConfigError, match="--lwf-reduction"):
         tiny_plan("--lwf-reduction", "sum")
+
+
+@pytest.mark.parametrize("flag", [["--lwf-weight", "1"], ["--ewc-weight", "1e6"]])
+@pytest.mark.parametrize(("layout", "message"), [
+    (["--pipeline-model-parallel-size", "2"], "is not supported with --pipeline-model-parallel-size 2"),
+    (["--zero-stage", "3"], "is not supported at --zero-stage 3"),
+])
+def test_unsupported_layouts_are_refused_naming_the_flag(flag, layout, message):
+    from megatron.config import DistEnv
+
+    world = 2 if "--pipeline-model-parallel-size" in layout else 1
+    with pytest.raises(ConfigError, match=f"{flag[0]}: .*{message}"):
+        tiny_plan("--train-iters", "2", "--load", "x", *layout, *flag, env=DistEnv(world_size=world))

@@ -306,3 +306,24 @@ def test_a_stage_in_progress_is_not_resumed_under_another_definition(cpt_lists, 
     write_marker(str(stage), {"key": "s1", "config": old, "config_hash": config_hash(old)}, STARTED_FILE)
     with pytest.raises(ConfigError, match=r"stage 's1': started with another configuration.*flag.lr: 0.001 -> 0.003"):
         prepare(path)
+
+
+def test_ewc_and_lwf_stages_need_a_stage_to_anchor_on(cpt_lists, tmp_path):
+    method = {"lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_iters": 1, "schedule": "cosine",
+              "ewc": {"weight": 1.0e5, "num_iterations": 2}}
+    path = write_plan(tmp_path / "plan.yaml", cpt_lists, stages=("a", "b"), method=method)
+    with pytest.raises(PlanError, match=r"stage 's1': method.ewc.weight > 0 \(--ewc-weight\) anchors on the "
+                                        r"stage before it, and the first stage has no init_checkpoint"):
+        prepare(path)
+    raw = yaml.safe_load(open(path))
+    raw["method"] = {**method, "ewc": {}, "lwf": {"weight": 1.0, "kl": True}}
+    open(path, "w").write(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PlanError, match=r"stage 's1': method.lwf.weight > 0 \(--lwf-weight\)"):
+        prepare(path)
+    # From the second stage on they dry-run with the previous stage as --load (--finetune).
+    raw["method"] = method
+    raw["stages"][0]["method"] = {"ewc": {"weight": 0}}
+    open(path, "w").write(yaml.safe_dump(raw, sort_keys=False))
+    _, _, dry, _ = prepare(path)
+    assert dry["s2"]["plan"]["train_iters"] == 4
+    assert not any(os.path.isfile(os.path.join(d, "latest")) for d, _, _ in os.walk(tmp_path))
