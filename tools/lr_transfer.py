@@ -29,19 +29,24 @@ def _list(kind: type):
     return lambda text: [kind(x) for x in text.split(",") if x]
 
 
-def run_one(preset: str, width: int, lr: float, head_dim: int, extra: list[str]) -> float:
+def run_one(preset: str, width: int, lr: float, seed: int, head_dim: int, extra: list[str]) -> float:
     """Final validation loss of one run (in this process)."""
     from megatron.config import DistEnv, parse_args, resolve
     from megatron.trainer.loop import train
 
-    flags = ["--config", preset, "--hidden-size", str(width),
+    flags = ["--config", preset, "--hidden-size", str(width), "--seed", str(seed),
              "--num-attention-heads", str(width // head_dim), "--lr", str(lr), *extra]  # fmt: skip
     result = train(resolve(parse_args(flags).config, DistEnv()), DistEnv())
     return float("nan") if result.valid_loss is None else result.valid_loss
 
 
-def markdown(rows: list[tuple[str, int, float, float]], lrs: list[float]) -> list[str]:
-    """One line per (preset, width): validation loss at each LR, the best in bold, then the best LR."""
+def markdown(runs: list[tuple[str, int, float, int, float]], lrs: list[float]) -> list[str]:
+    """One line per (preset, width): validation loss at each LR (mean over seeds), the best in bold,
+    then the best LR."""
+    cells: dict[tuple[str, int, float], list[float]] = {}
+    for preset, width, lr, _seed, loss in runs:
+        cells.setdefault((preset, width, lr), []).append(loss)
+    rows = [(*key, sum(v) / len(v)) for key, v in cells.items()]
     lines = ["| param. | width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best LR |",
              "|---|---|" + "---|" * (len(lrs) + 1)]  # fmt: skip
     for preset in dict.fromkeys(r[0] for r in rows):
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--widths", type=_list(int), default=[64, 128, 256])
     p.add_argument("--lrs", type=_list(float), default=[1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--presets", type=_list(str), default=["sp", "mup"])
+    p.add_argument("--seeds", type=_list(int), default=[1234], help="the table shows the mean over seeds")
     p.add_argument("--head-dim", type=int, default=32, help="the presets' kv_channels")
     p.add_argument("--out", default="outputs/lr_transfer")
     args, extra = p.parse_known_args(argv)  # extra: more pretrain_gpt.py flags (e.g. --train-iters)
@@ -71,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.presets:
         for width in args.widths:
             for lr in args.lrs:
-                loss = run_one(PRESETS[name], width, lr, args.head_dim, extra)
-                rows.append((name, width, lr, loss))
-                logging.getLogger(__name__).warning(
-                    "lr_transfer: %s width %d lr %g -> valid loss %.4f (%.0f s so far)",
-                    name, width, lr, loss, time.perf_counter() - started,
-                )
+                for seed in args.seeds:
+                    loss = run_one(PRESETS[name], width, lr, seed, args.head_dim, extra)
+                    rows.append((name, width, lr, seed, loss))
+                    logging.getLogger(__name__).warning(
+                        "lr_transfer: %s width %d lr %g seed %d -> valid loss %.4f (%.0f s so far)",
+                        name, width, lr, seed, loss, time.perf_counter() - started,
+                    )
     with open(os.path.join(args.out, "lr_transfer.csv"), "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["preset", "width", "lr", "valid_loss"])
+        out.writerow(["preset", "width", "lr", "seed", "valid_loss"])
         out.writerows(rows)
     print("\n".join(markdown(rows, args.lrs)))
     print(f"{len(rows)} runs in {time.perf_counter() - started:.0f} s; wrote {args.out}/lr_transfer.csv")
