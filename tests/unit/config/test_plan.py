@@ -126,8 +126,8 @@ def test_small_init_recipe_and_its_conflict():
 @pytest.mark.parametrize(
     ("optimizer", "flags", "message"),
     [
-        ("dshampoo", ["--tensor-model-parallel-size", "2"],
-         "dshampoo updates whole matrices, which --tensor-model-parallel-size 2 splits"),
+        ("dshampoo", ["--zero-stage", "3"],
+         r"dshampoo is not correct under --zero-stage 3 \(supports up to ZeRO-2\); use --zero-stage 2"),
         ("dshampoo", ["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
         ("muon", ["--pipeline-model-parallel-size", "2", "--fp16"],
          r"^--fp16: muon with --pipeline-model-parallel-size 2 --zero-stage 0 is untested"),
