@@ -16,3 +16,21 @@ def balance(costs: list[float], ranks: int) -> list[int]:
         owners[i] = owner
         load[owner] += costs[i]
     return owners
+
+
+OWNED_PREFIX = "m"
+"""A ZeRO-1/2 flat partition's state holds the owned matrices' whole-matrix states (dshampoo's
+blocks) as ``m<i>.<key>``, ``i`` the matrix's position in its param group."""
+
+
+def owned_key(index: int, key: str) -> str:
+    """The flat-partition state key of matrix ``index``'s state ``key``."""
+    return f"{OWNED_PREFIX}{index}.{key}"
+
+
+def split_owned_key(key: str) -> tuple[int, str] | None:
+    """``(matrix index, key)`` of an ``owned_key``, or None for an element-wise key."""
+    head, dot, rest = key.partition(".")
+    if not dot or not head.startswith(OWNED_PREFIX) or not head[len(OWNED_PREFIX):].isdigit():
+        return None
+    return int(head[len(OWNED_PREFIX):]), rest

@@ -146,6 +146,7 @@ def __getattr__(name: str) -> Any:
     max_zero_stage=2,
     reassembles_matrices=True,
     after_initialize=bind_dshampoo,
+    matrix_state_keys=r"[LR](_inv)?_\d+",
 )
 def build_dshampoo(
     param_groups: list[ParamGroup], cfg: OptimSettings, options: DShampooOptions | None

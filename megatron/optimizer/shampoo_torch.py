@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.matrix_distributed import (
@@ -23,7 +24,7 @@ from megatron.optimizer.matrix_distributed import (
     run_units,
     whole_units,
 )
-from megatron.optimizer.owners import balance
+from megatron.optimizer.owners import balance, owned_key
 from megatron.optimizer.shampoo import DShampooOptions, block_slices, shampoo_cost
 
 
@@ -145,7 +146,7 @@ class DShampoo(torch.optim.Optimizer):
         grafts = gather_flat(graft, layout, self.dp_group)
         inputs = [torch.stack(pair) for pair in zip(grads, grafts, strict=True)]
         pieces = self._directions(inputs, layout.units, group, state["step"], self.dp_group,
-                                  lambda i: (state, f"m{layout.units[i].index}."))
+                                  lambda i: (state, owned_key(layout.units[i].index, "")))
         direction = torch.zeros_like(flat)
         for unit, piece in zip(layout.units, pieces, strict=True):
             matrix = layout.matrices[unit.index]
@@ -163,16 +164,39 @@ class DShampoo(torch.optim.Optimizer):
         ``inputs`` stack (gradient, grafting direction) per parameter; ``store(i)`` gives the state
         dict and key prefix that hold unit ``i``'s blocks (on its owner).
         """
-        ranks = group_size(dp_group) * group_size(self.tp_group)
-        costs = [shampoo_cost(u.shape, group["max_preconditioner_dim"], group["precondition_frequency"])
-                 for u in units]
-
         def run(i: int, logical: torch.Tensor) -> torch.Tensor:
             state, prefix = store(i)
             return self._precondition(logical[0], logical[1], state, prefix, group, t)
 
-        return run_units(inputs, units, balance(costs, ranks), run, dtype=inputs[0].dtype,
-                         tp_group=self.tp_group, dp_group=dp_group)
+        return run_units(inputs, units, self._workers(units, group, dp_group), run,
+                         dtype=inputs[0].dtype, tp_group=self.tp_group, dp_group=dp_group)
+
+    def _workers(self, units: list[Unit], group: dict[str, Any], dp_group: Any) -> list[int]:
+        """Each unit's owner among the DP x TP ranks (``run_units``), balanced by ``shampoo_cost``."""
+        costs = [shampoo_cost(u.shape, group["max_preconditioner_dim"], group["precondition_frequency"])
+                 for u in units]
+        return balance(costs, group_size(dp_group) * group_size(self.tp_group))
+
+    def load_matrix_states(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Put whole-matrix states (a universal checkpoint's blocks, ``{module parameter name:
+        {key: tensor}}``) on each matrix's owner rank, as ``step`` would have left them."""
+        for group in self.param_groups:
+            layout = self.layouts.get(group.get("name"))
+            if group["rule"] != "matrix" or layout is None:
+                continue
+            dp_group = self.dp_group if layout.flat else None
+            me = 0 if group_size(dp_group) == 1 else dist.get_rank(dp_group)
+            me = me * group_size(self.tp_group) + (dist.get_rank(self.tp_group) if self.tp_group else 0)
+            for unit, worker in zip(layout.units, self._workers(layout.units, group, dp_group), strict=True):
+                name = layout.matrices[unit.index].name
+                if worker != me or name not in states:
+                    continue
+                if layout.flat:
+                    state, prefix = self.state[group["params"][0]], owned_key(unit.index, "")
+                else:
+                    state, prefix = self.state[group["params"][unit.index]], ""
+                for key, value in states[name].items():
+                    state[prefix + key] = value.to(group["params"][0].dtype).clone()
 
     def _graft(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
         """Element-wise: count the step, update Adam grafting's second moment; the grafting direction."""

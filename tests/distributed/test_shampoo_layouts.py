@@ -6,7 +6,11 @@
   at 4 processes (slow);
 - sharded state: at ZeRO-1 DP=2 every matrix's statistics live on exactly one rank, and a rank's
   optimizer-state bytes are at most 0.55x ZeRO-0's;
-- checkpoints: resume bit-exact at ZeRO-1 DP=2 and TP=2.
+- blocks from the logical matrix: column-, row-parallel and SwiGLU fc1 shards stepped at TP=2
+  equal the single-process step to 1e-5 (blocks crossing the shard boundaries);
+- checkpoints: resume bit-exact at ZeRO-1 DP=2 and TP=2; ZeRO-1 DP=2 and TP=2 ZeRO-1 convert to a
+  universal checkpoint (blocks taken from their owner ranks) that one process continues with the
+  uninterrupted run's losses, and TP=2's continues at ZeRO-1 DP=2.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ pytestmark = pytest.mark.deepspeed
 LLAMA = ["--hidden-size", "32", "--swiglu", "--num-key-value-heads", "2",
          "--untie-embeddings-and-output-weights", "--normalization", "rmsnorm",
          "--optimizer", "dshampoo", "--lr", "3e-3", "--dshampoo-start-preconditioning-step", "1",
-         "--dshampoo-precondition-frequency", "1", "--dshampoo-max-preconditioner-dim", "24",
+         "--dshampoo-max-preconditioner-dim", "24",
          "--dshampoo-epsilon", "1e-6"]
+FREQUENCY = "--dshampoo-precondition-frequency"
 # Global batch 4 everywhere.
 LAYOUTS = {
     "single": ["--micro-batch-size", "4"],
@@ -49,13 +54,18 @@ def _probe(env: DistEnv, flags: list[str]) -> dict:
 
     OPTIMIZERS["dshampoo"] = dataclasses.replace(spec, build=build)
     try:
-        result = train(tiny_plan(*LLAMA, *flags, env=env), env)
+        result = train(_plan(env, flags), env)
     finally:
         OPTIMIZERS["dshampoo"] = spec
     states = built[0].state.values()
     state_bytes = sum(v.numel() * v.element_size() for s in states for v in s.values() if hasattr(v, "numel"))
     owned = sum(1 for s in states for key in s if key.endswith("L_0"))
     return {"losses": [*result.losses, result.valid_loss], "state_bytes": state_bytes, "owned": owned}
+
+
+def _plan(env: DistEnv, flags: list[str]):
+    """The tiny Llama with ``flags``; inverse roots every step unless the flags say otherwise."""
+    return tiny_plan(*LLAMA, *([] if FREQUENCY in flags else [FREQUENCY, "1"]), *flags, env=env)
 
 
 def _single(*flags: str) -> dict:
@@ -87,18 +97,51 @@ def test_zero1_shards_the_optimizer_state():
 
 
 def _run(env: DistEnv, flags: list[str]) -> tuple[tuple[float, ...], float | None]:
-    result = train(tiny_plan(*LLAMA, *flags, env=env), env)
+    result = train(_plan(env, flags), env)
     return result.losses, result.valid_loss
+
+
+# Roots refreshed at steps 1, 3, 5: the resumed step 4 uses the saved inverse roots, step 5 the
+# saved statistics.
+RESUME = ["--train-iters", "5", FREQUENCY, "2"]
 
 
 @pytest.mark.parametrize("layout", ["zero1-dp2", "tp2"])
 def test_resume_is_bit_exact(tmp_path, layout):
-    save, flags = str(tmp_path / "ckpt"), ["--dshampoo-precondition-frequency", "2", *LAYOUTS[layout]]
-    full = run_distributed(_run, ["--train-iters", "4", *flags])[0]
-    first = run_distributed(_run, ["--train-iters", "4", "--exit-interval", "2", "--save", save, *flags])[0]
-    second = run_distributed(_run, ["--train-iters", "4", "--load", save, *flags])[0]
+    save, flags = str(tmp_path / "ckpt"), [*RESUME, *LAYOUTS[layout]]
+    full = run_distributed(_run, flags)[0]
+    first = run_distributed(_run, [*flags, "--exit-interval", "3", "--save", save])[0]
+    second = run_distributed(_run, [*flags, "--load", save])[0]
     assert first[0] + second[0] == full[0]
     assert second[1] == full[1]
+
+
+@pytest.mark.parametrize("layout", ["zero1-dp2", "tp2-zero1"])
+def test_universal_checkpoint_continues_on_one_process(tmp_path, layout):
+    from megatron.checkpointing.convert import convert
+
+    save = str(tmp_path / "ckpt")
+    run_distributed(_run, [*RESUME, "--exit-interval", "3", "--save", save, *LAYOUTS[layout]])
+    report = convert(save)
+    assert {"momentum_buffer", "exp_avg_sq", "L_0", "R_inv_0"} <= set(report.states)
+    reference = _run(DistEnv(), [*RESUME, *LAYOUTS["single"]])
+    losses, valid = _run(DistEnv(), [*RESUME, "--load", save, "--universal-checkpoint", *LAYOUTS["single"]])
+    assert losses == pytest.approx(reference[0][3:], rel=1e-5)
+    assert valid == pytest.approx(reference[1], rel=1e-5)
+
+
+def test_universal_checkpoint_from_tp2_loads_at_zero1_dp2(tmp_path):
+    # And back: blocks saved by TP=2's owners land on ZeRO-1 DP=2's owners.
+    from megatron.checkpointing.convert import convert
+
+    save = str(tmp_path / "ckpt")
+    run_distributed(_run, [*RESUME, "--exit-interval", "3", "--save", save, *LAYOUTS["tp2"]])
+    convert(save)
+    reference = _run(DistEnv(), [*RESUME, *LAYOUTS["single"]])
+    losses, valid = run_distributed(_run, [*RESUME, "--load", save, "--universal-checkpoint",
+                                           *LAYOUTS["zero1-dp2"]])[0]
+    assert losses == pytest.approx(reference[0][3:], rel=1e-5)
+    assert valid == pytest.approx(reference[1], rel=1e-5)
 
 
 @pytest.mark.slow
