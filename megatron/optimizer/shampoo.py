@@ -37,9 +37,11 @@ work), chosen by ``shampoo_cost`` balance; ``momentum_buffer`` and ``exp_avg_sq`
 and stay on the TP shard or the ZeRO partition. The owner computes the matrix's direction and
 sends each rank its piece, which ZeRO-1/2 ranks write into their flat fp32 partition through
 DeepSpeed's ``_hp_mapping`` fragments. A flat partition keeps an owned matrix's blocks as
-``m<i>.L_<b>`` (``i``: the matrix's position in its group). Refused by the plan: ZeRO-3
-(parameters partitioned) and bf16 pipelines (untested). An unbound optimizer that is handed a
-non-2-D tensor is an error.
+``m<i>.L_<b>`` (``i``: the matrix's position in its group; ``OptimizerSpec.matrix_state_keys``
+names the block keys, so universal checkpoints keep them whole and ``load_matrix_states`` puts
+them on the new layout's owners). DeepSpeed's flat bf16 pipeline optimizer is bound like ZeRO-1/2.
+Refused by the plan: ZeRO-3 (parameters partitioned) and --fp16 with PP or ZeRO >= 1 (untested).
+An unbound optimizer that is handed a non-2-D tensor is an error.
 """
 
 from __future__ import annotations
