@@ -129,7 +129,7 @@ def test_resume_is_bit_exact(tmp_path, layout):
     assert second[1] == full[1]
 
 
-@pytest.mark.parametrize("layout", ["zero1-dp2", "tp2-zero1"])
+@pytest.mark.parametrize("layout", ["zero1-dp2", pytest.param("tp2-zero1", marks=pytest.mark.slow)])
 def test_universal_checkpoint_continues_on_one_process(tmp_path, layout):
     from megatron.checkpointing.convert import convert
 
