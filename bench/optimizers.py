@@ -8,8 +8,9 @@
    Newton-Schulz cost does not depend on the batch, so this ratio falls as tokens/step grow.
 4. Quality: validation loss after a fixed number of steps on the bundled Shakespeare corpus
    (each optimizer at its own LR, same data, model and schedule shape).
-5. Layouts (``bench/optimizer_layouts.py``): Muon's whole step against AdamW's at one process,
-   DP=2 ZeRO-0/1 and TP=2 (gloo processes), and the optimizer-state bytes per parameter per rank.
+5. Layouts (``bench/optimizer_layouts.py``): Muon's and dshampoo's whole step against AdamW's at
+   one process, DP=2 ZeRO-0/1 and TP=2 (gloo processes), and the optimizer-state bytes per
+   parameter per rank.
 
     .venv/bin/python bench/optimizers.py                       # every registered optimizer
     .venv/bin/python bench/optimizers.py --optimizers adamw,muon --quality-steps 0
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--quality-steps", type=int, default=150)
     parser.add_argument("--quality-optimizers", default="adamw,muon,schedulefree,dshampoo,sophia")
     parser.add_argument("--layout-steps", type=int, default=6,
-                        help="steps per layout of the muon-vs-adamw layout table (0 to skip)")
+                        help="steps per layout of the muon/dshampoo-vs-adamw layout table (0 to skip)")
     args = parser.parse_args()
     names = [n for n in args.optimizers.split(",") if n in OPTIMIZERS]
     if "adamw" not in names:
@@ -181,9 +182,9 @@ def main() -> None:
     if args.layout_steps:
         from bench.optimizer_layouts import layout_table
 
-        print(f"\nmuon vs adamw by layout (hidden 256, 2 layers, 2048 tokens/step, gloo, 1 thread/rank, "
-              f"mean of {args.layout_steps} steps)")
-        for row in layout_table(256, 2, 256, 8, args.layout_steps):
+        print(f"\nmuon and dshampoo vs adamw by layout (hidden 256, 2 layers, 2048 tokens/step, gloo, "
+              f"1 thread/rank, mean of {args.layout_steps} steps)")
+        for row in layout_table(256, 2, 256, 8, args.layout_steps, ("muon", "dshampoo")):
             print(row)
     if args.quality_steps:
         print(f"\nvalidation loss after {args.quality_steps} steps (hidden 128, 2 layers, Shakespeare bytes)")

@@ -31,6 +31,7 @@ import torch
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, tp_layout
 from megatron.model.spec import GPTSpec
+from megatron.optimizer.owners import split_owned_key
 
 CLIENT_KEY = "megatron_checkpoint"
 WEIGHT = "fp32"
@@ -91,6 +92,7 @@ class SavedCheckpoint:
         self.tp, self.pp, self.dp, self.zero_stage = first["tp"], first["pp"], first["dp"], first["zero_stage"]
         self.metadata: dict[str, Any] = first["run_metadata"]
         self.spec = GPTSpec(**self.metadata["model"])
+        self._matrix_keys = _matrix_state_keys(self.metadata)
         missing = [(p, t) for p in range(self.pp) for t in range(self.tp) if (p, t) not in self.ranks]
         if missing:
             raise CheckpointError(f"{directory}: model-state files of (pipeline stage, TP rank) {missing} "
@@ -144,10 +146,40 @@ class SavedCheckpoint:
     def state_keys(self, name: str) -> list[str]:
         """``fp32`` and the optimizer state keys of parameter ``name`` (``step`` included)."""
         slot = self.slots[name][0]
-        return [WEIGHT, *sorted(self._local_states(slot))]
+        keys = {k for k in self._local_states(slot) if split_owned_key(k) is None and not self.is_matrix_key(k)}
+        return [WEIGHT, *sorted(keys | set(self._matrix_states(name)))]
+
+    def is_matrix_key(self, key: str) -> bool:
+        """A state of the whole logical matrix (``OptimizerSpec.matrix_state_keys``: dshampoo's blocks)."""
+        return self._matrix_keys is not None and self._matrix_keys.fullmatch(key) is not None
+
+    def _matrix_states(self, name: str) -> dict[str, Any]:
+        """The whole-matrix states of ``name``, from the one rank that owns them (any TP or DP
+        rank: ``m<i>.<key>`` in a flat partition's state, ``<key>`` in a ZeRO-0 parameter's)."""
+        if self._matrix_keys is None:
+            return {}
+        found: dict[str, Any] = {}
+        for slot in self.slots[name]:
+            if self._flat_format is None:
+                per_rank = [self._local_states(slot)]
+            elif self.zero_stage == 3:
+                per_rank = []
+            else:
+                per_rank = [self._flat_states(slot, dp).get(slot.group, {}) for dp in range(self.dp)]
+            for states in per_rank:
+                for key, value in states.items():
+                    owned = split_owned_key(key) if self._flat_format is not None else (slot.index, key)
+                    if owned is not None and owned[0] == slot.index and self.is_matrix_key(owned[1]):
+                        found.setdefault(owned[1], value)
+        return found
 
     def full(self, name: str, key: str) -> Any:
         """State ``key`` of parameter ``name`` merged over TP ranks (a scalar for ``step``)."""
+        if self.is_matrix_key(key):
+            states = self._matrix_states(name)
+            if key not in states:
+                raise CheckpointError(f"{self.directory}: no rank holds {name}'s optimizer state {key!r}")
+            return states[key]
         pieces = [self.local(slot, key) for slot in sorted(self.slots[name], key=lambda s: s.tp)]
         if not torch.is_tensor(pieces[0]) or pieces[0].shape != self.slots[name][0].shape:
             if self.tp > 1 and torch.is_tensor(pieces[0]) and pieces[0].dim() > 0:
@@ -226,6 +258,16 @@ class SavedCheckpoint:
             take = max(0, min(part, numel - dp_rank * part))
             pieces.append(value.narrow(0, offset, take))
         return torch.cat(pieces).view(slot.shape).clone()
+
+
+def _matrix_state_keys(metadata: dict[str, Any]) -> re.Pattern | None:
+    """``OptimizerSpec.matrix_state_keys`` of the checkpoint's optimizer, compiled (or None)."""
+    from megatron.optimizer.registry import OPTIMIZERS, optimizer_names
+
+    name = (metadata.get("config") or {}).get("--optimizer")
+    if name not in optimizer_names() or OPTIMIZERS[name].matrix_state_keys is None:
+        return None
+    return re.compile(OPTIMIZERS[name].matrix_state_keys)
 
 
 def _pipeline_layer(name: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -142,8 +143,14 @@ def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_stat
     engine, spec = train_engine.engine, uc.spec
     ctx = train_engine.ctx
     shapes = full_shapes(spec)
+    local_names = {canonical_name(n, spec.num_layers): n for n, _ in train_engine.module.named_parameters()}
     named = [(canonical_name(n, spec.num_layers), p) for n, p in train_engine.module.named_parameters()]
-    keys = {name: [k for k in uc.state_keys(name) if k not in (WEIGHT, STEP)] for name, _ in named}
+    pattern = train_engine.optimizer_spec.matrix_state_keys
+    is_matrix = (lambda key: False) if pattern is None else re.compile(pattern).fullmatch
+    matrix = {local_names[name]: {k: uc.full(name, k) for k in uc.state_keys(name) if is_matrix(k)}
+              for name, _ in named}
+    keys = {name: [k for k in uc.state_keys(name) if k not in (WEIGHT, STEP) and not is_matrix(k)]
+            for name, _ in named}
     steps = {name: uc.full(name, STEP) for name, _ in named if STEP in uc.state_keys(name)}
     if not any(keys.values()):
         raise CheckpointError(f"--universal-checkpoint: {uc.directory} holds no optimizer states; "
@@ -171,7 +178,6 @@ def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_stat
             value = uc.full(name, key)
             if torch.is_tensor(value) and tuple(value.shape) == shapes[name]:
                 value = split(value, layout, ctx.tp_rank, ctx.tp_size)
-            # else: a state of another shape (Shampoo's blocks), kept whole (matrix optimizers run at TP=1)
             if flats is None:
                 optimizer.state[param][key] = value.clone() if torch.is_tensor(value) else value
             else:
@@ -179,6 +185,9 @@ def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_stat
         if flats is None and name in steps:
             step = steps[name]
             optimizer.state[param][STEP] = step.clone() if torch.is_tensor(step) else step
+    if any(matrix.values()):
+        # Whole-matrix states (dshampoo's blocks) go to each matrix's owner rank.
+        optimizer.load_matrix_states({n: states for n, states in matrix.items() if states})
     saved_groups = uc.optimizer_groups()
     for group, saved in zip(optimizer.param_groups, saved_groups, strict=False):
         for key in group_state_keys:

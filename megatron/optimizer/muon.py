@@ -127,14 +127,9 @@ def assign_owners(shapes: list[tuple[int, int]], ranks: int, steps: int) -> list
 
     Cost: ``ns_cost`` of the cheaper form. Deterministic: every rank computes the same assignment.
     """
-    costs = [min(ns_cost(*shape, steps=steps)) for shape in shapes]
-    load = [0] * ranks
-    owners = [0] * len(shapes)
-    for i in sorted(range(len(shapes)), key=lambda i: (-costs[i], i)):
-        owner = min(range(ranks), key=lambda r: (load[r], r))
-        owners[i] = owner
-        load[owner] += costs[i]
-    return owners
+    from megatron.optimizer.owners import balance
+
+    return balance([min(ns_cost(*shape, steps=steps)) for shape in shapes], ranks)
 
 
 def __getattr__(name: str) -> Any:

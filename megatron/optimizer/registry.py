@@ -62,8 +62,12 @@ class OptimizerSpec:
         after_initialize: Called as ``after_initialize(host)`` once ``deepspeed.initialize`` has
             wrapped the optimizer (Muon binds to the TP/ZeRO layout there), or None.
         reassembles_matrices: For ``param_policy="matrix"``: True when the matrix update
-            reassembles matrices from TP shards and DeepSpeed's flat partitions itself (Muon);
+            reassembles matrices from TP shards and DeepSpeed's flat partitions itself (Muon, dshampoo);
             False refuses TP > 1 and bf16 pipelines in the plan.
+        matrix_state_keys: Regex (full match) of the state keys that belong to a whole logical
+            matrix rather than to its elements (dshampoo's blocks), or None. Universal
+            checkpoints keep them whole; loading hands them to ``optimizer.load_matrix_states``,
+            which places them on each matrix's owner rank.
     """
 
     name: str
@@ -81,6 +85,7 @@ class OptimizerSpec:
     derived_states: Callable[[dict, dict], dict] | None = None
     after_initialize: Callable[[StepHost], None] | None = None
     reassembles_matrices: bool = False
+    matrix_state_keys: str | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}

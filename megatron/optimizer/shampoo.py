@@ -28,10 +28,20 @@ State lives in ``optimizer.state[param]`` as tensors plus the int ``step``: per 
 ``state_dict()``/``load_state_dict()`` (and DeepSpeed checkpoints) restore it exactly. Tensors are
 kept in the parameter's dtype because ``load_state_dict`` casts floating state to it.
 
-Per-matrix: under ZeRO (or DeepSpeed's bf16/fp16 wrappers) the optimizer would see flat 1-D
-shards, so the spec caps it at ZeRO-0 and ``step`` refuses a non-2-D matrix-group tensor.
-This module (options, blocking, registration) is torch-free at import; the optimizer class is
-``shampoo_torch.DShampoo``, imported by ``build_dshampoo``.
+Distributed (``after_initialize`` binds the optimizer to the model's layout through
+``matrix_distributed.py``, the machinery Muon uses): the blocks are cut from the *logical* matrix,
+gathered over the TP group (the SwiGLU fc1's stride-2 shards back in ``[gate; up]`` order), so
+TP=2 takes the single-process step. Each matrix's statistics and inverse roots live on one owner
+rank among the TP x DP ranks (ZeRO-1/2; at ZeRO-0 among the TP ranks, DP replicas repeat the
+work), chosen by ``shampoo_cost`` balance; ``momentum_buffer`` and ``exp_avg_sq`` are element-wise
+and stay on the TP shard or the ZeRO partition. The owner computes the matrix's direction and
+sends each rank its piece, which ZeRO-1/2 ranks write into their flat fp32 partition through
+DeepSpeed's ``_hp_mapping`` fragments. A flat partition keeps an owned matrix's blocks as
+``m<i>.L_<b>`` (``i``: the matrix's position in its group; ``OptimizerSpec.matrix_state_keys``
+names the block keys, so universal checkpoints keep them whole and ``load_matrix_states`` puts
+them on the new layout's owners). DeepSpeed's flat bf16 pipeline optimizer is bound like ZeRO-1/2.
+Refused by the plan: ZeRO-3 (parameters partitioned) and --fp16 with PP or ZeRO >= 1 (untested).
+An unbound optimizer that is handed a non-2-D tensor is an error.
 """
 
 from __future__ import annotations
@@ -94,6 +104,34 @@ def block_slices(shape: tuple[int, int], max_dim: int) -> list[tuple[slice, slic
     return [(r, c) for r in row_cuts for c in col_cuts]
 
 
+def shampoo_cost(shape: tuple[int, int], max_dim: int, frequency: int) -> float:
+    """Multiply-adds per step of one matrix's Shampoo work: per ``r x c`` block the statistics
+    ``2 r c (r + c)``, the preconditioning ``r c (r + c)`` and the two eigendecompositions
+    (~``9 n^3`` each) every ``frequency`` steps."""
+    cost = 0.0
+    for rows, cols in block_slices(shape, max_dim):
+        r, c = rows.stop - rows.start, cols.stop - cols.start
+        cost += 3 * r * c * (r + c) + 9 * (r**3 + c**3) / frequency
+    return cost
+
+
+def bind_dshampoo(host: Any) -> None:
+    """``after_initialize``: bind the optimizer to the model's TP/ZeRO layout."""
+    from megatron.optimizer.matrix_distributed import bind_layouts
+
+    layouts, tp_group = bind_layouts(host, "dshampoo")
+    host.optimizer.bind(layouts, tp_group)
+
+
+def _data_parallel_group() -> Any:
+    """The DP group when megatron-core's parallel state is up (training), else None (tests)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return None
+    return parallel_state.get_data_parallel_group()
+
+
 def __getattr__(name: str) -> Any:
     # Compatibility: ``shampoo.DShampoo`` loads the torch module on first use.
     if name in ("DShampoo", "inverse_fourth_root"):
@@ -103,11 +141,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@register_optimizer("dshampoo", options=DShampooOptions, param_policy="matrix", max_zero_stage=0)
+@register_optimizer(
+    "dshampoo",
+    options=DShampooOptions,
+    param_policy="matrix",
+    max_zero_stage=2,
+    reassembles_matrices=True,
+    after_initialize=bind_dshampoo,
+    matrix_state_keys=r"[LR](_inv)?_\d+",
+)
 def build_dshampoo(
     param_groups: list[ParamGroup], cfg: OptimSettings, options: DShampooOptions | None
 ) -> torch.optim.Optimizer:
-    """Block-diagonal Shampoo on 2-D hidden matrices, AdamW on the side groups (ZeRO-0 only)."""
+    """Block-diagonal Shampoo on 2-D hidden matrices, AdamW on the side groups."""
     groups = [
         g.as_torch_group(rule="matrix" if g.rule == "matrix" else "adamw") for g in param_groups
     ]
@@ -120,4 +166,5 @@ def build_dshampoo(
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
         options=options,
+        dp_group=_data_parallel_group(),
     )

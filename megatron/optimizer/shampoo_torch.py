@@ -1,7 +1,11 @@
 """dshampoo's torch side: the inverse 4th root and the ``DShampoo`` optimizer class.
 
-The update rule and the refusals are described in ``shampoo.py`` (the torch-free registration
-module, which imports this one inside ``build_dshampoo``).
+The update rule, the distributed layout and the refusals are described in ``shampoo.py`` (the
+torch-free registration module, which imports this one inside ``build_dshampoo``). A step is the
+element-wise part (grafting statistics, momentum, weight decay) on whatever this rank holds (a
+matrix, a TP shard or a ZeRO partition) around the per-matrix part (``_precondition``: block
+statistics, inverse roots, grafted preconditioned direction) that the matrix's owner runs on the
+logical gradient and grafting direction.
 """
 
 from __future__ import annotations
@@ -9,9 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
-from megatron.optimizer.shampoo import DShampooOptions, block_slices
+from megatron.optimizer.matrix_distributed import (
+    GroupLayout,
+    Unit,
+    gather_flat,
+    group_size,
+    run_units,
+    whole_units,
+)
+from megatron.optimizer.owners import balance, owned_key
+from megatron.optimizer.shampoo import DShampooOptions, block_slices, shampoo_cost
 
 
 def inverse_fourth_root(stat: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -39,6 +53,9 @@ class DShampoo(torch.optim.Optimizer):
         eps: Adam epsilon (side groups and Adam grafting).
         weight_decay: Decoupled weight decay.
         options: ``DShampooOptions``; None takes the defaults.
+        dp_group: The data-parallel group: ZeRO-1/2 partitions' matrices get one owner across it
+            (at ZeRO-0 every DP replica runs every matrix, so its states are complete). None: DP=1.
+        tp_group: The tensor-parallel group (needs ``bind``). None: TP=1.
     """
 
     def __init__(
@@ -50,6 +67,8 @@ class DShampoo(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         options: DShampooOptions | None = None,
+        dp_group: Any = None,
+        tp_group: Any = None,
     ):
         opts = options or DShampooOptions()
         defaults = {
@@ -67,63 +86,154 @@ class DShampoo(torch.optim.Optimizer):
             "grafting": opts.grafting,
         }
         super().__init__(params, defaults)
+        self.dp_group = dp_group
+        self.tp_group = tp_group
+        self.layouts: dict[str, GroupLayout] = {}
         check_group_rules(self, "dshampoo")
+
+    def bind(self, layouts: dict[str, GroupLayout], tp_group: Any = None) -> None:
+        """Where each matrix group's tensors live: TP shards, ZeRO partitions
+        (``matrix_distributed.bind_layouts`` builds ``layouts``, keyed by group name)."""
+        self.layouts = layouts
+        self.tp_group = tp_group
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = closure_loss(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["rule"] == "adamw":
-                    self._adamw(p, group)
-                else:
-                    self._shampoo(p, group)
+            if group["rule"] == "adamw":
+                for p in group["params"]:
+                    if p.grad is not None:
+                        adamw_step_(p, self.state[p], group)
+                continue
+            layout = self.layouts.get(group.get("name"))
+            if layout is not None and layout.flat:
+                self._flat_step(group, layout)
+            else:
+                self._matrix_step(group, layout)
         return loss
 
-    def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        adamw_step_(p, self.state[p], group)
+    def _matrix_step(self, group: dict[str, Any], layout: GroupLayout | None) -> None:
+        """Whole matrices (one process, ZeRO-0) or TP shards of them."""
+        if layout is None:
+            params = [p for p in group["params"] if p.grad is not None]
+            self._check_unbound(params)
+            units = whole_units([(p.size(0), p.size(1)) for p in params])
+        else:
+            params = group["params"]
+            missing = [m.name for p, m in zip(params, layout.matrices, strict=True) if p.grad is None]
+            if missing:
+                raise RuntimeError(f"dshampoo: no gradient for {missing}; every rank must update every matrix")
+            units = layout.units
+        if not params:
+            return
+        grafts = [self._graft(p, self.state[p], group) for p in params]
+        inputs = [torch.stack([p.grad, graft]) for p, graft in zip(params, grafts, strict=True)]
+        t = self.state[params[0]]["step"]
+        directions = self._directions(
+            inputs, units, group, t, None, lambda i: (self.state[params[units[i].index]], ""))
+        for p, direction in zip(params, directions, strict=True):
+            self._apply(p, self.state[p], direction, group)
 
-    def _shampoo(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        if p.ndim != 2:
-            raise RuntimeError(
-                f"dshampoo: a matrix-group tensor has shape {tuple(p.shape)}; Shampoo needs "
-                "whole 2-D matrices (ZeRO and DeepSpeed's bf16/fp16 wrappers may hand the "
-                "optimizer flat 1-D shards); use --zero-stage 0 or another optimizer"
-            )
-        blocks = block_slices(tuple(p.shape), group["max_preconditioner_dim"])
-        state = self.state[p]
+    def _flat_step(self, group: dict[str, Any], layout: GroupLayout) -> None:
+        """ZeRO-1/2: element-wise states on this rank's flat partition, blocks on whole matrices."""
+        (flat,) = group["params"]
+        if flat.grad is None:
+            return
+        state = self.state[flat]
+        graft = self._graft(flat, state, group)
+        grads = gather_flat(flat.grad, layout, self.dp_group)
+        grafts = gather_flat(graft, layout, self.dp_group)
+        inputs = [torch.stack(pair) for pair in zip(grads, grafts, strict=True)]
+        pieces = self._directions(inputs, layout.units, group, state["step"], self.dp_group,
+                                  lambda i: (state, owned_key(layout.units[i].index, "")))
+        direction = torch.zeros_like(flat)
+        for unit, piece in zip(layout.units, pieces, strict=True):
+            matrix = layout.matrices[unit.index]
+            if matrix.fragment is not None:
+                start, lp_start, numel = matrix.fragment
+                direction.narrow(0, start, numel).copy_(piece.reshape(-1).narrow(0, lp_start, numel))
+        self._apply(flat, state, direction, group)
+
+    def _directions(
+        self, inputs: list[torch.Tensor], units: list[Unit], group: dict[str, Any], t: int,
+        dp_group: Any, store: Any,
+    ) -> list[torch.Tensor]:
+        """Every unit's direction (this rank's piece), each computed once by its owner.
+
+        ``inputs`` stack (gradient, grafting direction) per parameter; ``store(i)`` gives the state
+        dict and key prefix that hold unit ``i``'s blocks (on its owner).
+        """
+        def run(i: int, logical: torch.Tensor) -> torch.Tensor:
+            state, prefix = store(i)
+            return self._precondition(logical[0], logical[1], state, prefix, group, t)
+
+        return run_units(inputs, units, self._workers(units, group, dp_group), run,
+                         dtype=inputs[0].dtype, tp_group=self.tp_group, dp_group=dp_group)
+
+    def _workers(self, units: list[Unit], group: dict[str, Any], dp_group: Any) -> list[int]:
+        """Each unit's owner among the DP x TP ranks (``run_units``), balanced by ``shampoo_cost``."""
+        costs = [shampoo_cost(u.shape, group["max_preconditioner_dim"], group["precondition_frequency"])
+                 for u in units]
+        return balance(costs, group_size(dp_group) * group_size(self.tp_group))
+
+    def load_matrix_states(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Put whole-matrix states (a universal checkpoint's blocks, ``{module parameter name:
+        {key: tensor}}``) on each matrix's owner rank, as ``step`` would have left them."""
+        for group in self.param_groups:
+            layout = self.layouts.get(group.get("name"))
+            if group["rule"] != "matrix" or layout is None:
+                continue
+            dp_group = self.dp_group if layout.flat else None
+            me = 0 if group_size(dp_group) == 1 else dist.get_rank(dp_group)
+            me = me * group_size(self.tp_group) + (dist.get_rank(self.tp_group) if self.tp_group else 0)
+            for unit, worker in zip(layout.units, self._workers(layout.units, group, dp_group), strict=True):
+                name = layout.matrices[unit.index].name
+                if worker != me or name not in states:
+                    continue
+                if layout.flat:
+                    state, prefix = self.state[group["params"][0]], owned_key(unit.index, "")
+                else:
+                    state, prefix = self.state[group["params"][unit.index]], ""
+                for key, value in states[name].items():
+                    state[prefix + key] = value.to(group["params"][0].dtype).clone()
+
+    def _graft(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
+        """Element-wise: count the step, update Adam grafting's second moment; the grafting direction."""
         if not state:
             state["step"] = 0
             state["momentum_buffer"] = torch.zeros_like(p)
             if group["grafting"] == "adam":
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            for b, (rows, cols) in enumerate(blocks):
-                n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-                for key, n in (("L", n_rows), ("R", n_cols)):
-                    state[f"{key}_{b}"] = p.new_zeros(n, n)
-                    state[f"{key}_inv_{b}"] = torch.eye(n, dtype=p.dtype, device=p.device)
         state["step"] += 1
-        t = state["step"]
         g = p.grad
+        if group["grafting"] != "adam":
+            return g
+        t, adam_beta2 = state["step"], group["betas"][1]
+        state["exp_avg_sq"].mul_(adam_beta2).addcmul_(g, g, value=1 - adam_beta2)
+        denom = (state["exp_avg_sq"] / (1 - adam_beta2**t)).sqrt_().add_(group["eps"])
+        return g / denom
+
+    def _precondition(
+        self, g: torch.Tensor, graft: torch.Tensor, state: dict[str, Any], prefix: str,
+        group: dict[str, Any], t: int,
+    ) -> torch.Tensor:
+        """One logical matrix: update its block statistics (``state[prefix + "L_<b>"]``, ...),
+        refresh the inverse roots when due; the grafted preconditioned direction."""
+        blocks = block_slices((g.size(0), g.size(1)), group["max_preconditioner_dim"])
+        if f"{prefix}L_0" not in state:
+            for b, (rows, cols) in enumerate(blocks):
+                for key, n in (("L", rows.stop - rows.start), ("R", cols.stop - cols.start)):
+                    state[f"{prefix}{key}_{b}"] = g.new_zeros(n, n)
+                    state[f"{prefix}{key}_inv_{b}"] = torch.eye(n, dtype=g.dtype, device=g.device)
         beta2 = group["beta2"]
         start = group["start_preconditioning_step"]
         precondition = t >= start
         refresh = precondition and (t - start) % group["precondition_frequency"] == 0
-
-        if group["grafting"] == "adam":
-            adam_beta2 = group["betas"][1]
-            state["exp_avg_sq"].mul_(adam_beta2).addcmul_(g, g, value=1 - adam_beta2)
-            denom = (state["exp_avg_sq"] / (1 - adam_beta2**t)).sqrt_().add_(group["eps"])
-            graft = g / denom
-        else:
-            graft = g
-
         direction = graft.clone() if precondition else graft
         for b, (rows, cols) in enumerate(blocks):
             g_b = g[rows, cols]
-            left, right = state[f"L_{b}"], state[f"R_{b}"]
+            left, right = state[f"{prefix}L_{b}"], state[f"{prefix}R_{b}"]
             if beta2 == 1.0:
                 left.addmm_(g_b, g_b.T)
                 right.addmm_(g_b.T, g_b)
@@ -131,15 +241,19 @@ class DShampoo(torch.optim.Optimizer):
                 left.mul_(beta2).addmm_(g_b, g_b.T, alpha=1 - beta2)
                 right.mul_(beta2).addmm_(g_b.T, g_b, alpha=1 - beta2)
             if refresh:
-                state[f"L_inv_{b}"].copy_(inverse_fourth_root(left, group["epsilon"]))
-                state[f"R_inv_{b}"].copy_(inverse_fourth_root(right, group["epsilon"]))
+                state[f"{prefix}L_inv_{b}"].copy_(inverse_fourth_root(left, group["epsilon"]))
+                state[f"{prefix}R_inv_{b}"].copy_(inverse_fourth_root(right, group["epsilon"]))
             if precondition:
-                pre = state[f"L_inv_{b}"] @ g_b @ state[f"R_inv_{b}"]
+                pre = state[f"{prefix}L_inv_{b}"] @ g_b @ state[f"{prefix}R_inv_{b}"]
                 if group["grafting"] != "none":
                     # A zero block stays zero (clamp avoids 0/0 without a device sync).
                     pre = pre * (graft[rows, cols].norm() / pre.norm().clamp(min=1e-30))
                 direction[rows, cols] = pre
+        return direction
 
+    def _apply(self, p: torch.Tensor, state: dict[str, Any], direction: torch.Tensor,
+               group: dict[str, Any]) -> None:
+        """Element-wise: momentum on the direction, decoupled weight decay, the step."""
         buf = state["momentum_buffer"]
         momentum = group["momentum"]
         if momentum > 0:
@@ -148,3 +262,18 @@ class DShampoo(torch.optim.Optimizer):
             buf.copy_(direction)
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(buf, alpha=-group["lr"])
+
+    def _check_unbound(self, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if p.ndim != 2:
+                raise RuntimeError(
+                    f"dshampoo: a matrix-group tensor has shape {tuple(p.shape)}; Shampoo needs "
+                    "whole 2-D matrices and the optimizer was not bound to the model's layout "
+                    "(ZeRO-1/2 and DeepSpeed's bf16/fp16 wrappers hand it flat 1-D shards): build "
+                    "it through TrainEngine (which binds it), or use --zero-stage 0"
+                )
+        if group_size(self.tp_group) > 1:
+            raise RuntimeError(
+                "dshampoo: tensor-parallel shards need the model's layout (DShampoo.bind, done by "
+                "TrainEngine); Shampoo blocks of a shard are not the matrix's"
+            )

@@ -126,9 +126,10 @@ def test_small_init_recipe_and_its_conflict():
 @pytest.mark.parametrize(
     ("optimizer", "flags", "message"),
     [
-        ("dshampoo", ["--tensor-model-parallel-size", "2"],
-         "dshampoo updates whole matrices, which --tensor-model-parallel-size 2 splits"),
-        ("dshampoo", ["--pipeline-model-parallel-size", "2", "--bf16"], "needs fp32"),
+        ("dshampoo", ["--zero-stage", "3"],
+         r"dshampoo is not correct under --zero-stage 3 \(supports up to ZeRO-2\); use --zero-stage 2"),
+        ("dshampoo", ["--zero-stage", "1", "--fp16"],
+         r"^--fp16: dshampoo with --pipeline-model-parallel-size 1 --zero-stage 1 is untested"),
         ("muon", ["--pipeline-model-parallel-size", "2", "--fp16"],
          r"^--fp16: muon with --pipeline-model-parallel-size 2 --zero-stage 0 is untested"),
         ("muon", ["--zero-stage", "1", "--fp16"],
@@ -144,10 +145,31 @@ def test_matrix_optimizers_refuse_layouts_that_split_matrices(optimizer, flags, 
         tiny_plan("--train-iters", "1", "--optimizer", optimizer, *flags)
 
 
-def test_muon_accepts_tensor_parallel_zero_1_2_and_bf16_pipelines():
+@pytest.mark.parametrize("optimizer", ["muon", "dshampoo"])
+def test_muon_accepts_tensor_parallel_zero_1_2_and_bf16_pipelines(optimizer):
     from tests.helpers import tiny_plan
 
     for flags in (["--tensor-model-parallel-size", "2"], ["--zero-stage", "1"], ["--zero-stage", "2"],
                   ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"],
                   ["--pipeline-model-parallel-size", "2", "--bf16"]):
-        tiny_plan("--train-iters", "1", "--optimizer", "muon", *flags, env=DistEnv(world_size=2))
+        tiny_plan("--train-iters", "1", "--optimizer", optimizer, *flags, env=DistEnv(world_size=2))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tensor-model-parallel-size", "2"],
+         "dshampoo updates whole matrices, which --tensor-model-parallel-size 2 splits; use TP=1"),
+        (["--pipeline-model-parallel-size", "2", "--bf16"], "with --pipeline-model-parallel-size > 1 needs fp32"),
+    ],
+)
+def test_a_matrix_optimizer_that_does_not_reassemble_matrices_is_refused(monkeypatch, flags, message):
+    # Every matrix optimizer we ship reassembles matrices; the refusal stays for one that does not.
+    import dataclasses
+
+    from megatron.optimizer import OPTIMIZERS
+    from tests.helpers import tiny_plan
+
+    monkeypatch.setitem(OPTIMIZERS, "dshampoo", dataclasses.replace(OPTIMIZERS["dshampoo"], reassembles_matrices=False))
+    with pytest.raises(ConfigError, match=message):
+        tiny_plan("--train-iters", "1", "--optimizer", "dshampoo", *flags, env=DistEnv(world_size=2))

@@ -219,9 +219,10 @@ def test_tiny_gpt_trains_and_resumes_bit_exact(tmp_path):
     assert first.losses + second.losses == full.losses  # bit for bit
 
 
-def test_zero_stage_1_is_refused_naming_both_flags():
-    cfg = parse_args(tiny_args(*SHAMPOO, "--zero-stage", "1")).config
-    with pytest.raises(ConfigError, match=r"--optimizer: dshampoo .*--zero-stage"):
+def test_zero_stage_3_is_refused_naming_both_flags_and_the_nearest_layout():
+    cfg = parse_args(tiny_args(*SHAMPOO, "--zero-stage", "3", "--train-iters", "1")).config
+    with pytest.raises(ConfigError, match=r"--optimizer: dshampoo is not correct under --zero-stage 3 "
+                                          r"\(supports up to ZeRO-2\); use --zero-stage 2"):
         resolve(cfg, DistEnv())
 
 
