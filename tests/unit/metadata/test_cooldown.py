@@ -117,14 +117,15 @@ def _lrs_by_iteration(text: str) -> dict[int, float]:
     return {int(m[1]): float(m[2]) for m in re.finditer(r"iter\s+(\d+)/\d+ \|.*?\| lr (\S+)", text)}
 
 
-@pytest.mark.slow
-def test_cooldown_plan_runs_90_plus_10_without_rewarm_on_plain_lists(package_jsonl, tmp_path, repo_root):
+@pytest.fixture
+def package_lists(package_jsonl, tmp_path) -> dict[str, str]:
+    """Real package metadata (200-character texts), with url/title prefixes and plain."""
     from megatron.config.data import DataConfig
     from megatron.data.preprocess import tokenize_to_indexed
     from megatron.metadata.preprocess import MetadataOptions, tokenize_with_metadata
 
     byte = DataConfig(tokenizer_type="byte")
-    short = tmp_path / "docs.jsonl"  # real package metadata, 200-character texts
+    short = tmp_path / "docs.jsonl"
     with open(package_jsonl) as f:
         short.write_text("".join(json.dumps({**r, "text": r["text"][:200]}) + "\n" for r in map(json.loads, f)))
     meta = tokenize_with_metadata([str(short)], str(tmp_path / "m"), byte,
@@ -132,6 +133,29 @@ def test_cooldown_plan_runs_90_plus_10_without_rewarm_on_plain_lists(package_jso
     plain = tokenize_to_indexed([str(short)], str(tmp_path / "p"), byte).prefixes["text"]
     (tmp_path / "meta.txt").write_text(f"1 {meta.text_prefix} packages\n")
     (tmp_path / "plain.txt").write_text(f"1 {plain} packages\n")
+    return {"meta": meta.text_prefix, "mask": meta.lossmask_prefix, "plain": plain}
+
+
+@pytest.mark.slow
+def test_launcher_runs_the_generated_plan(package_lists, tmp_path, repo_root):
+    """The launcher path: the tool's plan file through CPT_PLAN=... bash train_alcf.sh (dry run)."""
+    out = tmp_path / "plan.yaml"
+    assert plan_main(["--output-dir", str(tmp_path / "o"), "--metadata-data-file-list", str(tmp_path / "meta.txt"),
+                      "--plain-data-file-list", str(tmp_path / "plain.txt"), "--train-iters", "100",
+                      "--output", str(out)]) == 0
+    yaml_plan = yaml.safe_load(out.read_text())
+    yaml_plan["args"] = TINY
+    out.write_text(yaml.safe_dump(yaml_plan))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_FILE_LIST", "PBS_NODEFILE", "SLURM_JOB_NODELIST")}
+    done = subprocess.run(["bash", "train_alcf.sh"], cwd=repo_root, capture_output=True, text=True, timeout=300,
+                          env={**env, "CPT_PLAN": str(out), "DRY_RUN": "1", "PYTHON_EXEC": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage metadata: to run, ends at iteration 90; data " in done.stdout
+    assert "stage cooldown: to run, ends at iteration 100; data " in done.stdout and "replay [0.0, 1.0]" in done.stdout
+
+
+@pytest.mark.slow
+def test_cooldown_plan_runs_90_plus_10_without_rewarm_on_plain_lists(package_lists, tmp_path, repo_root):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(cooldown_plan(request(tmp_path, args=TINY))))
     done = subprocess.run([sys.executable, "-W", "ignore", os.path.join(repo_root, "tools", "continual_run.py"),
@@ -155,10 +179,10 @@ def test_cooldown_plan_runs_90_plus_10_without_rewarm_on_plain_lists(package_jso
     assert lrs2[91] == pytest.approx(single_cosine(90), rel=2e-3) and lrs2[91] < lrs1[90]
 
     # Stage 1 trains with the metadata masks; stage 2 opens only the plain dataset, no mask.
-    assert f"loss mask {meta.lossmask_prefix}: metadata tokens of {meta.text_prefix}" in s1
+    assert f"loss mask {package_lists['mask']}: metadata tokens of {package_lists['meta']}" in s1
     assert "trainable of" in s1
     data2 = [ln.split()[1] for ln in (root / "cooldown" / "data_list.txt").read_text().splitlines()
              if not ln.startswith("#")]
-    assert data2 == [plain] and final["config"]["--data-file-list"] == str(root / "cooldown" / "data_list.txt")
+    assert data2 == [package_lists["plain"]] and final["config"]["--data-file-list"] == str(root / "cooldown" / "data_list.txt")
     assert "data train: 1 datasets" in s2 and "loss mask" not in s2 and "trainable of" not in s2
-    assert "lossmask" not in s2 and meta.text_prefix not in s2
+    assert "lossmask" not in s2 and package_lists["meta"] not in s2
