@@ -10,6 +10,7 @@ silently train on the wrong positions, so it is refused before training.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -17,6 +18,8 @@ import numpy as np
 from megatron.config.fields import ConfigError
 from megatron.data.indexed import open_indexed
 from megatron.metadata.preprocess import lossmask_prefix, metadata_json_path
+
+log = logging.getLogger(__name__)
 
 SUFFIX = "_document"
 
@@ -81,4 +84,5 @@ def open_lossmask(prefix: str, indexed):  # noqa: ANN001, ANN201  (megatron.core
             f"{prefix}.idx has {text_lengths[first]} tokens: the loss mask does not belong to "
             f"this text dataset; {fix}"
         )
+    log.info("loss mask %s: metadata tokens of %s are not trained on", mask_prefix, prefix)
     return mask
