@@ -94,12 +94,12 @@ def sequence_losses(
     """Mean token loss and token count of every evaluated sequence of ``data_list``."""
     from megatron.data.data_list import parse_data_file_list
     from megatron.data.indexed import open_indexed
-    from megatron.data.sequences import SequenceDataset
+    from megatron.data.sequences import SequenceDataset, shuffle_name
 
     losses, tokens = [], []
     for entry in parse_data_file_list(data_list, flag=flag):
         indexed = open_indexed(entry.prefix)
-        dataset = SequenceDataset(indexed, 0, len(indexed), seq_length, seed, name=f"{entry.prefix}:eval")
+        dataset = SequenceDataset(indexed, 0, len(indexed), seq_length, seed, name=shuffle_name(entry.prefix, len(indexed), "eval"))
         count = dataset.samples_per_epoch
         if max_sequences is not None:
             count = min(count, max_sequences)

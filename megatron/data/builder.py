@@ -22,7 +22,7 @@ from megatron.data.blend import BlendedStream, cached_blend
 from megatron.data.data_list import DataEntry, parse_data_file_list
 from megatron.data.indexed import open_indexed
 from megatron.data.loader import MockStream
-from megatron.data.sequences import SequenceDataset, split_documents
+from megatron.data.sequences import SequenceDataset, shuffle_name, split_documents
 from megatron.metadata.lossmask import open_lossmask
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _datasets(
                         stop,
                         plan.seq_length,
                         cfg.train.seed,
-                        name=f"{entry.prefix}:{split}",
+                        name=shuffle_name(entry.prefix, len(indexed), split),
                         lossmask=lossmask,
                     )
                 except ValueError as e:

@@ -4,14 +4,23 @@ Sample ``i`` of epoch ``e`` is ``seq_length + 1`` consecutive tokens of the epoc
 documents in a per-epoch random order, concatenated (samples may span documents, as in
 Megatron). Everything is a pure function of (seed, dataset name, epoch, i), so the order does
 not depend on the run length and any sample can be read directly (resume never replays data).
+The name that salts the shuffle (``shuffle_name``) holds no directory, so the same files give the
+same order wherever they sit (a moved checkout, a relative or an absolute path in the list).
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections import OrderedDict
 
 import numpy as np
+
+
+def shuffle_name(prefix: str, num_documents: int, split: str) -> str:
+    """The dataset name that salts its shuffles: the file name (not the directory), the number of
+    documents and the split."""
+    return f"{os.path.basename(prefix)}[{num_documents} docs]:{split}"
 
 
 class SequenceDataset:

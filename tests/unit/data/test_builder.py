@@ -78,3 +78,24 @@ def test_data_parallel_ranks_read_disjoint_samples_covering_the_step():
         tokens = [readers[r].micro_batch(consumed, m).tokens for r in range(2) for m in range(3)]
         assert len({tuple(t.flatten().tolist()) for t in tokens}) == 6
     assert np.array_equal(readers[0].micro_batch(12, 1).tokens.numpy()[:, :3], np.stack([stream[i][1][:3] for i in (16, 17)]))
+
+
+def test_sample_order_does_not_depend_on_where_the_files_are(tmp_path, three_corpora, monkeypatch):
+    """A moved checkout, or a list with relative paths (the continual runner makes them absolute),
+    reads the same samples in the same order: the shuffle is salted by file name, not directory."""
+    import os
+    import shutil
+
+    prefix = three_corpora["comedy"]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.copy(prefix + ext, moved / (os.path.basename(prefix) + ext))
+    monkeypatch.chdir(tmp_path)
+    lists = [write_list(tmp_path / "abs.txt", [f"1 {prefix} comedy"]),
+             write_list(tmp_path / "moved.txt", [f"1 elsewhere/{os.path.basename(prefix)} comedy"])]  # fmt: skip
+    samples = []
+    for data in lists:
+        stream = build_streams(tiny_plan(*SEQ, "--train-iters", "10", "--data-file-list", data, mock=False)).train.stream
+        samples.append(np.stack([stream[i][1] for i in range(20)]))
+    np.testing.assert_array_equal(samples[0], samples[1])
