@@ -75,6 +75,7 @@ ENV_SWITCH_FLAGS=(
     "SP|--sequence-parallel"
     "CPU_OPTIMIZER|--cpu-optimizer"
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
+    "COMPILE|--compile"
 )
 
 _die() {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +49,13 @@ def compile_layers(model: nn.Module, *, mode: str = "default", backend: str = "i
     options: dict[str, Any] = {"backend": backend}
     if backend == "inductor" and mode != "default":
         options["mode"] = mode
+    # megatron-core's TP linears warn (a deprecation, on rank 0) in every forward; dynamo would
+    # break the layer's graph at each warning, so it replays them after the graph instead.
+    torch._dynamo.config.ignore_logging_functions.add(warnings.warn)
+    # Under --recompute-activations the layer body runs inside torch.utils.checkpoint, and its
+    # one side effect, filling the RoPE table cache (rope.py), would break the graph there.
+    # Filling it again during recomputation is not needed (the entry is already there).
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     layers = [m for m in model.modules() if isinstance(m, TransformerLayer)]
     for layer in layers:
         layer.compile(**options)
