@@ -67,3 +67,9 @@ class TrainConfig:
             raise ConfigError(f"--eval-iters: must be >= 0, got {self.eval_iters}")
         if self.bf16 and self.fp16:
             raise ConfigError("--bf16: cannot be combined with --fp16; pick one precision")
+        if self.compile_mode != "default" and not (self.compile and self.compile_backend == "inductor"):
+            raise ConfigError(
+                f"--compile-mode: {self.compile_mode} needs --compile with --compile-backend inductor"
+            )
+        if self.compile_backend != "inductor" and not self.compile:
+            raise ConfigError("--compile-backend: has no effect without --compile; add --compile")

@@ -104,3 +104,15 @@ def test_checkpoint_of_a_compiled_run_resumes_eagerly(tmp_path):
                             "--compile-backend", "eager"), DistEnv())
     second = train(tiny_plan("--train-iters", "4", "--save", save, "--load", save), DistEnv())
     assert first.losses + second.losses == full.losses  # parameter names unchanged by compile
+
+
+def test_compile_options_without_compile_are_refused():
+    from megatron.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--compile-mode: max-autotune needs --compile"):
+        tiny_plan(*STEPS, "--compile-mode", "max-autotune")
+    with pytest.raises(ConfigError, match="--compile-mode: max-autotune needs .*inductor"):
+        tiny_plan(*STEPS, "--compile", "--compile-mode", "max-autotune", "--compile-backend", "eager")
+    with pytest.raises(ConfigError, match="--compile-backend: has no effect without --compile"):
+        tiny_plan(*STEPS, "--compile-backend", "aot_eager")
+    assert tiny_plan(*STEPS, "--compile", "--compile-mode", "max-autotune").config.train.compile
