@@ -8,10 +8,11 @@ engine and its gradient hooks, the pipeline engine's schedule, the embedding, th
 loss. Parameter names, and therefore checkpoints, do not change.
 
 Inside a layer, megatron-core's tensor-parallel linears call ``torch.distributed`` collectives
-through autograd functions; dynamo traces them (or breaks the graph around them) and the
-results equal eager's (tested at TP=2). At TP > 1 the async all-reduce in their backward is
-not traceable, so the graph breaks around each TP linear (8 graphs per step instead of 2). Activation checkpointing (``--recompute-activations``)
-sits inside the compiled layer, where dynamo handles ``torch.utils.checkpoint`` as one region.
+through autograd functions. At TP=1 dynamo traces them whole; at TP > 1 the async all-reduce
+in their backward is not traceable, so the graph breaks around each TP linear (8 graphs per step
+instead of 2) and the results still equal eager's (tested at TP=2). Activation checkpointing
+(``--recompute-activations``) sits inside the compiled layer, where dynamo handles
+``torch.utils.checkpoint`` as one region.
 
 The first step that compiles is timed and logged on its own and left out of the throughput
 window (``CompileWatch``), so tokens/s reports the compiled steady state.
