@@ -111,7 +111,8 @@ class Reporter:
         """
         w = self.window
         w.steps += 1
-        w.loss_sum = w.loss_sum + (loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        # float64 on the device: the same sum as adding the per-step Python floats.
+        w.loss_sum = w.loss_sum + (loss.detach().double() if isinstance(loss, torch.Tensor) else loss)
         w.skipped += int(skipped)
         if not self.due(iteration):
             return
