@@ -77,6 +77,7 @@ ENV_SWITCH_FLAGS=(
     "CPU_OPTIMIZER|--cpu-optimizer"
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
     "FUSED_CE|--fused-linear-cross-entropy"
+    "COMPILE|--compile"
 )
 
 _die() {

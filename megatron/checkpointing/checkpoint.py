@@ -79,9 +79,15 @@ def rng_state() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+    for kind, module in _accelerator_modules():
+        state[kind] = module.get_rng_state()
     return state
+
+
+def _accelerator_modules() -> list[tuple[str, Any]]:
+    # CUDA and Intel XPU keep their own generators (dropout draws from them on the device).
+    return [(k, getattr(torch, k)) for k in ("cuda", "xpu")
+            if hasattr(torch, k) and getattr(torch, k).is_available()]
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -89,8 +95,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    for kind, module in _accelerator_modules():
+        if kind in state:
+            module.set_rng_state(state[kind])
 
 
 def save_checkpoint(

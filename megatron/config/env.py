@@ -85,6 +85,12 @@ class DistEnv:
         os.environ["LOCAL_WORLD_SIZE"] = str(self.local_world_size)
 
 
+def ds_accelerator(environ: Mapping[str, str] | None = None) -> str | None:
+    """DeepSpeed's accelerator override ``DS_ACCELERATOR`` (``cuda``, ``xpu``, ``cpu``), or None."""
+    env = os.environ if environ is None else environ
+    return env.get("DS_ACCELERATOR") or None
+
+
 def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
     """The first of ``names`` that is set, as an int."""
     for name in names:

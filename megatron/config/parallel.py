@@ -24,8 +24,8 @@ class ParallelConfig:
     """Offload optimizer states and the optimizer step to the CPU (ZeRO-Offload; ZeRO >= 1)."""
     deepspeed_config: str | None = None
     """A DeepSpeed JSON with extra keys we do not own (ZeRO sub-options, communication tuning); keys the flags own may repeat the flags' values (logged), never differ."""
-    distributed_backend: Literal["auto", "nccl", "gloo", "ccl"] = "auto"
-    """torch.distributed backend; auto = nccl with CUDA, else gloo."""
+    distributed_backend: Literal["auto", "nccl", "gloo", "xccl", "ccl"] = "auto"
+    """torch.distributed backend; auto = nccl on CUDA, xccl (else oneCCL's ccl) on Intel XPU, gloo on CPU."""
     distributed_timeout_minutes: int = 30
     """Timeout of collective operations."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron.config.fields import SECTION, ConfigError, require_positive
 
@@ -41,6 +42,12 @@ class TrainConfig:
     """Save and exit after this many minutes of training (e.g. before a job's walltime)."""
     kill_switch_file: str | None = None
     """Save and exit as soon as this file exists."""
+    compile: bool = False
+    """Compile each transformer layer with torch.compile (regional: DeepSpeed, TP and PP stay eager around the layers); the compiling step's time is logged apart from tokens/s."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode with --compile (inductor backend only)."""
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """torch.compile backend with --compile: inductor generates kernels; aot_eager/eager only trace (to debug graph breaks or numerics)."""
 
     def __post_init__(self) -> None:
         require_positive(
@@ -60,3 +67,9 @@ class TrainConfig:
             raise ConfigError(f"--eval-iters: must be >= 0, got {self.eval_iters}")
         if self.bf16 and self.fp16:
             raise ConfigError("--bf16: cannot be combined with --fp16; pick one precision")
+        if self.compile_mode != "default" and not (self.compile and self.compile_backend == "inductor"):
+            raise ConfigError(
+                f"--compile-mode: {self.compile_mode} needs --compile with --compile-backend inductor"
+            )
+        if self.compile_backend != "inductor" and not self.compile:
+            raise ConfigError("--compile-backend: has no effect without --compile; add --compile")

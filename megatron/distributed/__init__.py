@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron.config.env import DistEnv
+from megatron.config.env import DistEnv, ds_accelerator
 from megatron.config.plan import RunPlan
+from megatron.distributed.backend import check_deepspeed_agrees, pick_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,6 @@ def _skip_deepspeed_shm_build() -> None:
     module.build_shm_op = lambda: None
 
 
-def _pick_backend(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
 def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
     """Start torch.distributed and megatron-core's parallel groups; seed every RNG.
 
@@ -120,13 +115,14 @@ def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
         This rank's parallel coordinates.
     """
     env.export()
-    if torch.cuda.is_available():
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    # One decision for device and backend (CUDA/NCCL, XPU/xccl or ccl, CPU/gloo): backend.py.
+    accelerator = pick_accelerator(plan.config.parallel.distributed_backend, ds_accelerator())
+    check_deepspeed_agrees(accelerator)  # before any group starts: a refusal leaves nothing behind
+    device = accelerator.device(env.local_rank)
+    accelerator.set_device(device)
+    if accelerator.kind == "cpu":
         _skip_deepspeed_shm_build()
-    backend = _pick_backend(plan.config.parallel.distributed_backend, device)
+    backend = accelerator.backend
     if not dist.is_initialized():
         if env.master_addr is None:
             if env.world_size > 1:

@@ -39,13 +39,15 @@ class StepResult:
     """What one optimizer step reports.
 
     Attributes:
-        loss: Mean loss over the step's tokens, averaged over data-parallel ranks.
-        grad_norm: Global gradient norm before clipping (None if DeepSpeed skipped the step).
+        loss: Mean loss over the step's tokens, averaged over data-parallel ranks (a 0-d device
+            tensor: read it on the host only when needed; each read waits for the device).
+        grad_norm: Global gradient norm before clipping, as DeepSpeed keeps it (tensor or float;
+            None if DeepSpeed skipped the step).
         skipped: True when the update was skipped (fp16 overflow).
     """
 
-    loss: float
-    grad_norm: float | None
+    loss: torch.Tensor | float
+    grad_norm: torch.Tensor | float | None
     skipped: bool
 
 
@@ -124,6 +126,11 @@ class TrainEngine:
             )
         else:
             model = GPTModel(self.plan.model)
+        train = self.plan.config.train
+        if train.compile:  # regional: each transformer layer, before DeepSpeed wraps the model
+            from megatron.model.compile import compile_layers
+
+            compile_layers(model, mode=train.compile_mode, backend=train.compile_backend)
         return model.to(self.ctx.device)
 
     @property
@@ -143,11 +150,8 @@ class TrainEngine:
         if self.optimizer_spec.eval_mode is not None:
             self.optimizer_spec.eval_mode(self.optimizer)
 
-    def _grad_norm(self) -> float | None:
-        norm = self.engine.get_global_grad_norm()
-        if norm is None:
-            return None
-        return float(norm)
+    def _grad_norm(self) -> torch.Tensor | float | None:
+        return self.engine.get_global_grad_norm()  # not float(): that would sync every step
 
     def _set_pipeline_meter(self, meter: CorpusLoss | None) -> None:
         if self.pipeline:
@@ -176,7 +180,7 @@ class TrainEngine:
             self._set_pipeline_meter(meter)
             with self.attention(), timed("step"):
                 loss = self.engine.train_batch(data_iter=_pipeline_items(batches))
-            mean = float(loss)
+            mean = loss.detach() if isinstance(loss, torch.Tensor) else loss
         else:
             losses = []
             for batch in batches:
@@ -192,7 +196,7 @@ class TrainEngine:
                 with timed("optimizer"):
                     self.engine.step()
                 losses.append(reported.detach())
-            mean = _dp_mean(torch.stack(losses).mean())
+            mean = _dp_mean_tensor(torch.stack(losses).mean())
         self.timers.step_done()
         skipped = self.engine.skipped_steps > skipped_before
         return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
@@ -213,11 +217,15 @@ def _pipeline_items(batches: list[Batch]):  # noqa: ANN202
     return iter([(b.tokens, (b.labels, b.loss_mask, b.dataset_ids)) for b in batches])
 
 
-def _dp_mean(value: torch.Tensor) -> float:
+def _dp_mean_tensor(value: torch.Tensor) -> torch.Tensor:
     group = parallel_state.get_data_parallel_group()
     size = dist.get_world_size(group)
     if size > 1:
         value = value.clone()
         dist.all_reduce(value, group=group)
         value /= size
-    return float(value)
+    return value
+
+
+def _dp_mean(value: torch.Tensor) -> float:
+    return float(_dp_mean_tensor(value))

@@ -38,11 +38,16 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     return squares.sqrt()
 
 
-def clip_grads_(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
-    """Scale gradients so their global norm is at most ``max_norm``; returns the norm before."""
+def clip_grads_(params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global norm is at most ``max_norm``; returns the norm before.
+
+    Stays on the device (no host read of the norm): the coefficient is clamped at 1, and a
+    multiplication by exactly 1.0 leaves the gradients bit for bit as they were.
+    """
     params = [p for p in params if p.grad is not None]
     norm = global_grad_norm(params)
-    coef = max_norm / (float(norm) + 1e-6)
-    if coef < 1.0:
-        torch._foreach_mul_([p.grad for p in params], coef)
-    return float(norm)
+    if params:
+        coef = (max_norm / (norm.to(torch.float64) + 1e-6)).clamp(max=1.0)
+        grads = [p.grad for p in params]
+        torch._foreach_mul_(grads, coef.to(device=grads[0].device, dtype=grads[0].dtype))
+    return norm

@@ -36,6 +36,7 @@ from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
+from megatron.model.compile import CompileWatch
 from megatron.objectives.registry import eval_batches, plan_objective
 from megatron.scaling.coord_check import CoordCheckLogger
 from megatron.schedules.registry import cooldown_start
@@ -45,6 +46,7 @@ from megatron.trainer.metrics import Reporter
 from megatron.trainer.optimizer_states import optimizer_state_stats
 from megatron.trainer.resume import open_universal, restore
 from megatron.trainer.state import TrainState, data_state
+from megatron.trainer.step_values import StepValues
 from megatron.trainer.stop import StopSignals
 from megatron.trainer.token_counts import TokenCounter
 
@@ -113,8 +115,9 @@ class Trainer:
         self.token_counter = TokenCounter(ctx.device, plan.tokens_per_step)
         self.cooldown_start = cooldown_start(plan)
         self.reporter = Reporter(plan, ctx)
+        self.compile_watch = CompileWatch(self.cfg.train.compile, ctx.device)
         self.stop = StopSignals(self.cfg.train, ctx.device)
-        self.losses: list[float] = []
+        self.losses = StepValues()  # device tensors until a log line reads them
         self.valid_loss: float | None = None
         self.optimizer_states: dict[str, float] | None = None
         self.test_loss: float | None = None
@@ -184,13 +187,15 @@ class Trainer:
                 iteration=state.iteration, split="train", draw=0,
             )
         self.token_counter.add(batches)
-        result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
+        with self.compile_watch.step(self.reporter, state.iteration):  # --compile: time apart
+            result = self.engine.train_step(batches, self.train_meter, iteration=state.iteration)
         state.iteration += 1
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
         if self.reporter.due(state.iteration):
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
+            self.losses.flush()
             self.token_counter.report(self.reporter, state.iteration)
         if self.objective.step_stats is not None and self.reporter.due(state.iteration):
             self.reporter.on_train_stats(state.iteration, self.objective.step_stats(batches))

@@ -15,6 +15,7 @@ import torch
 
 from megatron.config.plan import RunPlan
 from megatron.distributed import ParallelContext
+from megatron.distributed.backend import device_name, synchronize
 from megatron.objectives.registry import plan_objective
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ PEAK_FLOPS = {
 
 def device_peak_flops(device: torch.device, dtype: str) -> float | None:
     """Peak FLOP/s of ``device`` for half-precision math, when known (None on CPU or fp32)."""
-    if device.type != "cuda" or dtype == "fp32":
+    if device.type == "cpu" or dtype == "fp32":
         return None
-    name = torch.cuda.get_device_name(device)
+    name = device_name(device)
     for key, peak in PEAK_FLOPS.items():
         if key in name:
             return peak
@@ -50,9 +51,10 @@ def format_duration(seconds: float) -> str:
 @dataclass
 class _Window:
     steps: int = 0
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0  # a device tensor between log lines: no host sync per step
     skipped: int = 0
     start: float = 0.0
+    untimed_steps: int = 0  # steps left out of throughput (the --compile steps that compiled)
 
 
 class Reporter:
@@ -94,34 +96,52 @@ class Reporter:
         if self.wandb is not None:
             self.wandb.scalar(name, value, step)
 
-    def on_step(self, iteration: int, loss: float, lr: float, grad_norm: float | None, skipped: bool) -> None:
-        """Account one step; report when ``iteration`` ends a log interval."""
+    def on_step(
+        self,
+        iteration: int,
+        loss: float | torch.Tensor,
+        lr: float,
+        grad_norm: float | torch.Tensor | None,
+        skipped: bool,
+    ) -> None:
+        """Account one step; report when ``iteration`` ends a log interval.
+
+        ``loss`` and ``grad_norm`` may be device tensors: they are read on the host only at a
+        log line (one sync per interval instead of one per step).
+        """
         w = self.window
         w.steps += 1
-        w.loss_sum += loss
+        # float64 on the device: the same sum as adding the per-step Python floats.
+        w.loss_sum = w.loss_sum + (loss.detach().double() if isinstance(loss, torch.Tensor) else loss)
         w.skipped += int(skipped)
         if not self.due(iteration):
             return
-        if self.ctx.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(self.ctx.device)
         now = time.perf_counter()
         elapsed = max(now - w.start, 1e-9)
-        mean_loss = w.loss_sum / w.steps
+        mean_loss = float(w.loss_sum) / w.steps
+        grad_norm = None if grad_norm is None else float(grad_norm)
         self.last_train_loss = mean_loss
-        tokens_per_s = w.steps * self.plan.tokens_per_step / elapsed
-        samples_per_s = w.steps * self.plan.global_batch_size / elapsed
-        tflops = w.steps * self.flops_per_step / elapsed / self.plan.world_size / 1e12
+        timed = w.steps - w.untimed_steps
+        tokens_per_s = timed * self.plan.tokens_per_step / elapsed if timed else None
+        samples_per_s = timed * self.plan.global_batch_size / elapsed if timed else None
+        tflops = timed * self.flops_per_step / elapsed / self.plan.world_size / 1e12 if timed else None
         if self.active:
             parts = [
                 f"iter {iteration:>6d}/{self.plan.train_iters}",
                 f"{self.objective.train_metric} {mean_loss:.4f}",
                 f"lr {lr:.3e}",
                 f"grad norm {grad_norm:.3f}" if grad_norm is not None else "grad norm n/a",
-                f"{tokens_per_s:,.0f} tok/s",
-                f"{samples_per_s:.1f} samples/s",
-                f"{tflops:.3f} TFLOP/s/device",
             ]
-            if self.peak:
+            if timed:
+                parts += [
+                    f"{tokens_per_s:,.0f} tok/s",
+                    f"{samples_per_s:.1f} samples/s",
+                    f"{tflops:.3f} TFLOP/s/device",
+                ]
+            else:
+                parts.append("tok/s n/a (compiling steps only)")
+            if self.peak and timed:
                 parts.append(f"MFU {100 * tflops * 1e12 / self.peak:.1f}%")
             parts += [f"skipped {w.skipped}", f"elapsed {format_duration(now - self.started)}"]
             log.info(" | ".join(parts))
@@ -170,6 +190,12 @@ class Reporter:
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (evaluation, saving) out of the current throughput window."""
         self.window.start += seconds
+
+    def exclude_step(self, seconds: float) -> None:
+        """Leave one whole step of ``seconds`` (a step that compiled) out of throughput; its loss
+        still counts in the interval's mean."""
+        self.window.start += seconds
+        self.window.untimed_steps += 1
 
     def on_train_stats(self, iteration: int, stats: dict[str, float]) -> None:
         """Objective statistics of the last step (mdm: mean t, masked fraction)."""

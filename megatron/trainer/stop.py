@@ -53,10 +53,13 @@ class StopSignals:
                 and time.monotonic() - self.started > 60.0 * self.cfg.exit_duration_in_mins
             ),
         ]
-        flags = torch.tensor([float(x) for x in local], device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
+            # One tiny all-reduce per step (and a host read of it): the ranks must agree.
+            flags = torch.tensor([float(x) for x in local], device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        for reason, flag in zip(REASONS, flags.tolist(), strict=True):
+            local = [bool(f) for f in flags.tolist()]
+        # One process: no device tensor at all (its host read would wait for the step's kernels).
+        for reason, flag in zip(REASONS, local, strict=True):
             if flag:
                 return reason
         if self.cfg.exit_interval and iteration % self.cfg.exit_interval == 0:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import torch
 
+from megatron.distributed.backend import synchronize
+
 
 class PhaseTimers:
     """Accumulates seconds per phase; ``collect`` returns mean ms per step and resets.
@@ -32,8 +34,7 @@ class PhaseTimers:
         self.steps = 0
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
