@@ -3,11 +3,14 @@
 
 For each preset (``ALCF/presets/lr-transfer/{sp,mup}.yaml``), width and LR, trains the preset's
 small GPT on the bundled Shakespeare plays in this process and records the final validation
-loss; writes ``lr_transfer.csv`` and prints a Markdown table (validation loss per LR, best LR
-per width). Under muP (base width 64) the best LR should stay put as the width grows; under the
-standard parametrization it tends to move down.
+loss; writes ``lr_transfer.csv``, ``lr_transfer.png`` and prints a Markdown table (validation
+loss per LR averaged over seeds, best grid LR and the parabola-fitted optimum per width). Under
+muP (base width 64) the best LR should stay put as the width grows; under the standard
+parametrization it tends to move down.
 
-    python tools/lr_transfer.py --widths 64,128,256 --lrs 1e-3,3e-3,1e-2,3e-2 --out outputs/lr_transfer
+    OMP_NUM_THREADS=1 python tools/lr_transfer.py --presets sp --seeds 1,2 --out outputs/lrt_sp &
+    OMP_NUM_THREADS=1 python tools/lr_transfer.py --presets mup --seeds 1,2 --out outputs/lrt_mup &
+    wait; python tools/lr_transfer.py --from-csv outputs/lrt_{sp,mup}/lr_transfer.csv --out outputs/lrt
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ def read_csv(paths: list[str]) -> list[Run]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", type=_list(int), default=[64, 128, 256])
-    p.add_argument("--lrs", type=_list(float), default=[1e-3, 3e-3, 1e-2, 3e-2])
+    p.add_argument("--lrs", type=_list(float), default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
     p.add_argument("--presets", type=_list(str), default=["sp", "mup"])
     p.add_argument(
         "--seeds", type=_list(int), default=[1234], help="the table shows the mean over seeds"
