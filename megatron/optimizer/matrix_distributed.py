@@ -115,6 +115,22 @@ def whole_units(shapes: list[tuple[int, int]]) -> list[Unit]:
     return [Unit(index=i, rows=None, tp_dim=None, shape=s) for i, s in enumerate(shapes)]
 
 
+def step_units(
+    params: list[torch.nn.Parameter], layout: GroupLayout | None, who: str, check_unbound: Callable[[list], None]
+) -> tuple[list[torch.nn.Parameter], list[Unit]]:
+    """The parameters a matrix step updates and their units: without a layout (one process or
+    ZeRO-0 before binding) each matrix with a gradient is its own unit; with one, every rank must
+    hold a gradient for every matrix (the owners' collectives need all of them)."""
+    if layout is None:
+        params = [p for p in params if p.grad is not None]
+        check_unbound(params)
+        return params, whole_units([(p.size(0), p.size(1)) for p in params])
+    missing = [m.name for p, m in zip(params, layout.matrices, strict=True) if p.grad is None]
+    if missing:
+        raise RuntimeError(f"{who}: no gradient for {missing}; every rank must update every matrix")
+    return params, layout.units
+
+
 def _piece(inputs: list[torch.Tensor], unit: Unit) -> torch.Tensor:
     d = inputs[unit.index]
     return d if unit.rows is None else d.index_select(-2, unit.rows)

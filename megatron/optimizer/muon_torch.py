@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
+from megatron.optimizer.matrix_distributed import step_units
 from megatron.optimizer.muon import LR_SCALES, NS_COEFFICIENTS, NS_EPS, ns_cost, shape_scale
 from megatron.optimizer.muon_distributed import (
     GroupLayout,
@@ -19,7 +20,6 @@ from megatron.optimizer.muon_distributed import (
     group_size,
     orthogonalize_units,
     unit_update,
-    whole_units,
 )
 
 
@@ -193,16 +193,7 @@ class Muon(torch.optim.Optimizer):
         if layout is not None and layout.flat:
             self._flat_matrix_step(group, layout)
             return
-        if layout is None:
-            params = [p for p in group["params"] if p.grad is not None]
-            self._check_unbound(group, params)
-            units = whole_units([(p.size(0), p.size(1)) for p in params])
-        else:
-            params = group["params"]
-            missing = [m.name for p, m in zip(params, layout.matrices, strict=True) if p.grad is None]
-            if missing:
-                raise RuntimeError(f"muon: no gradient for {missing}; every rank must update every matrix")
-            units = layout.units
+        params, units = step_units(group["params"], layout, "muon", lambda ps: self._check_unbound(group, ps))
         if not params:
             return
         directions = [self._direction(p, group) for p in params]

@@ -22,7 +22,7 @@ from megatron.optimizer.matrix_distributed import (
     gather_flat,
     group_size,
     run_units,
-    whole_units,
+    step_units,
 )
 from megatron.optimizer.owners import balance, owned_key
 from megatron.optimizer.shampoo import DShampooOptions, block_slices, shampoo_cost
@@ -115,16 +115,7 @@ class DShampoo(torch.optim.Optimizer):
 
     def _matrix_step(self, group: dict[str, Any], layout: GroupLayout | None) -> None:
         """Whole matrices (one process, ZeRO-0) or TP shards of them."""
-        if layout is None:
-            params = [p for p in group["params"] if p.grad is not None]
-            self._check_unbound(params)
-            units = whole_units([(p.size(0), p.size(1)) for p in params])
-        else:
-            params = group["params"]
-            missing = [m.name for p, m in zip(params, layout.matrices, strict=True) if p.grad is None]
-            if missing:
-                raise RuntimeError(f"dshampoo: no gradient for {missing}; every rank must update every matrix")
-            units = layout.units
+        params, units = step_units(group["params"], layout, "dshampoo", self._check_unbound)
         if not params:
             return
         grafts = [self._graft(p, self.state[p], group) for p in params]
