@@ -106,3 +106,14 @@ def run_distributed(
             raise AssertionError(f"rank {rank} failed:\n{value}")
         results[rank] = value
     return [results[r] for r in range(world_size)]
+
+
+def assert_resume_is_bit_exact(run: Callable, flags: list[str], save: str, *, stop: int = 2) -> None:
+    """On 2 ranks, the run ``flags`` describe (``--train-iters`` included) equals ``stop`` steps, a
+    checkpoint in ``save`` and the rest resumed from it: the losses and the final validation loss
+    bit for bit. ``run(env, flags)`` (a top-level function) returns ``(losses, valid_loss)``."""
+    full = run_distributed(run, flags)[0]
+    first = run_distributed(run, [*flags, "--exit-interval", str(stop), "--save", save])[0]
+    second = run_distributed(run, [*flags, "--load", save])[0]
+    assert first[0] + second[0] == full[0]
+    assert second[1] == full[1]

@@ -24,7 +24,7 @@ from megatron.checkpointing.convert import convert
 from megatron.checkpointing.universal import UniversalCheckpoint
 from megatron.config import ConfigError, DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import run_distributed, tiny_plan
+from tests.helpers import assert_resume_is_bit_exact, run_distributed, tiny_plan
 
 pytestmark = pytest.mark.deepspeed
 
@@ -52,12 +52,7 @@ def _run(env: DistEnv, flags: list[str]) -> tuple[tuple[float, ...], float | Non
 @pytest.mark.parametrize("layout", ["zero0-dp2", "zero1-dp2", "zero2-dp2", "zero3-dp2", "tp2", "pp2"])
 def test_resume_is_bit_exact_at_every_layout(tmp_path, layout):
     # One process group per run (re-initializing gloo inside a forked child is not reliable).
-    save, flags = str(tmp_path / "ckpt"), LAYOUTS[layout]
-    full = run_distributed(_run, ["--train-iters", "4", *flags])[0]
-    first = run_distributed(_run, ["--train-iters", "4", "--exit-interval", "2", "--save", save, *flags])[0]
-    second = run_distributed(_run, ["--train-iters", "4", "--load", save, *flags])[0]
-    assert first[0] + second[0] == full[0]
-    assert second[1] == full[1]
+    assert_resume_is_bit_exact(_run, ["--train-iters", "4", *LAYOUTS[layout]], str(tmp_path / "ckpt"))
 
 
 def _save(env: DistEnv, flags: list[str], save: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import run_distributed, tiny_plan
+from tests.helpers import assert_resume_is_bit_exact, run_distributed, tiny_plan
 
 pytestmark = pytest.mark.deepspeed
 
@@ -121,12 +121,7 @@ RESUME = ["--train-iters", "5", FREQUENCY, "2"]
 
 @pytest.mark.parametrize("layout", ["zero1-dp2", "tp2"])
 def test_resume_is_bit_exact(tmp_path, layout):
-    save, flags = str(tmp_path / "ckpt"), [*RESUME, *LAYOUTS[layout]]
-    full = run_distributed(_run, flags)[0]
-    first = run_distributed(_run, [*flags, "--exit-interval", "3", "--save", save])[0]
-    second = run_distributed(_run, [*flags, "--load", save])[0]
-    assert first[0] + second[0] == full[0]
-    assert second[1] == full[1]
+    assert_resume_is_bit_exact(_run, [*RESUME, *LAYOUTS[layout]], str(tmp_path / "ckpt"), stop=3)
 
 
 @pytest.mark.parametrize("layout", ["zero1-dp2", pytest.param("tp2-zero1", marks=pytest.mark.slow)])
