@@ -23,6 +23,7 @@ from typing import Any
 
 from megatron.config.fields import ConfigError
 from megatron.config.schema import Knob, Path, convert, knob_by_flag, normalize_flag
+from megatron.config.yaml_file import read_yaml
 
 LAUNCHER_SOURCE = "train_alcf.sh default"
 
@@ -64,15 +65,7 @@ def read_config_file(path: str) -> Settings:
     """
     import yaml
 
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML/JSON: {e}") from None
+    root, _ = read_yaml(path, "--config", kind="YAML/JSON", construct=False)
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 from megatron.config.fields import ConfigError
+from megatron.config.yaml_file import read_yaml
 
 DEFAULT_OUTPUT_DIR = "outputs/cpt"
 STAGE_DONE = "STAGE_DONE.json"
@@ -59,15 +60,7 @@ def read_eval_plan(path: str) -> EvalPlan:
         ConfigError: Unreadable plan, missing ``name``/``stages``/``key``/``eval_data``, duplicate
             keys, or an evaluation list that does not exist (naming the stage).
     """
-    import yaml
-
-    try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"--plan: cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--plan: {path} is not valid YAML: {e}") from None
+    _, doc = read_yaml(path, "--plan")
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
         raise ConfigError(f"--plan: {path} needs a 'name' (the run's name)")
     stages = doc.get("stages")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron.config.fields import ConfigError
+from megatron.config.yaml_file import read_yaml
 from megatron.continual.replay import ReplayConfig, parse_replay
 
 
@@ -209,18 +210,8 @@ def load_plan(path: str, overrides: dict[str, Any] | None = None) -> Plan:
         PlanError: Unreadable file, unknown keys (file:line), missing or inconsistent fields,
             data lists that do not exist.
     """
-    import yaml
-
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise PlanError(f"--plan: cannot read {path}: {e.strerror}") from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise PlanError(f"--plan: {path} is not valid YAML: {e}") from None
+    node, raw = read_yaml(path, "--plan", error=PlanError)
+    raw = raw or {}
     if not isinstance(raw, dict):
         raise PlanError(f"--plan: {path} must be a mapping of plan keys ({', '.join(PLAN_KEYS)})")
     _check_yaml_keys(node, path)
