@@ -28,7 +28,7 @@ import torch
 from megatron.config.fields import ConfigError
 from megatron.continual.ewc import EWCAnchor, fisher_sum, owned_shards
 from megatron.continual.lwf import Teacher, lwf_loss
-from megatron.model.gpt import masked_mean, token_losses
+from megatron.model.gpt import token_losses
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,12 @@ class Regularizers:
         else:
             logits = engine(batch.tokens)
             losses = token_losses(logits.clone() if self.ctx.tp_size > 1 else logits, batch.labels)
+        # The objective's own reduction (AR masked mean, MDM's 1/t-weighted ELBO): the
+        # regularizers add terms to the objective's loss, never replace it.
+        objective = self.engine.objective
         if meter is not None:
-            meter.add(losses, batch.loss_mask, batch.dataset_ids)
-        lm = masked_mean(losses, batch.loss_mask)
+            objective.meter_add(meter, losses, batch.loss_mask, batch.dataset_ids)
+        lm = objective.reduce(losses, batch.loss_mask)
         total, reported = lm, lm
         if self.ewc is not None:
             penalty = self.ewc.penalty(self.engine.module)
