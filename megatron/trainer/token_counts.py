@@ -37,7 +37,9 @@ class TokenCounter:
     def add(self, batches: list[Batch]) -> None:
         """Add this rank's micro-batches of one step."""
         for batch in batches:
-            self.count += batch.loss_mask.sum()
+            # Positions that carry a loss: the mask is 0/1 for next-token prediction but holds
+            # the 1/t weights of masked diffusion, whose sum is not a token count.
+            self.count += (batch.loss_mask > 0).sum()
         self.steps += 1
 
     def collect(self) -> tuple[int, int]:
