@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron.config.fields import SECTION, ConfigError, require, require_positive, require_ratio
+from megatron.config.fields import (
+    SECTION,
+    ConfigError,
+    knob,
+    require,
+    require_positive,
+    require_ratio,
+)
 
 AUTO = "auto"
 
@@ -19,7 +26,7 @@ AUTO = "auto"
 class ObjectiveConfig:
     """What the model is trained to predict."""
 
-    objective: str = "ar"
+    objective: str = knob("ar", names="megatron.objectives.registry:objective_names")
     """Training objective: ar (next-token prediction, causal attention) or mdm (masked diffusion:
     predict masked tokens from the rest, bidirectional attention; its loss is an upper bound on
     the per-token NLL)."""

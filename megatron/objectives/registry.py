@@ -88,6 +88,13 @@ def register_objective(name: str, **spec_fields: Any) -> Callable[[BatchesFn], B
     return decorate
 
 
+def objective_names() -> list[str]:
+    """Every registered ``--objective`` value, sorted (``--help`` lists them)."""
+    import megatron.objectives  # noqa: F401  (the package imports every entry module)
+
+    return sorted(OBJECTIVES)
+
+
 def get_objective(name: str) -> ObjectiveSpec:
     """Look up a registered objective.
 

@@ -134,6 +134,7 @@ def test_help_lists_the_registered_choices(capsys):
     assert "lr-range" not in styles and "wsd" in styles  # wsd is documented; lr-range is --lr-finder's
     assert "--lr-cooldown-shape {" + ",".join(COOLDOWN_SHAPES) + "}" in text
     assert "--tokenizer-type {byte,gpt2bpe,hf,null,sentencepiece}" in text
+    assert "--objective {ar,mdm}" in text
 
 
 def test_internal_schedule_names_are_refused_as_styles():
