@@ -53,8 +53,11 @@ def _resolve_path(path: str, plan_dir: str) -> str:
     return beside if os.path.exists(beside) else path
 
 
-def read_eval_plan(path: str) -> EvalPlan:
+def read_eval_plan(path: str, output_dir: str | None = None) -> EvalPlan:
     """Read the keys the matrix needs; check every stage's evaluation list exists.
+
+    ``output_dir`` overrides the plan's ``output_dir`` (the parent of the run root), as
+    ``tools/continual_run.py --output-dir`` does.
 
     Raises:
         ConfigError: Unreadable plan, missing ``name``/``stages``/``key``/``eval_data``, duplicate
@@ -83,7 +86,7 @@ def read_eval_plan(path: str) -> EvalPlan:
                               "not exist (relative paths: from the working directory or the plan's "
                               "folder)")
         out.append(EvalStage(key, eval_data))
-    root = os.path.join(str(doc.get("output_dir") or DEFAULT_OUTPUT_DIR), doc["name"])
+    root = os.path.join(str(output_dir or doc.get("output_dir") or DEFAULT_OUTPUT_DIR), doc["name"])
     return EvalPlan(path=path, name=doc["name"], root=root, stages=tuple(out))
 
 
