@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
-
-# megatron-core warns on import that the optional Transformer Engine/Apex kernels are absent; we
-# use neither (our layers and optimizers are plain torch), so the warnings only add noise.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 
 def main(argv: list[str] | None = None) -> int:

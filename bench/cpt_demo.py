@@ -18,11 +18,9 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 
 
 def held_out_loss(plan, ckpt_spec, eval_spec, eval_iters: int) -> float:

@@ -18,10 +18,8 @@ import argparse
 import os
 import sys
 import tempfile
-import warnings
 
 # As in pretrain_gpt.py: megatron-core's note about absent optional kernels is noise here.
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
