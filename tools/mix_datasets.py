@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mix data file lists with mixture weights into one list (SPEC section 6).
+"""Mix data file lists with mixture weights into one list (docs/design.md §6).
 
     python tools/mix_datasets.py --inputs 0.9 papers.txt 0.1 dolma.txt > mixed.txt
     python tools/mix_datasets.py --inputs 0.9 papers.txt 0.1 dolma.txt --output mixed.txt

@@ -11,7 +11,7 @@ when complete. Other tokenizers:
     --tokenizer-type sentencepiece --tokenizer-model m.model      (tools/train_tokenizer.py --type sentencepiece)
     --tokenizer-type gpt2bpe --vocab-file vocab.json --merge-file merges.txt
 
-With metadata (shared/specs/metadata.md), each document gets, with probability p (seeded by
+With metadata (docs/metadata.md), each document gets, with probability p (seeded by
 its index), a prefix rendered from its jsonl fields that is loss-masked in training:
 
     --metadata-keys url,timestamp --metadata-template bigscience --metadata-probability 0.5

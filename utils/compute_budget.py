@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compute budgets: parameters, FLOPs, tokens, samples and iterations of a GPT run (SPEC section 6).
+"""Compute budgets: parameters, FLOPs, tokens, samples and iterations of a GPT run (docs/design.md §6).
 
     python utils/compute_budget.py --num-layers 32 --hidden-size 4096 --vocab-size 32000 \
         --flops 1e21 --seq-length 4096 --global-batch-size 768

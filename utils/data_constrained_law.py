@@ -15,7 +15,7 @@ huggingface/datablations, README "Parametric Fit", fitted on C4 with autoregress
 R_D* is how many repetitions it takes for repeated tokens to lose 1 - 1/e of their value: 15.4
 for autoregressive models; Prabhudesai et al., "Diffusion Beats Autoregressive in
 Data-Constrained Settings" (arXiv 2507.15857) fit about 500 for masked diffusion. Their other
-per-objective constants are not confirmed (shared/specs/diffusion.md, Open points), so
+per-objective constants are not confirmed (docs/diffusion.md), so
 ``--objective mdm`` replaces R_D* only: its losses are the AR law with diffusion's repetition
 value, an illustration, while its D'/U and epoch counts depend on R_D* alone.
 

@@ -9,7 +9,7 @@ from megatron.config.fields import SECTION, ConfigError, knob, require_positive,
 
 @dataclass(**SECTION)
 class DataConfig:
-    """Where samples come from (SPEC section 6)."""
+    """Where samples come from (docs/design.md §6)."""
 
     data_file_list: str | None = None
     """File of 'weight prefix corpus' lines naming indexed datasets (.bin/.idx prefixes)."""

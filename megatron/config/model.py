@@ -117,7 +117,7 @@ class ModelConfig:
                 "--max-position-embeddings",
                 f"{self.max_position_embeddings} is shorter than --seq-length {self.seq_length}",
             )
-        # A flag that silently does nothing is a bug our users hit before (SPEC section 11).
+        # A flag that silently does nothing is a bug our users hit before (docs/design.md §11).
         require(
             self.adjust_word_embedding_init == (self.word_embedding_init_std is not None),
             "--word-embedding-init-std",
@@ -148,7 +148,7 @@ class ModelConfig:
 
     @property
     def ffn_size(self) -> int:
-        """MLP hidden size after defaults (SPEC section 6 rule for SwiGLU)."""
+        """MLP hidden size after defaults (docs/design.md §6 rule for SwiGLU)."""
         if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
         if self.swiglu:

@@ -3,7 +3,7 @@
 The objectives themselves are entries of ``megatron/objectives`` (a registry); this section only
 holds the values. Masked diffusion follows Nie et al., "Scaling up Masked Diffusion Models on
 Text" (arXiv 2410.18514) and Prabhudesai et al., "Diffusion Beats Autoregressive in
-Data-Constrained Settings" (arXiv 2507.15857); see shared/specs/diffusion.md.
+Data-Constrained Settings" (arXiv 2507.15857); see docs/diffusion.md.
 """
 
 from __future__ import annotations

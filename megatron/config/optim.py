@@ -16,7 +16,7 @@ def _default_options() -> dict[str, Any]:
 
 @dataclass(**SECTION)
 class OptimConfig:
-    """Optimizer (SPEC section 4). Per-optimizer flags are namespaced: --muon-momentum, ..."""
+    """Optimizer (docs/design.md §4). Per-optimizer flags are namespaced: --muon-momentum, ..."""
 
     optimizer: str = knob("adamw", aliases=("--opt",), names="megatron.optimizer.registry:optimizer_names")
     """Optimizer name, from the optimizer registry."""

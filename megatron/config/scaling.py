@@ -3,7 +3,7 @@
 The recipe is off by default and nothing turns it on behind the user's back. Width and depth
 multipliers are derived from explicit base shapes in ``megatron/scaling/recipes.py`` (called by
 ``resolve``); the legacy flags of Megatron-LM and of the ALCF fork's muP patch are accepted only
-when they agree with the derived values. Formulas: ``/work/shared/specs/mup.md`` section 2.
+when they agree with the derived values. Formulas: ``docs/mup.md``.
 """
 
 from __future__ import annotations

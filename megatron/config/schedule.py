@@ -23,7 +23,7 @@ def _at_most_one(obj: object, *names: str) -> None:
 
 @dataclass(**SECTION)
 class ScheduleConfig:
-    """LR schedule (SPEC section 2). Warmup is given in one unit at most; decay defaults to the run."""
+    """LR schedule (docs/design.md §2). Warmup is given in one unit at most; decay defaults to the run."""
 
     lr_decay_style: str = knob("cosine", names="megatron.schedules.registry:schedule_names")
     """Decay style, from the schedule registry; wsd is constant with --lr-constant-plus-cooldown."""
@@ -58,7 +58,7 @@ class ScheduleConfig:
     lr_cooldown_fraction: float = 0.1
     """Infinite schedules: cooldown eta_max -> eta_const as a fraction of the decay steps."""
     lr_finder: bool = False
-    """Run an LR range test over the run's steps instead of training (SPEC section 3)."""
+    """Run an LR range test over the run's steps instead of training (docs/design.md §3)."""
     lr_finder_start: float = 1e-7
     """First LR of the range test."""
     lr_finder_end: float = 10.0

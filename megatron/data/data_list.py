@@ -1,4 +1,4 @@
-"""Data file lists: one ``weight prefix corpus`` line per indexed dataset (SPEC section 6).
+"""Data file lists: one ``weight prefix corpus`` line per indexed dataset (docs/design.md §6).
 
 Blank lines and ``#`` comments are allowed, a ``.bin`` suffix on the prefix is tolerated,
 weights are renormalized to sum to 1. Relative prefixes are relative to the working directory

@@ -1,4 +1,4 @@
-"""Mix several data file lists into one (SPEC section 6, ``tools/mix_datasets.py``).
+"""Mix several data file lists into one (docs/design.md §6, ``tools/mix_datasets.py``).
 
 Continual pretraining replays a little of the old corpus next to the new one: "0.9 of papers,
 0.1 of dolma". Each input list k gets a mixture weight W_k, and every entry of it, with weight w

@@ -2,5 +2,5 @@
 
 Documents get a rendered metadata prefix (BigScience's ``url: ... | Year: 2019 |||`` or MeCo's
 ``URL: domain\\n\\n``) that occupies context but is never a training target; see
-``shared/specs/metadata.md``.
+``docs/metadata.md``.
 """

@@ -16,7 +16,7 @@ def _key_list(value: str) -> list[str]:
 
 def add_metadata_args(p: argparse.ArgumentParser) -> None:
     """Add the metadata options (the seed's hydra keys and MeCo's flags as spellings)."""
-    g = p.add_argument_group("metadata prefixes (shared/specs/metadata.md)")
+    g = p.add_argument_group("metadata prefixes (docs/metadata.md)")
     g.add_argument(
         "--metadata-keys",
         "--metadata-list",

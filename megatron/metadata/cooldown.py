@@ -4,7 +4,7 @@ MeCo (Gao et al. 2025, arXiv 2501.01956; princeton-pli/MeCo run_configs stage1/s
 the first ``1 - f`` of the steps on documents with metadata prefixes and the last ``f`` (10%) on
 plain documents, resuming optimizer and LR scheduler and deleting only the data-loader state,
 so the model needs no metadata at inference. Here that is an ordinary plan of
-``tools/continual_run.py`` (``megatron/continual/plan.py``; ``shared/specs/continual.md``):
+``tools/continual_run.py`` (``megatron/continual/plan.py``; ``docs/continual.md``):
 
 - stage ``metadata`` reads the metadata lists for ``round((1 - f) * N)`` iterations, stage
   ``cooldown`` the plain lists for the rest (no replay: the metadata lists are not in its blend);

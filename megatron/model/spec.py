@@ -111,14 +111,14 @@ class GPTSpec:
         return self.num_parameters() - lookup + head
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6*N + 12*L*d*s (SPEC section 10; N = matmul parameters,
+        """Training FLOPs per token: 6*N + 12*L*d*s (docs/design.md §10; N = matmul parameters,
         the second term is attention's QK^T and AV, forward and backward, without the causal
         halving)."""
         return 6.0 * self.matmul_parameters() + 12.0 * self.num_layers * self.hidden_size * self.seq_length
 
 
 def swiglu_ffn_size(hidden: int) -> int:
-    """Default SwiGLU MLP width (SPEC section 6): ``floor((8d/3)/64)*64``, at least 64.
+    """Default SwiGLU MLP width (docs/design.md §6): ``floor((8d/3)/64)*64``, at least 64.
 
     Integer arithmetic (``8d // 192``) avoids float rounding at exact multiples.
     """
@@ -126,7 +126,7 @@ def swiglu_ffn_size(hidden: int) -> int:
 
 
 def approx_parameters(num_layers: int, hidden: int, ffn: int, vocab: int) -> int:
-    """SPEC section 6's budget formula ``N = 4*L*d^2 + 3*L*d*f + 6*L*d + V*d``: attention (4 d x d),
+    """docs/design.md §6's budget formula ``N = 4*L*d^2 + 3*L*d*f + 6*L*d + V*d``: attention (4 d x d),
     a SwiGLU MLP (3 d x f), ~6d of norms and biases per layer and one tied embedding table
     (``GPTSpec.num_parameters`` is the exact count of a built model)."""
     L, d, f, V = num_layers, hidden, ffn, vocab

@@ -45,7 +45,7 @@ def refuse_mdm_flags(cfg: Any, spec: Any) -> None:
     meter_add=_meter_add,
     check=refuse_mdm_flags,
     eval_draws=lambda cfg: 1,
-    attention_flops="causal attention counted as full: 12*L*d*s per token (SPEC section 10; "
+    attention_flops="causal attention counted as full: 12*L*d*s per token (docs/design.md §10; "
     "a causal kernel does about half of it)",
 )
 def ar_batches(plan: Any, reader: Any, consumed: int, *, iteration: int, split: str, draw: int) -> list:

@@ -1,4 +1,4 @@
-"""Muon: orthogonalized momentum for 2-D hidden matrices, AdamW for everything else (SPEC 4).
+"""Muon: orthogonalized momentum for 2-D hidden matrices, AdamW for everything else (docs/design.md §4).
 
 One ``torch.optim.Optimizer`` holds both kinds of group, so DeepSpeed, the LR scheduler and the
 checkpoint see a single optimizer:

@@ -1,6 +1,6 @@
 """Param-group policy: which tensors decay, which take a matrix update. A pure function.
 
-Rules (STYLE section 3, SPEC section 4):
+Rules (docs/style.md, docs/design.md §4):
 - 1-D tensors (biases, norm weights) never take weight decay.
 - ``elementwise`` optimizers (AdamW, Lion, ...): every tensor in one rule, split by decay.
 - ``matrix`` optimizers (Muon, Shampoo, SOAP): 2-D hidden matrices take the matrix update;

@@ -3,7 +3,7 @@
 Every one takes decoupled weight decay per group (``--weight-decay``; 1-D tensors none) and
 clips through DeepSpeed (``--clip-grad``); the package's own clipping options stay off.
 
-ZeRO (SPEC section 4): under ZeRO-1/2 DeepSpeed hands the client optimizer one flat fp32
+ZeRO (docs/design.md §4): under ZeRO-1/2 DeepSpeed hands the client optimizer one flat fp32
 partition per param group instead of the tensors.
 - lion, adopt are element-wise (their only cross-element quantity is the step count): correct on
   flat shards, ``max_zero_stage=3``.

@@ -2,7 +2,7 @@
 
 Gradients are taken at y; the weights are averaged into x. ``train_mode``/``eval_mode`` call the
 package's ``train()``/``eval()``, which the trainer runs around evaluation and before saving, so
-evaluation and checkpoints see x (SPEC section 4). The LR schedule must be constant (warmup
+evaluation and checkpoints see x (docs/design.md §4). The LR schedule must be constant (warmup
 allowed): ``uses_lr_schedule=False`` makes plan.py refuse a decaying ``--lr-decay-style``.
 
 Decisions:

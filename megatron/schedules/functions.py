@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the step (math only; SPEC section 2).
+"""Learning-rate schedules as pure functions of the step (math only; docs/design.md §2).
 
 Each function returns the multiplier on eta_max (``--lr``) at optimizer step ``step`` (counted
 from 0), in ``[min_ratio, 1]`` after warmup, with ``min_ratio = eta_min / eta_max``. Warmup is

@@ -1,4 +1,4 @@
-"""The LR range test (SPEC section 3): a recorder that smooths the loss and stops on divergence,
+"""The LR range test (docs/design.md §3): a recorder that smooths the loss and stops on divergence,
 and a pure ``suggest_lr``. The ramp itself is the ``lr-range`` schedule (functions.lr_range).
 """
 

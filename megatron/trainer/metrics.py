@@ -1,6 +1,6 @@
 """Progress reporting: console lines, TensorBoard scalars, throughput, TFLOP/s and MFU.
 
-FLOPs per step use SPEC section 10: ``6 * N * tokens + 12 * L * d * s * tokens`` with N the
+FLOPs per step use docs/design.md §10: ``6 * N * tokens + 12 * L * d * s * tokens`` with N the
 parameters taking part in matmuls (see ``GPTSpec.flops_per_token``).
 """
 

@@ -1,4 +1,4 @@
-"""``--lr-finder``: the LR range test as a run of the ``Trainer`` (SPEC section 3)."""
+"""``--lr-finder``: the LR range test as a run of the ``Trainer`` (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The size rules of STYLE.md for megatron/: no module over 400 lines, no function over 80."""
+"""The size rules of docs/style.md for megatron/: no module over 400 lines, no function over 80."""
 
 from __future__ import annotations
 

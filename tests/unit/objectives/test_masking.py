@@ -1,5 +1,5 @@
 """The masked-diffusion forward process and loss against the spec's oracles
-(shared/specs/diffusion.md section 4)."""
+(docs/diffusion.md)."""
 
 from __future__ import annotations
 

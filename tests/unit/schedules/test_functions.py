@@ -1,4 +1,4 @@
-"""Schedule functions: table-driven values, continuity, floor (SPEC section 2)."""
+"""Schedule functions: table-driven values, continuity, floor (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """utils/data_constrained_law.py against the datablations README values and the spec's D'/U
-tables (shared/specs/diffusion.md sections 1.3 and 4.5)."""
+tables (docs/diffusion.md)."""
 
 from __future__ import annotations
 
