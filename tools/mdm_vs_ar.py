@@ -49,12 +49,12 @@ def run(objective: str, epochs: int, seed: int, args: argparse.Namespace) -> dic
 
 def sample(save: str, args: argparse.Namespace) -> str:
     """One sample of the checkpoint (mdm: random-order reveal, one step per token)."""
-    from tools import mdm_generate
+    from tools import generate
 
-    gen = mdm_generate.parse_args(["--load", save, "--prompt", args.prompt, "--gen-length",
+    gen = generate.parse_args(["--load", save, "--prompt", args.prompt, "--gen-length",
                                    str(args.gen_length), "--alg", "origin", "--temperature",
                                    str(args.temperature), "--seed", "0"])
-    return args.prompt + mdm_generate.generate(gen)[0]
+    return args.prompt + generate.generate(gen)[0]
 
 
 def _cell(rows: list[dict]) -> str:

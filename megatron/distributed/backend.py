@@ -61,11 +61,6 @@ class Accelerator:
         if self.module is not None:
             self.module.set_device(device)
 
-    @property
-    def pins_memory(self) -> bool:
-        """Whether host batches should be pinned for asynchronous host-to-device copies."""
-        return self.kind != "cpu"
-
 
 def device_module(device: torch.device) -> ModuleType | None:
     """``torch.cuda`` / ``torch.xpu`` for an accelerator device, None for the CPU."""

@@ -93,6 +93,3 @@ class GPTModel(nn.Module):
             return self.embedding.word_embeddings.weight
         return self.output.output_layer.weight
 
-    def gather_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits ``[b, s, V]`` on every TP rank (for evaluation and export)."""
-        return mtp.gather_from_tensor_model_parallel_region(self(tokens))

@@ -1,4 +1,4 @@
-"""Text generation from a checkpoint of either objective (``tools/mdm_generate.py``).
+"""Text generation from a checkpoint of either objective (``tools/generate.py``).
 
 The checkpoint's metadata says which objective trained it (``--objective``, and the model's
 ``causal`` flag); sampling a masked-diffusion model left to right, or the reverse, would produce

@@ -56,7 +56,6 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 """Added to the Frobenius norm before dividing by it."""
 LR_SCALES = ("original", "match_rms_adamw")
-_TORCH_NAMES = ("Muon", "orthogonalize", "ns_dtype")
 
 
 def _flag(field_name: str) -> str:
@@ -130,15 +129,6 @@ def assign_owners(shapes: list[tuple[int, int]], ranks: int, steps: int) -> list
     from megatron.optimizer.owners import balance
 
     return balance([min(ns_cost(*shape, steps=steps)) for shape in shapes], ranks)
-
-
-def __getattr__(name: str) -> Any:
-    # Compatibility: ``muon.Muon`` / ``muon.orthogonalize`` load the torch module on first use.
-    if name in _TORCH_NAMES:
-        from megatron.optimizer import muon_torch
-
-        return getattr(muon_torch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _data_parallel_group() -> Any:

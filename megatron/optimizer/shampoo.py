@@ -132,15 +132,6 @@ def _data_parallel_group() -> Any:
     return parallel_state.get_data_parallel_group()
 
 
-def __getattr__(name: str) -> Any:
-    # Compatibility: ``shampoo.DShampoo`` loads the torch module on first use.
-    if name in ("DShampoo", "inverse_fourth_root"):
-        from megatron.optimizer import shampoo_torch
-
-        return getattr(shampoo_torch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @register_optimizer(
     "dshampoo",
     options=DShampooOptions,

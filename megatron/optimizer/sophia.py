@@ -80,15 +80,6 @@ class SophiaOptions:
             raise ConfigError(f"{_flag('hessian_interval')}: must be >= 1, got {self.hessian_interval}")
 
 
-def __getattr__(name: str) -> Any:
-    # Compatibility: ``sophia.SophiaG`` etc. load the torch module on first use.
-    if name in ("SophiaG", "sample_vocab_parallel", "gnb_estimate"):
-        from megatron.optimizer import sophia_torch
-
-        return getattr(sophia_torch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def gnb_hessian_step(host: StepHost, batches: list[Any], iteration: int) -> None:
     """The ``before_step`` hook: on iterations ``0, k, 2k, ...`` estimate and fold the Hessian
     (``sophia_torch.gnb_hessian_step``)."""

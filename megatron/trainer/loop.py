@@ -259,10 +259,6 @@ class Trainer:
             prune_checkpoints(ckpt.save, ckpt.keep_last_n_checkpoints)
         self.reporter.exclude(time.perf_counter() - started)
 
-    def restore(self) -> TrainState:
-        """Resume from ``--load`` (``megatron/trainer/resume.py``)."""
-        return restore(self)
-
     def finish(self, state: TrainState) -> None:
         """Final validation and test loss, final checkpoint."""
         self.evaluate(state, "valid")

@@ -11,6 +11,7 @@ import torch
 
 from megatron.config import ConfigError, DistEnv
 from megatron.trainer.loop import Trainer, train
+from megatron.trainer.resume import restore
 from tests.helpers import tiny_plan
 
 pytestmark = pytest.mark.deepspeed
@@ -58,7 +59,7 @@ def test_penalty_gradient_is_lambda_over_n_fisher_delta(tmp_path):
     ctx = init_distributed(plan, DistEnv())
     try:
         trainer = Trainer(plan, ctx)
-        trainer.restore()
+        restore(trainer)
         anchor = trainer.regularizers.ewc
         module = trainer.engine.module
         name = "layers.0.mlp.fc1.weight" if "layers.0.mlp.fc1.weight" in dict(module.named_parameters()) \

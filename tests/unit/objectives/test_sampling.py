@@ -1,5 +1,5 @@
 """The samplers (spec section 4.5: one token per step at steps = length, temperature 0 is
-deterministic, no mask remains) and ``tools/mdm_generate.py`` on real checkpoints of both
+deterministic, no mask remains) and ``tools/generate.py`` on real checkpoints of both
 objectives."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from megatron.config import DistEnv
 from megatron.objectives.sampling import ar_sample, gumbel_argmax, mdm_sample, reveal_counts
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
-from tools import mdm_generate
+from tools import generate
 
 V, MASK, LIMIT = 16, 12, 12  # ids 12..15: the mask and padding rows
 
@@ -108,17 +108,17 @@ def checkpoints(tmp_path_factory):
 
 
 def test_generate_tool_samples_both_objectives(checkpoints, capsys):
-    assert mdm_generate.main(["--load", checkpoints["mdm"], "--gen-length", "8", "--alg", "confidence",
+    assert generate.main(["--load", checkpoints["mdm"], "--gen-length", "8", "--alg", "confidence",
                               "--temperature", "0", "--num-samples", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2
-    assert mdm_generate.main(["--load", checkpoints["ar"], "--gen-length", "8", "--objective", "ar"]) == 0
+    assert generate.main(["--load", checkpoints["ar"], "--gen-length", "8", "--objective", "ar"]) == 0
     assert "--- sample 0 ---" in capsys.readouterr().out
 
 
 def test_generate_tool_refuses_an_objective_the_checkpoint_was_not_trained_with(checkpoints, capsys):
-    assert mdm_generate.main(["--load", checkpoints["ar"], "--objective", "mdm"]) == 2
+    assert generate.main(["--load", checkpoints["ar"], "--objective", "mdm"]) == 2
     err = capsys.readouterr().err
     assert "--objective: " in err and "was trained with --objective ar, not mdm" in err
-    assert mdm_generate.main(["--load", checkpoints["mdm"], "--gen-length", "100"]) == 2
+    assert generate.main(["--load", checkpoints["mdm"], "--gen-length", "100"]) == 2
     assert "--gen-length: prompt (0 tokens) + 100 exceeds the model's 16 positions" in capsys.readouterr().err

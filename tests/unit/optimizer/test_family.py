@@ -22,15 +22,6 @@ FLAGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # SOAP's eigh/QR on tiny matrices are ~50x slower with two contending OpenMP threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(name: str, *flags: str):
     return train(tiny_plan("--optimizer", name, *FLAGS[name], *flags), DistEnv())
 

@@ -33,5 +33,5 @@ def test_registering_every_optimizer_imports_no_torch(repo_root):
 def test_optimizer_classes_live_at_module_top_level(module, name, registration):
     cls = getattr(importlib.import_module(module), name)
     assert (cls.__module__, cls.__qualname__) == (module, name)
-    # The registration module still answers the old attribute path, with the same class.
-    assert getattr(importlib.import_module(registration), name) is cls
+    # The torch-free registration module does not re-export it (no lazy ``__getattr__`` shim).
+    assert not hasattr(importlib.import_module(registration), name)

@@ -20,14 +20,6 @@ from tests.helpers import tiny_plan
 CONSTANT = ("--optimizer", "schedulefree", "--lr-decay-style", "constant")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _toy() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))

@@ -16,15 +16,6 @@ from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # eigh and matmuls on tiny blocks are much slower with contending OpenMP threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _root(mat: torch.Tensor, eps: float) -> torch.Tensor:
     """(M + eps * max_eig I)^(-1/4) by hand, in float64."""
     vals, vecs = torch.linalg.eigh(mat.double())
