@@ -22,21 +22,28 @@ def run_name(plan: RunPlan) -> str:
     )
 
 
+EVENTS_FILE = "events.jsonl"  # megatron.trainer.events reads and writes it
+
+
 def resolve_auto_paths(plan: RunPlan) -> RunPlan:
-    """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` -> ``outputs/<run name>/tensorboard``."""
+    """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` ->
+    ``outputs/<run name>/tensorboard``, ``--event-log auto`` -> ``<save>/events.jsonl`` (None
+    without a save directory; ``none`` -> None)."""
     ckpt, logs = plan.config.checkpoint, plan.config.logging
-    if AUTO not in (ckpt.save, logs.tensorboard_dir):
-        return plan
-    name = run_name(plan)
+    name = run_name(plan) if AUTO in (ckpt.save, logs.tensorboard_dir) else None
+    save = os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
+    if logs.event_log == AUTO:
+        event_log = None if save is None else os.path.join(save, EVENTS_FILE)
+    else:
+        event_log = None if logs.event_log in (None, "none") else logs.event_log
     config = dataclasses.replace(
         plan.config,
-        checkpoint=dataclasses.replace(
-            ckpt, save=os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
-        ),
+        checkpoint=dataclasses.replace(ckpt, save=save),
         logging=dataclasses.replace(
             logs,
             tensorboard_dir=os.path.join("outputs", name, "tensorboard")
             if logs.tensorboard_dir == AUTO else logs.tensorboard_dir,
+            event_log=event_log,
         ),
     )
     return dataclasses.replace(plan, config=config)

@@ -144,6 +144,7 @@ class Trainer:
         stop_reason = None
         try:  # a refused checkpoint must also restore the SIGTERM handler (finally below)
             state = restore(self)
+            self._run_start_event(state)
             while state.iteration < self.plan.train_iters:
                 self.train_step(state)
                 if self._due(state.iteration, self.cfg.train.eval_interval):
@@ -160,6 +161,9 @@ class Trainer:
                     break
             if stop_reason is None:
                 self.finish(state)
+            self.reporter.events.write(
+                "run_end", iteration=state.iteration, status="stopped" if stop_reason else "finished",
+                stop_reason=stop_reason, valid_loss=self.valid_loss, test_loss=self.test_loss)
         finally:
             self.reporter.close()
             self.stop.close()
@@ -173,6 +177,16 @@ class Trainer:
             optimizer_states=self.optimizer_states,
             tokens=(self.token_counter.trainable_total, self.token_counter.consumed_total),
         )
+
+    def _run_start_event(self, state: TrainState) -> None:
+        """The event stream's first line of this launch: where it starts and its first LRs."""
+        scheduler = self.engine.scheduler
+        self.reporter.events.write(
+            "run_start", iteration=state.iteration, train_iters=self.plan.train_iters,
+            consumed_samples=state.consumed_samples,
+            first_lrs=[scheduler.fn(s) * scheduler.lr for s in range(state.iteration, state.iteration + 3)],
+            schedule_fingerprint=scheduler.fingerprint, plan=self.plan.summary(),
+            world_size=self.plan.world_size)
 
     def _due(self, iteration: int, interval: int | None) -> bool:
         return bool(interval) and iteration % interval == 0 and iteration < self.plan.train_iters
@@ -257,7 +271,10 @@ class Trainer:
             mark_pre_cooldown(ckpt.save, state.iteration)
         if ckpt.keep_last_n_checkpoints:
             prune_checkpoints(ckpt.save, ckpt.keep_last_n_checkpoints)
-        self.reporter.exclude(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.reporter.events.write("save", iteration=state.iteration, directory=ckpt.save,
+                                   tag=checkpoint_tag(state.iteration), seconds=round(seconds, 3))
+        self.reporter.exclude(seconds)
 
     def finish(self, state: TrainState) -> None:
         """Final validation and test loss, final checkpoint."""

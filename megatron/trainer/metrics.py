@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,7 @@ from megatron.config.plan import RunPlan
 from megatron.distributed import ParallelContext
 from megatron.distributed.backend import device_name, synchronize
 from megatron.objectives.registry import plan_objective
+from megatron.trainer.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class _Window:
     skipped: int = 0
     start: float = 0.0
     untimed_steps: int = 0  # steps left out of throughput (the --compile steps that compiled)
+    losses: list = field(default_factory=list)  # per-step losses (device tensors) for the event log
+    lrs: list = field(default_factory=list)
 
 
 class Reporter:
@@ -80,6 +83,7 @@ class Reporter:
         self.writer = None
         self.wandb = None
         logs = plan.config.logging
+        self.events = EventLog(logs.event_log if self.active else None)  # megatron/trainer/events.py
         if self.active and logs.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -114,6 +118,9 @@ class Reporter:
         # float64 on the device: the same sum as adding the per-step Python floats.
         w.loss_sum = w.loss_sum + (loss.detach().double() if isinstance(loss, torch.Tensor) else loss)
         w.skipped += int(skipped)
+        if self.events.active:
+            w.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            w.lrs.append(lr)
         if not self.due(iteration):
             return
         synchronize(self.ctx.device)
@@ -157,7 +164,26 @@ class Reporter:
             ):
                 if value is not None:
                     self.scalar(name, value, iteration)
+            self._train_event(iteration, mean_loss, grad_norm, tokens_per_s, samples_per_s, tflops,
+                              now - self.started)
         self.window = _Window(start=time.perf_counter())
+
+    def _train_event(self, iteration: int, mean_loss: float, grad_norm: float | None,
+                     tokens_per_s: float | None, samples_per_s: float | None, tflops: float | None,
+                     elapsed_s: float) -> None:
+        w = self.window
+        if not self.events.active:
+            return
+        if w.losses and all(isinstance(v, torch.Tensor) for v in w.losses):
+            losses = torch.stack([v.double() for v in w.losses]).tolist()  # one copy to the host
+        else:
+            losses = [float(v) for v in w.losses]
+        self.events.write("train", iteration=iteration, steps=w.steps, losses=losses, lrs=w.lrs,
+                          loss=mean_loss, grad_norm=grad_norm, skipped=w.skipped,
+                          tokens_per_s=tokens_per_s, samples_per_s=samples_per_s,
+                          tflops_per_device=tflops,
+                          consumed_samples=iteration * self.plan.global_batch_size,
+                          elapsed_s=round(elapsed_s, 3))
 
     def due(self, iteration: int) -> bool:
         """Whether ``iteration`` ends a log interval."""
@@ -215,9 +241,11 @@ class Reporter:
                  o.ppl_metric.replace("_", " "), ppl)
         self.scalar(f"{split}/{o.eval_metric}", loss, iteration)
         self.scalar(f"{split}/{o.ppl_metric}", ppl, iteration)
+        self.events.write("eval", split=split, iteration=iteration, loss=loss, ppl=ppl)
 
     def close(self) -> None:
-        """Flush TensorBoard and finish the W&B run."""
+        """Flush TensorBoard, finish the W&B run, close the event log."""
+        self.events.close()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
