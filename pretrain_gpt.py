@@ -31,8 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from megatron.schedules.registry import schedule_state
 
-        print(json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
-                          "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str))
+        text = json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
+                           "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str)
+        print(text)
+        if args.dry_run_file is not None:  # complete or absent: written aside, then renamed
+            import os
+
+            tmp = f"{args.dry_run_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, args.dry_run_file)
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])

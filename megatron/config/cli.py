@@ -54,6 +54,7 @@ class ParsedArgs:
         config_files: The ``--config`` files, in the order they were merged.
         settings: Every value some layer set, with its source (see ``layers.py``).
         dry_run: Print the plan and DeepSpeed dict, then exit.
+        dry_run_file: Also write that JSON to this file (implies ``dry_run``).
     """
 
     config: Config
@@ -61,6 +62,7 @@ class ParsedArgs:
     config_files: tuple[str, ...]
     settings: Settings
     dry_run: bool
+    dry_run_file: str | None = None
 
     def sources(self) -> dict[str, dict[str, Any]]:
         """``{flag: {"value", "source"}}`` of every value that is not a dataclass default."""
@@ -124,6 +126,11 @@ def build_parser(prog: str = "pretrain_gpt.py") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved plan and DeepSpeed dict, exit"
+    )
+    parser.add_argument(
+        "--dry-run-file",
+        metavar="PATH",
+        help="--dry-run that also writes its JSON to PATH (for programs: read the file, not stdout)",
     )
     parser.add_argument(
         "--deepspeed",
@@ -201,7 +208,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
     given = vars(namespace)
     config_files = tuple(given.pop("config", None) or ())
     launcher = parse_launcher_defaults(given.pop("launcher_default", None) or [])
-    dry_run = bool(given.pop("dry_run", False))
+    dry_run_file = given.pop("dry_run_file", None)
+    dry_run = bool(given.pop("dry_run", False)) or dry_run_file is not None
     given.pop("deepspeed", None)
     flags: Settings = {tuple(dest.split(".")): setting for dest, setting in given.items()}
     files = [read_config_file(path) for path in config_files]
@@ -217,4 +225,5 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
         config_files=config_files,
         settings=settings,
         dry_run=dry_run,
+        dry_run_file=dry_run_file,
     )

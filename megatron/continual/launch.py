@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from megatron.config.env import child_environment
@@ -69,50 +69,48 @@ class Launch:
         Raises:
             ConfigError: The trainer refused the stage's flags (its message, naming the stage).
         """
-        argv, env = self.command(flags, nproc)
-        if self.launcher == "python":
-            argv.append("--dry-run")
-        else:
-            env["DRY_RUN"] = "1"
-        out = subprocess.run(argv, capture_output=True, text=True, env=child_environment(env), cwd=os.getcwd())
-        if out.returncode != 0:
-            message = (out.stderr.strip() or out.stdout.strip()).splitlines()
-            raise ConfigError(f"{where}: the trainer refused the stage: {' | '.join(message[-3:])}")
-        text = out.stdout.split("[train_alcf.sh] command:")[-1]
-        return json.loads(text[text.index("{"):])
-
-
-_ITER_LINE = re.compile(r"\] iter\s+(\d+)/\d+ \|")
+        with tempfile.TemporaryDirectory(prefix="dry_run_") as tmp:
+            path = os.path.join(tmp, "plan.json")
+            argv, env = self.command({**flags, "dry_run_file": path}, nproc)
+            if self.launcher != "python":
+                env["DRY_RUN"] = "1"
+            out = subprocess.run(argv, capture_output=True, text=True, env=child_environment(env),
+                                 cwd=os.getcwd())
+            if out.returncode != 0:
+                message = (out.stderr.strip() or out.stdout.strip()).splitlines()
+                raise ConfigError(f"{where}: the trainer refused the stage: {' | '.join(message[-3:])}")
+            if not os.path.isfile(path):  # fail closed: the stage's plan is read from the file only
+                raise ConfigError(f"{where}: the trainer's dry run wrote no plan file ({path})")
+            with open(path) as f:
+                return json.load(f)
 
 
 @dataclass
 class StageProcess:
-    """One running stage; remembers what the runner's overhead measurement needs.
+    """One finished stage process.
 
     Attributes:
         returncode: The exit status once finished.
         wall_s: Seconds from start to exit.
-        steps: ``(seconds since start, iteration)`` of every training-step log line.
-        last_line_s: Seconds from start to the last output line.
-        lines: The output lines.
+        started_at: Unix time of the start (the trainer's events carry Unix times too).
     """
 
     returncode: int | None = None
     wall_s: float = 0.0
-    steps: list[tuple[float, int]] = field(default_factory=list)
-    last_line_s: float = 0.0
-    ready_s: float | None = None
-    lines: list[str] = field(default_factory=list)
+    started_at: float = 0.0
 
-    def timing(self, start_iteration: int) -> dict[str, float | None]:
-        """Seconds of training (from the last line before the first step to the last step's
-        line: steps, interval evaluations and saves) and outside it (start-up; final
-        evaluation, save and exit), for the runner's overhead report."""
-        if not self.steps or self.ready_s is None:
+    def timing(self, events: list[dict[str, Any]]) -> dict[str, float | None]:
+        """Seconds of training (from the launch's ``run_start`` event to its last ``train``
+        event: steps, interval evaluations and saves) and outside it (start-up; final
+        evaluation, save and exit), for the runner's overhead report; from the trainer's event
+        stream, never its console text."""
+        steps = [e for e in events if e.get("event") == "train"]
+        if not steps or events[0].get("event") != "run_start":
             return {"process": round(self.wall_s, 3), "training": None, "outside_training": None}
-        training = self.steps[-1][0] - self.ready_s
+        startup = events[0]["time"] - self.started_at
+        training = steps[-1]["time"] - events[0]["time"]
         return {"process": round(self.wall_s, 3), "training": round(training, 3),
-                "startup": round(self.ready_s, 3), "after_last_step": round(self.wall_s - self.steps[-1][0], 3),
+                "startup": round(startup, 3), "after_last_step": round(self.wall_s - startup - training, 3),
                 "outside_training": round(self.wall_s - training, 3)}
 
 
@@ -145,7 +143,7 @@ class Runner:
 
     def run(self, argv: Sequence[str], env: dict[str, str], log_path: str) -> StageProcess:
         """Run a stage to its end, copying its output to the console and ``log_path``."""
-        result = StageProcess()
+        result = StageProcess(started_at=time.time())
         started = time.monotonic()
         with open(log_path, "a") as log_file:
             log_file.write(f"# {' '.join(argv)}\n")
@@ -154,13 +152,6 @@ class Runner:
             if self.stop_requested:  # a signal that arrived while starting
                 os.killpg(self.proc.pid, signal.SIGTERM)
             for line in self.proc.stdout:
-                now = time.monotonic() - started
-                if match := _ITER_LINE.search(line):
-                    if not result.steps:  # training began after the previous line
-                        result.ready_s = result.last_line_s
-                    result.steps.append((now, int(match.group(1))))
-                result.last_line_s = now
-                result.lines.append(line)
                 log_file.write(line)
                 sys.stdout.write(line)
                 sys.stdout.flush()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron.config.fields import ConfigError
+from megatron.config.paths import EVENTS_FILE
 from megatron.continual.launch import Launch, Runner, convert_to_universal, to_argv
 from megatron.continual.markers import (
     STARTED_FILE,
@@ -39,6 +40,7 @@ from megatron.continual.markers import (
 )
 from megatron.continual.plan import Plan, PlanError
 from megatron.continual.stages import StageSpec, build_stage_specs
+from megatron.trainer.events import EventLogError, last_launch, read_events
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +165,17 @@ def predicted_lrs(schedule: dict[str, Any], start: int) -> list[str]:
     return [f"{fn(s) * schedule['lr']:.3e}" for s in range(start, start + 3)]
 
 
-def logged_lrs(lines: list[str]) -> list[str] | None:
-    """The trainer's "LR of steps a-b: x, y, z" line after its load, if any."""
-    for line in lines:
-        if "LR of steps" in line:
-            return [v.strip() for v in line.split(": ", 2)[-1].split(" (")[0].split(",")]
-    return None
+def started_lrs(directory: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The LRs of the first three steps the trainer's last launch in ``directory`` took (from its
+    event stream, ``<save>/events.jsonl``), formatted like ``predicted_lrs``; and that launch's
+    events.
+
+    Raises:
+        EventLogError: No event stream, or no ``run_start`` in it (the check fails closed).
+    """
+    path = os.path.join(directory, EVENTS_FILE)
+    launch = last_launch(read_events(path), path)
+    return [f"{lr:.3e}" for lr in launch[0]["first_lrs"]], launch
 
 
 class PlanRunner:
@@ -317,8 +324,12 @@ class PlanRunner:
         if proc.returncode != 0:
             raise StageFailed(f"stage {spec.key!r}: the trainer exited with status {proc.returncode}; "
                               f"see {os.path.join(spec.directory, 'stage.log')}")
-        seen = logged_lrs(proc.lines)
-        if seen is not None and seen != lrs:
+        try:
+            seen, events = started_lrs(spec.directory)
+        except EventLogError as e:
+            raise StageFailed(f"stage {spec.key!r}: {e}; the runner checks the stage's first LRs "
+                              "against the plan from it") from None
+        if seen != lrs:
             raise StageFailed(f"stage {spec.key!r}: the trainer's first LRs {seen} differ from the plan's "
                               f"{lrs}; the schedule did not start where the plan asked")
         final = read_checkpoint(spec.directory, f"stage {spec.key!r}")
@@ -326,7 +337,7 @@ class PlanRunner:
             log.info("stage %s stopped at iteration %s of %d; rerun the plan to resume inside it",
                      spec.key, None if final is None else final.iteration, end)
             return None
-        seconds = {**proc.timing(start), "runner": round(before + time.monotonic() - after_began, 3),
+        seconds = {**proc.timing(events), "runner": round(before + time.monotonic() - after_began, 3),
                    "plan_checks_at_start": round(self.checks_s, 3)}
         self._write_marker(spec, dry, final, argv, env, started_at, seconds, lrs)
         return final

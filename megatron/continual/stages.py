@@ -23,7 +23,7 @@ SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_iters", "warmup_usage", "schedule", "
 # Trainer flags the runner owns; a plan's args must not set them.
 RUNNER_FLAGS = ("load", "save", "finetune", "reset_data_state", "universal_checkpoint",
                 "data_file_list", "valid_data_file_list", "train_iters", "train_tokens",
-                "train_samples", "kill_switch_file")
+                "train_samples", "kill_switch_file", "event_log")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

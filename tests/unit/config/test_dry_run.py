@@ -35,3 +35,16 @@ def test_config_error_exits_2_with_one_line(repo_root):
     assert out.stderr.strip().splitlines() == [
         "pretrain_gpt.py: error: --num-attention-heads: 12 does not divide --hidden-size 30"
     ]
+
+
+def test_dry_run_file_holds_the_printed_plan(repo_root, tmp_path):
+    # Programs (the continual runner) read the plan from the file, never from console text.
+    path = tmp_path / "plan.json"
+    out = subprocess.run(
+        [sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "3", "--dry-run-file", str(path)],
+        cwd=repo_root, capture_output=True, text=True, check=True,
+    )
+    written = json.loads(path.read_text())
+    assert written == json.loads(out.stdout)
+    assert written["plan"]["train_iters"] == 3
+    assert not (tmp_path / "plan.json.tmp").exists()

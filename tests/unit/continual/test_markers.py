@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -14,8 +15,9 @@ from megatron.continual.markers import (
     read_marker,
     write_marker,
 )
-from megatron.continual.runner import logged_lrs, needs_universal, predicted_lrs
+from megatron.continual.runner import needs_universal, predicted_lrs, started_lrs
 from megatron.schedules.registry import schedule_state
+from megatron.trainer.events import EventLogError
 from tests.helpers import tiny_plan
 
 
@@ -30,13 +32,21 @@ def test_marker_round_trip_and_hash_check(tmp_path):
     assert read_marker(str(tmp_path / "none")) is None
 
 
-def test_predicted_lrs_match_the_trainers_log_format():
+def test_predicted_lrs_match_the_trainers_event_stream(tmp_path):
     plan = tiny_plan("--train-iters", "10", "--lr-warmup-iters", "2", "--lr", "3e-3", "--min-lr", "3e-4")
     lrs = predicted_lrs(schedule_state(plan), 1)
     # Warmup step/W, then cosine from step 2 over 8 steps to 3e-4.
     assert lrs == ["1.500e-03", "3.000e-03", f"{3e-4 + 2.7e-3 * 0.5 * (1 + math.cos(math.pi / 8)):.3e}"]
-    line = f"[00:00:01] LR of steps 1-3: {', '.join(lrs)} (cosine(...)@lr=0.003)\n"
-    assert logged_lrs(["noise\n", line]) == lrs and logged_lrs(["noise\n"]) is None
+    # The trainer's event stream records the LRs it took; the runner reads them from there.
+    from megatron.schedules.registry import schedule_from_state
+
+    fn, _ = schedule_from_state(schedule_state(plan))
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"event": "run_start", "first_lrs": [0.0, 0.0, 0.0]}) + "\n"
+                      + json.dumps({"event": "run_start", "first_lrs": [fn(s) * 3e-3 for s in (1, 2, 3)]}) + "\n")
+    assert started_lrs(str(tmp_path))[0] == lrs  # the last launch's
+    with pytest.raises(EventLogError, match="no event stream"):  # fails closed
+        started_lrs(str(tmp_path / "elsewhere"))
 
 
 @pytest.mark.parametrize(
