@@ -35,12 +35,14 @@ class RunSpec:
         overrides: Config key -> value, in axis order.
         flags: The trainer flags the overrides become (``--lr 0.0003 ...``).
         configs: Extra ``--config`` files (after the base), e.g. an architecture preset.
+        labels: Extra columns for the results (an isoFLOP run's budget and rung).
     """
 
     name: str
     overrides: dict[str, Any]
     flags: tuple[str, ...]
     configs: tuple[str, ...] = field(default=())
+    labels: dict[str, Any] = field(default_factory=dict)
 
 
 def find_knob(key: str, where: str) -> Knob:

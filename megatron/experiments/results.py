@@ -28,6 +28,7 @@ def collect(sweep: Sweep) -> list[dict[str, Any]]:
     for run in sweep.runs:
         result = read_result(sweep.save_dir(run)) or {}
         row: dict[str, Any] = {"run": run.name, "state": run_state(sweep, run)}
+        row.update(run.labels)
         row.update(run.overrides)
         row.update({c: result.get(c) for c in RESULT_COLUMNS})
         rows.append(row)
