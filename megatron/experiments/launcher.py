@@ -35,13 +35,13 @@ def variable_flags(path: str = HELPERS, tables: tuple[str, ...] = ("ENV_VALUE_FL
     return table
 
 
-def launcher_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The launcher variables set in ``environ`` (what a job array exports to its tasks)."""
+def launcher_environment(variables: Mapping[str, str]) -> dict[str, str]:
+    """The launcher variables set in ``variables`` (what a job array exports to its tasks)."""
     names = set(variable_flags()) | set(EXTRA_VARIABLES)
-    return {k: v for k, v in environ.items() if k in names}
+    return {k: v for k, v in variables.items() if k in names}
 
 
-def check_conflicts(environ: Mapping[str, str], swept_flags: Iterable[str]) -> None:
+def check_conflicts(variables: Mapping[str, str], swept_flags: Iterable[str]) -> None:
     """Refuse launcher variables that set a knob the sweep sets per run.
 
     Raises:
@@ -49,23 +49,23 @@ def check_conflicts(environ: Mapping[str, str], swept_flags: Iterable[str]) -> N
     """
     owned = set(swept_flags) | set(SWEEP_OWNED)
     for variable, flag in variable_flags().items():
-        if variable in environ and flag in owned:
+        if variable in variables and flag in owned:
             why = "each run's own directory" if flag in SWEEP_OWNED else "a swept key"
-            raise ConfigError(f"{variable}={environ[variable]}: sets {flag}, which is {why} of the sweep; "
+            raise ConfigError(f"{variable}={variables[variable]}: sets {flag}, which is {why} of the sweep; "
                               f"unset {variable} (or drop it from --grid)")
 
 
-def env_flags(environ: Mapping[str, str]) -> list[str]:
-    """The flags the launcher makes of ``environ`` (as ``env_to_flags`` in helpers.sh), so a
+def env_flags(variables: Mapping[str, str]) -> list[str]:
+    """The flags the launcher makes of ``variables`` (as ``env_to_flags`` in helpers.sh), so a
     sweep checks its runs exactly as they will start."""
     flags: list[str] = []
     for variable, flag in variable_flags(tables=("ENV_VALUE_FLAGS",)).items():
-        if environ.get(variable):
-            flags += [flag, environ[variable]]
+        if variables.get(variable):
+            flags += [flag, variables[variable]]
     for variable, flag in variable_flags(tables=("ENV_SWITCH_FLAGS",)).items():
-        if variable in environ:
-            on = environ[variable].lower() in ("1", "true", "yes", "on")
+        if variable in variables:
+            on = variables[variable].lower() in ("1", "true", "yes", "on")
             flags.append(flag if on else "--no-" + flag[2:])
-    if environ.get("MODEL_ARCH"):
-        flags += ["--config", os.path.join(os.path.dirname(HELPERS), "presets", "arch", environ["MODEL_ARCH"] + ".yaml")]
+    if variables.get("MODEL_ARCH"):
+        flags += ["--config", os.path.join(os.path.dirname(HELPERS), "presets", "arch", variables["MODEL_ARCH"] + ".yaml")]
     return flags
