@@ -44,14 +44,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
+    import time
+
     from megatron.trainer.loop import train
 
+    started = time.perf_counter()
     try:
-        train(plan, env)
+        result = train(plan, env)
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
+    if env.rank == 0:
+        write_run_result(plan, result, time.perf_counter() - started)
     return 0
+
+
+def write_run_result(plan, result, seconds: float) -> None:  # noqa: ANN001
+    """``run_result.json`` (megatron/trainer/run_result.py) beside the run record."""
+    from megatron.trainer import run_result
+
+    where = run_result.result_dir(plan.config.checkpoint.save, plan.config.logging.tensorboard_dir)
+    if where is None or plan.config.schedule.lr_finder:
+        return
+    record = run_result.build_result(
+        plan.summary(), iteration=result.iteration, stop_reason=result.stop_reason,
+        train_loss=result.train_loss, test_loss=result.test_loss,
+        valid_history=list(result.valid_history), seconds=seconds,
+        earlier=run_result.read_result(where))
+    run_result.write_result(where, record)
 
 
 def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""AR vs masked diffusion when data runs out: the same tiny GPT trained with ``--objective ar``
-and ``--objective mdm`` on a fixed subset of the Shakespeare corpus repeated 1, 4 and 16 times,
-at the same number of training tokens (so the same FLOPs: 6N + 12 L d s per token for both).
+"""AR vs masked diffusion when data runs out: the same GPT trained with ``--objective ar`` and
+``--objective mdm`` on a subset of the Shakespeare corpus repeated E times, as a sweep
+(tools/sweep.py: every run an ordinary train_alcf.sh run, resumable, ``--parallel``, job arrays).
 
-    python tools/mdm_vs_ar.py                       # ALCF/presets/mdm-vs-ar.yaml, ~600 steps per run
-    python tools/mdm_vs_ar.py --total-tokens 153600 --epochs 1,4   # smaller
+    python tools/mdm_vs_ar.py                                   # U = 614,400 / E, E = 1, 4, 16
+    python tools/mdm_vs_ar.py --unique-tokens 12800 --epochs 1,8,64 --seeds 1234   # heavy repetition
 
-Each run's unique tokens are U = total / E. Validation is the held-out split of the corpus (not
-in any subset): the AR value is its cross-entropy (an exact NLL per token); the MDM value is the
-negative ELBO per token averaged over ``--num-mc`` maskings, an *upper bound* on its NLL. Writes
-``OUT/results.json`` and ``OUT/results.md`` (table and samples of the most-repeated runs).
-Needs data/shakespeare/ (tools/prepare_default_corpus.py).
+At each E both objectives train the same tokens (the same FLOPs: 6N + 12 L d s per token).
+Validation is the held-out split of the corpus (not in any subset): AR's value is its
+cross-entropy (an exact NLL per token); MDM's the negative ELBO per token averaged over
+``--num-mc`` maskings, an *upper bound* on its NLL. Writes ``OUT/results.json`` and
+``OUT/results.md`` (table and samples of the most-repeated runs), and the sweep's
+``sweep.csv`` under ``OUT/sweep``.
 """
 
 from __future__ import annotations
@@ -19,32 +20,16 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.config.fields import ConfigError  # noqa: E402
+from megatron.experiments import results  # noqa: E402
+from megatron.experiments.repetition import repetition_runs, table  # noqa: E402
+from megatron.experiments.sweep import make_sweep  # noqa: E402
+from tools.sweep import add_common_args, execute  # noqa: E402
+
 PRESET = "ALCF/presets/mdm-vs-ar.yaml"
-
-
-def run(objective: str, epochs: int, seed: int, args: argparse.Namespace) -> dict:
-    """Train one configuration in this process; its validation value and wall time."""
-    from megatron.config import DistEnv, parse_args, resolve
-    from megatron.trainer.loop import train
-
-    save = os.path.join(args.out, f"{objective}_e{epochs}_s{seed}")
-    argv = ["--config", args.preset, "--objective", objective, "--unique-tokens",
-            str(args.total_tokens // epochs), "--epochs", str(epochs), "--save", save,
-            "--seed", str(seed)]
-    if objective == "mdm":
-        argv += ["--num-mc", str(args.num_mc)]
-    plan = resolve(parse_args(argv).config, DistEnv())
-    started = time.perf_counter()
-    result = train(plan, DistEnv())
-    return {"objective": objective, "epochs": epochs, "seed": seed, "unique_tokens": args.total_tokens // epochs,
-            "train_iters": plan.train_iters, "train_tokens": plan.train_iters * plan.tokens_per_step,
-            "flops": plan.summary()["flops_per_step"] * plan.train_iters,
-            "valid": result.valid_loss, "final_train": result.train_loss,
-            "seconds": round(time.perf_counter() - started, 1), "save": save}
 
 
 def sample(save: str, args: argparse.Namespace) -> str:
@@ -57,29 +42,11 @@ def sample(save: str, args: argparse.Namespace) -> str:
     return args.prompt + generate.generate(gen)[0]
 
 
-def _cell(rows: list[dict]) -> str:
-    values = [r["valid"] for r in rows]
-    mean = sum(values) / len(values)
-    return f"{mean:.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
-
-
-def table(rows: list[dict]) -> str:
-    """The README table: one row per epoch count, AR loss beside the MDM bound (mean over seeds
-    ± half their range)."""
-    lines = ["| epochs | unique tokens | train tokens | AR valid loss (NLL, nats/token) | "
-             "MDM valid bound (negative ELBO >= NLL, nats/token) |", "|---|---|---|---|---|"]
-    for e in sorted({r["epochs"] for r in rows}):
-        ar = [r for r in rows if r["objective"] == "ar" and r["epochs"] == e]
-        mdm = [r for r in rows if r["objective"] == "mdm" and r["epochs"] == e]
-        lines.append(f"| {e} | {ar[0]['unique_tokens']:,} | {ar[0]['train_tokens']:,} | "
-                     f"{_cell(ar)} | {_cell(mdm)} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default=PRESET)
-    p.add_argument("--total-tokens", type=int, default=614_400, help="training tokens of every run")
+    p.add_argument("--total-tokens", type=int, help="training tokens of every run (U = total / E); default 614,400")
+    p.add_argument("--unique-tokens", type=int, help="a fixed subset of U tokens repeated E times instead")
     p.add_argument("--epochs", default="1,4,16", help="comma-separated epoch counts")
     p.add_argument("--num-mc", type=int, default=8, help="MDM validation draws per sample")
     p.add_argument("--out", default="outputs/mdm_vs_ar")
@@ -87,22 +54,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="ROMEO:\n")
     p.add_argument("--gen-length", type=int, default=56)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
+    add_common_args(p)
     args = p.parse_args(argv)
-    import torch
+    if args.total_tokens is None and args.unique_tokens is None:
+        args.total_tokens = 614_400
+    return args
 
-    torch.set_num_threads(args.threads)
-    epochs = [int(e) for e in args.epochs.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    rows = [run(o, e, s, args) for s in seeds for e in epochs for o in ("ar", "mdm")]
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = os.path.abspath(args.out)
+    try:
+        epochs = [float(e) for e in args.epochs.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        runs = repetition_runs(epochs, seeds, unique_tokens=args.unique_tokens, total_tokens=args.total_tokens,
+                               num_mc=args.num_mc)
+        sweep = make_sweep(args.name or "sweep", out, args.preset, runs, meta={"study": "mdm-vs-ar"})
+        status = execute(sweep, args, ["objective", "epochs"])
+    except ConfigError as e:
+        print(f"mdm_vs_ar.py: error: {e}", file=sys.stderr)
+        return 2
+    if status != 0 or args.dry_run or args.scheduler or args.report:
+        return status
+    rows = results.collect(sweep)
     most = max(epochs)
-    samples = {o: sample(os.path.join(args.out, f"{o}_e{most}_s{seeds[0]}"), args) for o in ("ar", "mdm")}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    last = {r.overrides["objective"]: r for r in runs if r.overrides["epochs"] == most and r.overrides["seed"] == seeds[0]}
+    samples = {o: sample(sweep.save_dir(run), args) for o, run in last.items()}
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"runs": rows, "samples": samples}, f, indent=1)
-    text = table(rows) + "".join(
-        f"\n\n{o.upper()} sample ({most} epochs):\n```\n{s}\n```" for o, s in samples.items())
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    text = table(rows) + "".join(f"\n\n{o.upper()} sample ({most:g} epochs):\n```\n{s}\n```" for o, s in samples.items())
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
     return 0

@@ -39,6 +39,66 @@ def walltime_minutes(walltime: str) -> int:
     return h * 60 + m + (s + 59) // 60
 
 
+def scheduler_header(args: argparse.Namespace, array: int | None = None) -> tuple[list[str], str]:
+    """The ``#PBS`` / ``#SBATCH`` lines (a job array of ``array`` tasks when given) and the
+    ``cd`` line of the job."""
+    if args.scheduler == "pbs":
+        header = [f"#PBS -N {args.name}", f"#PBS -l select={args.nodes}", f"#PBS -l walltime={args.walltime}",
+                  "#PBS -l place=scatter", "#PBS -j oe", "#PBS -r y"]
+        header += [f"#PBS -J 0-{array - 1}"] if array and array > 1 else []  # PBS arrays need 2+
+        header += [f"#PBS -q {args.queue}"] if args.queue else []
+        header += [f"#PBS -A {args.account}"] if args.account else []
+        header += [f"#PBS -l filesystems={args.filesystems}"] if args.filesystems else []
+        return header, 'cd "${PBS_O_WORKDIR:-' + ROOT + '}"'
+    header = [f"#SBATCH --job-name={args.name}", f"#SBATCH --nodes={args.nodes}",
+              f"#SBATCH --time={args.walltime}", "#SBATCH --requeue", "#SBATCH --signal=TERM@120"]
+    throttle = f"%{args.array_parallel}" if getattr(args, "array_parallel", None) else ""
+    header += [f"#SBATCH --array=0-{array - 1}{throttle}"] if array else []
+    header += [f"#SBATCH --partition={args.queue}"] if args.queue else []
+    header += [f"#SBATCH --account={args.account}"] if args.account else []
+    header += [f"#SBATCH --gpus-per-node={args.gpus_per_node}"] if args.gpus_per_node else []
+    return header, f"cd {shlex.quote(ROOT)}"
+
+
+def array_job_script(args: argparse.Namespace, runs: list[list[str]], env: dict[str, str]) -> str:
+    """One job array whose task i runs ``bash train_alcf.sh runs[i]`` (each run saves to and
+    resumes from its own directory, named in its arguments), stopping ``--margin-minutes``
+    before the walltime. Every word is shell-quoted: nothing typed becomes shell code."""
+    minutes = walltime_minutes(args.walltime)
+    if minutes <= args.margin_minutes:
+        raise ValueError(f"--walltime {args.walltime} leaves no time after --margin-minutes {args.margin_minutes}")
+    if not runs:
+        raise ValueError("no runs to submit")
+    header, workdir = scheduler_header(args, array=len(runs))
+    env = {**env, "EXIT_DURATION_MINS": str(minutes - args.margin_minutes)}
+    cases = [f"    {i}) args=({' '.join(map(shlex.quote, run))}) ;;" for i, run in enumerate(runs)]
+    body = ['task="${PBS_ARRAY_INDEX:-${SLURM_ARRAY_TASK_ID:-0}}"', 'case "${task}" in', *cases,
+            '    *) echo "no run for array index ${task}" >&2; exit 2 ;;', "esac",
+            'bash train_alcf.sh "${args[@]}"']
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    return "\n".join(["#!/bin/bash", *header, "set -euo pipefail", workdir, *exports, *body, ""])
+
+
+def add_job_args(p: argparse.ArgumentParser, scheduler_required: bool = True) -> None:
+    """The scheduler options (shared with tools/sweep.py's job arrays)."""
+    p.add_argument("--scheduler", choices=("pbs", "slurm"), required=scheduler_required)
+    p.add_argument("--nodes", type=int, default=1 if not scheduler_required else None,
+                   required=scheduler_required, help="nodes per run")
+    p.add_argument("--walltime", default="01:00:00" if not scheduler_required else None,
+                   required=scheduler_required, help="HH:MM:SS (per run)")
+    p.add_argument("--queue", help="PBS queue / Slurm partition")
+    p.add_argument("--account", help="project / account")
+    p.add_argument("--filesystems", help="PBS filesystems, e.g. flare:home")
+    p.add_argument("--gpus-per-node", type=int, help="Slurm GPUs per node")
+    p.add_argument("--margin-minutes", type=int, default=10, help="save and exit this long before the walltime")
+    p.add_argument("--submit", action="store_true", help="also qsub / sbatch it")
+
+
+def submit(scheduler: str, path: str) -> None:
+    """qsub / sbatch the script."""
+    subprocess.run(["qsub" if scheduler == "pbs" else "sbatch", path], check=True)
+
+
 def job_script(args: argparse.Namespace, extra: list[str]) -> str:
     """The job script's text."""
     minutes = walltime_minutes(args.walltime)
@@ -50,20 +110,7 @@ def job_script(args: argparse.Namespace, extra: list[str]) -> str:
         extra = ["--time-limit-mins", str(minutes - args.margin_minutes), *extra]
     else:
         env.update(SAVE=args.save, LOAD=args.save, EXIT_DURATION_MINS=str(minutes - args.margin_minutes))
-    if args.scheduler == "pbs":
-        header = [f"#PBS -N {args.name}", f"#PBS -l select={args.nodes}", f"#PBS -l walltime={args.walltime}",
-                  "#PBS -l place=scatter", "#PBS -j oe", "#PBS -r y"]
-        header += [f"#PBS -q {args.queue}"] if args.queue else []
-        header += [f"#PBS -A {args.account}"] if args.account else []
-        header += [f"#PBS -l filesystems={args.filesystems}"] if args.filesystems else []
-        workdir = 'cd "${PBS_O_WORKDIR:-' + ROOT + '}"'
-    else:
-        header = [f"#SBATCH --job-name={args.name}", f"#SBATCH --nodes={args.nodes}",
-                  f"#SBATCH --time={args.walltime}", "#SBATCH --requeue", "#SBATCH --signal=TERM@120"]
-        header += [f"#SBATCH --partition={args.queue}"] if args.queue else []
-        header += [f"#SBATCH --account={args.account}"] if args.account else []
-        header += [f"#SBATCH --gpus-per-node={args.gpus_per_node}"] if args.gpus_per_node else []
-        workdir = f"cd {shlex.quote(ROOT)}"
+    header, workdir = scheduler_header(args)
     exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     command = [" ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])]
     if args.plan:
@@ -79,20 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scheduler", choices=("pbs", "slurm"), required=True)
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--walltime", required=True, help="HH:MM:SS")
+    add_job_args(p)
     p.add_argument("--save", help="checkpoint directory (also loaded from: auto-resume)")
     p.add_argument("--plan", help="a continual-pretraining plan (CPT_PLAN) instead of one run; resubmits until done")
     p.add_argument("--name", default="train_alcf")
-    p.add_argument("--queue", help="PBS queue / Slurm partition")
-    p.add_argument("--account", help="project / account")
-    p.add_argument("--filesystems", help="PBS filesystems, e.g. flare:home")
-    p.add_argument("--gpus-per-node", type=int, help="Slurm GPUs per node")
     p.add_argument("--env", action="append", default=[], metavar="VAR=VALUE", help="train_alcf.sh variable")
-    p.add_argument("--margin-minutes", type=int, default=10, help="save and exit this long before the walltime")
     p.add_argument("--output", default=None, help="job script path (default: <name>.<scheduler>.sh)")
-    p.add_argument("--submit", action="store_true", help="also qsub / sbatch it")
     args = p.parse_args(ours)
     if (args.save is None) == (args.plan is None):
         print("submit.py: error: --save: give --save (one run) or --plan (a continual plan)", file=sys.stderr)
@@ -112,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(path, 0o755)
     print(f"wrote {path}")
     if args.submit:
-        subprocess.run(["qsub" if args.scheduler == "pbs" else "sbatch", path], check=True)
+        submit(args.scheduler, path)
     return 0
 
 

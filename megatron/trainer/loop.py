@@ -79,6 +79,8 @@ class TrainResult:
     optimizer_states: dict[str, float] | None = None
     tokens: tuple[int, int] | None = None
     """(trainable, consumed) label tokens of this process's steps (metadata is not trainable)."""
+    valid_history: tuple[tuple[int, float], ...] = ()
+    """(iteration, validation loss) of this process's evaluations (``run_result.json``)."""
 
 
 def log_plan(plan: RunPlan) -> None:
@@ -119,6 +121,7 @@ class Trainer:
         self.stop = StopSignals(self.cfg.train, ctx.device)
         self.losses = StepValues()  # device tensors until a log line reads them
         self.valid_loss: float | None = None
+        self.valid_history: list[tuple[int, float]] = []
         self.optimizer_states: dict[str, float] | None = None
         self.test_loss: float | None = None
         self.coord_check = (  # --mup-coord-check: activation l1s of the first iterations
@@ -176,6 +179,7 @@ class Trainer:
             stop_reason=stop_reason,
             optimizer_states=self.optimizer_states,
             tokens=(self.token_counter.trainable_total, self.token_counter.consumed_total),
+            valid_history=tuple(self.valid_history),
         )
 
     def _run_start_event(self, state: TrainState) -> None:
@@ -244,6 +248,7 @@ class Trainer:
         self.reporter.exclude(time.perf_counter() - started)
         if split == "valid":
             self.valid_loss = loss
+            self.valid_history.append((state.iteration, loss))
         return loss
 
     def save(self, state: TrainState) -> None:

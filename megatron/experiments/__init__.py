@@ -1,0 +1,1 @@
+"""Experiments over many runs: sweeps, isoFLOP ladders, scaling-law fits (torch-free)."""
