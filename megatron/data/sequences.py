@@ -79,7 +79,10 @@ class SequenceDataset:
     def __getitem__(self, index: int) -> np.ndarray:
         """Tokens of sample ``index`` (any non-negative index; epochs repeat); with a loss mask,
         ``[tokens, trainable]`` stacked."""
-        epoch, j = divmod(int(index), self.samples_per_epoch)
+        return self.sample(*divmod(int(index), self.samples_per_epoch))
+
+    def sample(self, epoch: int, j: int) -> np.ndarray:
+        """Sample ``j`` of ``epoch`` (``__getitem__``'s result for ``epoch * samples_per_epoch + j``)."""
         order, starts, shuffle = self._epoch(epoch)
         position = int(shuffle[j]) * self.seq_length
         remaining = self.seq_length + 1
