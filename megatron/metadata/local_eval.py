@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,14 @@ class TypeScore:
     tokens_meta: int = 0
     nll_plain: float = 0.0
     nll_meta: float = 0.0
+    diffs: list[float] = field(default_factory=list)  # per document: nats/token, meta - plain
+
+    @property
+    def paired_se(self) -> float:
+        """Standard error of the mean per-document log-ratio (nats/token) across documents: the
+        evaluation-sample noise of ``log(ratio)`` (not the training-seed noise)."""
+        n = len(self.diffs)
+        return float(np.std(self.diffs, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
     @property
     def ppl_plain(self) -> float:
@@ -58,7 +66,7 @@ class TypeScore:
             "type": self.name, "documents": self.documents, "too_long": self.too_long,
             "tokens_plain": self.tokens_plain, "tokens_meta": self.tokens_meta,
             "ppl_plain": self.ppl_plain, "ppl_meta": self.ppl_meta,
-            "ratio": self.ppl_meta / self.ppl_plain,
+            "ratio": self.ppl_meta / self.ppl_plain, "paired_se_log_ratio": self.paired_se,
         }  # fmt: skip
 
 
@@ -136,8 +144,11 @@ def evaluate_types(
             score.documents += 1
             score.tokens_meta += int(targets.sum())
             score.tokens_plain += len(plain) - 1
-            score.nll_meta += _nll(logits_fn, row, targets, banned)
-            score.nll_plain += _nll(logits_fn, plain, plain_targets, ())
+            meta_nll = _nll(logits_fn, row, targets, banned)
+            plain_nll = _nll(logits_fn, plain, plain_targets, ())
+            score.nll_meta += meta_nll
+            score.nll_plain += plain_nll
+            score.diffs.append(meta_nll / max(targets.sum(), 1) - plain_nll / max(len(plain) - 1, 1))
         if score.documents or score.too_long:
             scores.append(score)
     return scores
@@ -146,12 +157,14 @@ def evaluate_types(
 def format_type_table(scores: Sequence[TypeScore]) -> str:
     """A Markdown table of the scores."""
     lines = [
-        "| metadata | documents | tokens plain / meta | ppl plain | ppl with metadata | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| metadata | documents | tokens plain / meta | ppl plain | ppl with metadata | ratio "
+        "| paired SE of log ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scores:
         lines.append(
             f"| {s.name} | {s.documents} | {s.tokens_plain:,} / {s.tokens_meta:,} | "
-            f"{s.ppl_plain:.3f} | {s.ppl_meta:.3f} | {s.ppl_meta / s.ppl_plain:.4f} |"
+            f"{s.ppl_plain:.3f} | {s.ppl_meta:.3f} | {s.ppl_meta / s.ppl_plain:.4f} | "
+            f"{s.paired_se:.4f} |"
         )
     return "\n".join(lines)

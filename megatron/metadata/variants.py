@@ -79,13 +79,20 @@ class VariantSequenceDataset:
         self.seq_length = variants[0].seq_length
         self.tokens_per_epoch = variants[0].tokens_per_epoch
         self.samples_per_epoch = min(counts)  # the fewest unique samples an epoch holds
+        self._last = (0, 0, 0)  # (first index, stop, epoch) of the last epoch located
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(epoch, sample within the epoch)`` of ``index``."""
+        first, stop, epoch = self._last
+        if first <= index < stop:  # readers move forward: mostly the epoch of the last call
+            return epoch, index - first
         cycles, rest = divmod(int(index), self.cycle)
         k = int(np.searchsorted(self.bounds, rest, side="right")) - 1
-        return cycles * len(self.variants) + k, rest - int(self.bounds[k])
+        first = cycles * self.cycle + int(self.bounds[k])
+        epoch = cycles * len(self.variants) + k
+        self._last = (first, first + self.variants[k].samples_per_epoch, epoch)
+        return epoch, int(index) - first
 
     def __getitem__(self, index: int) -> np.ndarray:
-        epoch, j = self.locate(index)
+        epoch, j = self.locate(int(index))
         return self.variants[epoch % len(self.variants)].sample(epoch, j)
