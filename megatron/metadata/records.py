@@ -159,7 +159,7 @@ def parse_document(doc: Mapping, text_key: str = "text", name: str = "document")
 def has_records(doc: Mapping) -> bool:
     """Whether a record dict is in the records format (v1 ``metadata`` or v2 columns)."""
     return isinstance(doc.get("metadata"), list) or any(
-        k.startswith(V2_PREFIX) for k in doc if k != "metadata"
+        k.startswith(V2_PREFIX) and isinstance(v, list) for k, v in doc.items()
     )
 
 
