@@ -10,6 +10,7 @@ from megatron.metadata.local import LocalFormat
 from megatron.metadata.local_eval import evaluate_types, meta_targets, metadata_row
 from megatron.metadata.records import parse_document
 from megatron.metadata.render import PrefixFormat
+from tests.unit.metadata.test_evaluate import trained  # noqa: F401 (fixture)
 from tests.unit.metadata.test_local import DOC1
 
 ORDER = ("html", "entity", "timestamp", "url")
@@ -49,3 +50,26 @@ def test_context_free_model_gives_equal_perplexities_without_prefix():
 def test_too_long_documents_are_left_out():
     scores = evaluate_types(_unigram, TOK, [parse_document(DOC1)], ORDER, 40)
     assert all(s.documents == 0 and s.too_long == 1 for s in scores)
+
+
+def test_tool_scores_a_records_file_per_type(trained, capsys, tmp_path):
+    import json
+
+    from tools.eval_metadata_ppl import main as eval_main
+
+    save = trained[0]
+    docs = tmp_path / "records.jsonl"
+    text = "Kew is a garden in London."
+    doc = {"text": text, "metadata": [
+        {"key": "url", "type": "global", "value": "https://www.kew.org"},
+        {"key": "html", "type": "local", "value": "b", "char_start_idx": 0, "char_end_idx": 3,
+         "relative_start_pos": 0, "relative_end_pos": 0, "html_attrs": {"attrs": [], "values": []}},
+    ]}  # fmt: skip
+    docs.write_text(json.dumps(doc) + "\n")
+    out = tmp_path / "scores.json"
+    rc = eval_main(["--load", save, "--data", str(docs), "--metadata-list", "html,url",
+                    "--output", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert "| html | 1 | 26 / 26 |" in capsys.readouterr().out
+    rows = {r["type"]: r for r in json.loads(out.read_text())}
+    assert rows["url"]["tokens_meta"] == rows["url"]["tokens_plain"] + 1 == 27
