@@ -60,6 +60,11 @@ def open_variants(prefix: str, indexed, with_mask: bool) -> list[tuple[object, o
                 "the variants do not belong together; rerun tools/preprocess_data.py"
             )
         out.append((tokens, open_lossmask(vp, tokens) if with_mask else None))
+    if out:
+        log.info(
+            "metadata variants of %s: K = %d pre-drawn datasets, epoch e reads variant e mod %d",
+            prefix, len(out) + 1, len(out) + 1,
+        )  # fmt: skip
     return out
 
 
