@@ -7,6 +7,10 @@
 prints a Markdown table per metadata type (each key, all keys, the fixed prefix): documents,
 scored tokens, ppl plain, ppl with prefix and their ratio; ``--output scores.json`` keeps it.
 An evaluation file that was an input of the checkpoint's training data is refused.
+
+A records file (``metadata`` / ``metadata_<key>`` columns, docs/metadata_local.md) is scored per
+type of ``--metadata-list`` the BigScience way: plain vs with that type only (local metadata
+inline and masked, the first non-metadata token not scored, wrapper tokens' logits at -inf).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from megatron.metadata.eval_run import (  # noqa: E402
     training_lists,
 )
 from megatron.metadata.evaluate import default_conditions, evaluate_pairs, format_table  # noqa: E402
+from megatron.metadata.local_cli import add_local_args, is_records_input, local_options  # noqa: E402
+from megatron.metadata.local_eval import evaluate_types, format_type_table  # noqa: E402
+from megatron.metadata.local_preprocess import iter_documents  # noqa: E402
 
 PROG = "eval_metadata_ppl.py"
 
@@ -56,7 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-documents", type=int, default=None, help="evaluate the first N documents")
     p.add_argument("--output", default=None, help="also write the scores as JSON")
     add_metadata_args(p)
+    add_local_args(p)
     return p.parse_args(argv)
+
+
+def score_records(args: argparse.Namespace, model: CheckpointModel) -> tuple[list, str]:
+    """Per-type scores of a records file (local metadata inline, masked): rows and table."""
+    opts = local_options(args)
+    docs = [doc for doc, _ in iter_documents([args.data], args.json_key)][: args.max_documents]
+    scores = evaluate_types(
+        model.logits, checkpoint_tokenizer(model.metadata), docs, opts.order,
+        model.spec.seq_length, opts.fmt, opts.local,
+    )  # fmt: skip
+    return [s.as_dict() for s in scores], format_type_table(scores)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        if not os.path.isfile(args.data):
+            raise FileNotFoundError(f"--data: no such file {args.data}")
+        records_input = is_records_input([args.data])
         options = metadata_options(args)
-        records = load_records(args.data, options.keys, args.json_key)[: args.max_documents]
+        if not records_input:
+            records = load_records(args.data, options.keys, args.json_key)[: args.max_documents]
         metadata = checkpoint_metadata(args.load)
         check_not_trained_on(args.data, [*training_lists(metadata), *args.train_data_file_list])
         model = CheckpointModel(args.load)
         try:
+            if records_input:
+                rows, table = score_records(args, model)
+                print(table)
+                if args.output:
+                    with open(args.output, "w") as f:
+                        json.dump(rows, f, indent=2)
+                return 0
             prefix = (
                 None
                 if args.prefix is None

@@ -17,7 +17,12 @@ its index), a prefix rendered from its jsonl fields that is loss-masked in train
     --metadata-keys url,timestamp --metadata-template bigscience --metadata-probability 0.5
 
 also writes ``data/corpus_lossmask_document.bin/.idx`` (uint8, 1 = trainable) and
-``data/corpus_metadata.json``.
+``data/corpus_metadata.json``. Records inputs (BigScience's format: a ``metadata`` list or
+``metadata_<key>`` columns of ``{key, type, value, char_start_idx, ...}``) also get local
+metadata inline (html tags, entities) and per-example sampling (docs/metadata_local.md):
+
+    --metadata-list html,entity,url,title --random-sample-metadata \
+        --random-sample-metadata-weights html=1,title=1 --metadata-variants 4
 
 Progress (docs/s, tokens/s) goes to stderr; the summary to stdout.
 """
@@ -35,6 +40,12 @@ from megatron.config.data import DataConfig  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.data.preprocess import PreprocessProgress, tokenize_to_indexed  # noqa: E402
 from megatron.metadata.cli import add_metadata_args, describe, tokenize_from_args  # noqa: E402
+from megatron.metadata.local_cli import (  # noqa: E402
+    add_local_args,
+    describe_local,
+    is_records_input,
+    tokenize_records_from_args,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--append-eod", action="store_true", help="end each document with EOD")
     add_metadata_args(p)
+    add_local_args(p)
     return p.parse_args(argv)
 
 
@@ -84,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             vocab_file=args.vocab_file,
             merge_file=args.merge_file,
         )
+        if args.metadata_keys and is_records_input(args.input):
+            print(describe_local(tokenize_records_from_args(args, tokenizer_cfg)))
+            return 0
         if args.metadata_keys:
             print(describe(tokenize_from_args(args, tokenizer_cfg, progress)))
             return 0

@@ -24,6 +24,7 @@ from megatron.data.indexed import open_indexed
 from megatron.data.loader import MockStream
 from megatron.data.sequences import SequenceDataset, shuffle_name, split_documents
 from megatron.metadata.lossmask import open_lossmask
+from megatron.metadata.variants import VariantSequenceDataset, open_variants
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,15 @@ def _ratios(plan: RunPlan) -> tuple[float, float, float]:
     return train, valid, test
 
 
+def _sequences(pairs: list, docs: tuple[int, int], plan: RunPlan, name: str):  # noqa: ANN202
+    """The dataset of one split; K pre-drawn metadata variants read one per epoch."""
+    made = [
+        SequenceDataset(tokens, *docs, plan.seq_length, plan.config.train.seed, name, lossmask=mask)
+        for tokens, mask in pairs
+    ]
+    return made[0] if len(made) == 1 else VariantSequenceDataset(made)
+
+
 def _datasets(
     plan: RunPlan, entries: list[DataEntry], ratios: tuple[float, float, float], flag: str
 ) -> dict[str, list[tuple[DataEntry, SequenceDataset]]]:
@@ -95,6 +105,7 @@ def _datasets(
     for entry in entries:
         indexed = open_indexed(entry.prefix)
         lossmask = open_lossmask(entry.prefix, indexed) if cfg.data.metadata_loss_mask else None
+        variants = open_variants(entry.prefix, indexed, cfg.data.metadata_loss_mask)
         try:
             ranges = split_documents(len(indexed), ratios)
         except ValueError as e:
@@ -102,14 +113,11 @@ def _datasets(
         for split, (start, stop) in zip(SPLITS, ranges, strict=True):
             if stop > start:
                 try:
-                    dataset = SequenceDataset(
-                        indexed,
-                        start,
-                        stop,
-                        plan.seq_length,
-                        cfg.train.seed,
-                        name=shuffle_name(entry.prefix, len(indexed), split),
-                        lossmask=lossmask,
+                    dataset = _sequences(
+                        [(indexed, lossmask), *variants],
+                        (start, stop),
+                        plan,
+                        shuffle_name(entry.prefix, len(indexed), split),
                     )
                 except ValueError as e:
                     if split == "train":

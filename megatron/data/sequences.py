@@ -61,6 +61,13 @@ class SequenceDataset:
                 f"fewer than one sample of {seq_length + 1}"
             )
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        if lossmask is not None:
+            # uint8 masks are read straight from their memory map (bytes = entries): a second
+            # IndexedDataset.get per document piece would cost about a third of a sample read.
+            self._mask_bytes = np.asarray(
+                np.memmap(f"{lossmask.path_prefix}.bin", dtype=np.uint8, mode="r")
+            )
+            self._mask_pointers = np.asarray(lossmask.index.sequence_pointers, dtype=np.int64)
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(document order, start offset of each ordered document, sample permutation)."""
@@ -79,7 +86,10 @@ class SequenceDataset:
     def __getitem__(self, index: int) -> np.ndarray:
         """Tokens of sample ``index`` (any non-negative index; epochs repeat); with a loss mask,
         ``[tokens, trainable]`` stacked."""
-        epoch, j = divmod(int(index), self.samples_per_epoch)
+        return self.sample(*divmod(int(index), self.samples_per_epoch))
+
+    def sample(self, epoch: int, j: int) -> np.ndarray:
+        """Sample ``j`` of ``epoch`` (``__getitem__``'s result for ``epoch * samples_per_epoch + j``)."""
         order, starts, shuffle = self._epoch(epoch)
         position = int(shuffle[j]) * self.seq_length
         remaining = self.seq_length + 1
@@ -91,13 +101,16 @@ class SequenceDataset:
             take = min(remaining, int(self.lengths[doc]) - offset)
             pieces.append(self.indexed.get(int(self.doc_ids[doc]), offset=offset, length=take))
             if self.lossmask is not None:
-                masks.append(self.lossmask.get(int(self.doc_ids[doc]), offset=offset, length=take))
+                start = int(self._mask_pointers[self.doc_ids[doc]]) + offset
+                masks.append(self._mask_bytes[start : start + take])
             remaining -= take
             d, offset = d + 1, 0
-        tokens = np.concatenate(pieces).astype(np.int64, copy=False)
         if self.lossmask is None:
-            return tokens
-        return np.stack([tokens, np.concatenate(masks).astype(np.int64, copy=False)])
+            return np.concatenate(pieces).astype(np.int64, copy=False)
+        out = np.empty((2, self.seq_length + 1), dtype=np.int64)
+        np.concatenate(pieces, out=out[0], casting="unsafe")
+        np.concatenate(masks, out=out[1], casting="unsafe")
+        return out
 
 
 def split_documents(num_documents: int, ratios: tuple[float, float, float]) -> list[tuple[int, int]]:
