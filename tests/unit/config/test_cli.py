@@ -35,7 +35,7 @@ def _parser_flags() -> set[str]:
     parser = build_parser()
     found = set()
     for action in parser._actions:
-        if action.dest in ("help", "config", "launcher_default", "dry_run", "deepspeed"):
+        if action.dest in ("help", "config", "launcher_default", "dry_run", "dry_run_file", "deepspeed"):
             continue
         found.add(action.option_strings[0])
     return found
