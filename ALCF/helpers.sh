@@ -101,12 +101,21 @@ env_to_flags() {
     FLAGS=()
     FLAG_SOURCES=()
     local entry name flag value pairs=()
+    local -A owner=() owner_value=()
     for entry in "${ENV_VALUE_FLAGS[@]}"; do
         name="${entry%%|*}"
         flag="${entry#*|}"
         [[ -n "${!name+x}" ]] || continue
         value="${!name}"
         [[ -n "${value}" ]] || _die "${name} is set but empty; unset it or give a value"
+        # Two spellings of one knob (LR_WARMUP_FRACTION / LR_WARMUP_FRAC): one owner per flag.
+        if [[ -n "${owner[${flag}]:-}" ]]; then
+            [[ "${owner_value[${flag}]}" == "${value}" ]] ||
+                _die "${owner[${flag}]}=${owner_value[${flag}]} and ${name}=${value} both set ${flag} with different values; unset one"
+            continue
+        fi
+        owner["${flag}"]="${name}"
+        owner_value["${flag}"]="${value}"
         FLAGS+=("${flag}" "${value}")
         FLAG_SOURCES+=("${name}=${value} -> ${flag}")
         pairs+=("${flag}=${name}")
