@@ -354,3 +354,11 @@ refuse(
 refuse("--fp8-format", "FP8 (Transformer Engine) training is not implemented; use --bf16", nargs=1)
 refuse("--moe-expert-parallel-size", "mixture-of-experts models are not implemented", nargs=1)
 refuse("--num-experts", "mixture-of-experts models are not implemented", nargs="*")
+# TiC-LM's continual-run flags given to the trainer: they belong to the stage runner.
+for _flag, _nargs in (("--try-balanced-manifest", 0), ("--suffixes", "*")):
+    refuse(
+        _flag,
+        "a TiC-LM continual-run flag, supported by tools/continual_run.py (CPT_PLAN=plan.yaml bash "
+        "train_alcf.sh), not by the trainer",
+        nargs=_nargs,
+    )
