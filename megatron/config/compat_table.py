@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from megatron.config.compat import COMPAT, VALUE_ALIASES
+from megatron.config.compat import COMPAT, REFUSED_VALUES, VALUE_ALIASES
 
 MEGATRON_FLAGS: tuple[str, ...] = (
     # model
@@ -21,7 +21,7 @@ MEGATRON_FLAGS: tuple[str, ...] = (
     "--vocab-file", "--merge-file", "--vocab-size", "--data-file-list",
     # batch, length, precision
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples",
-    "--train-tokens", "--bf16", "--fp16", "--seed",
+    "--train-tokens", "--bf16", "--fp16", "--seed", "--accumulate-allreduce-grads-in-fp32",
     # optimizer and schedule
     "--optimizer", "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters",
     "--lr-decay-samples", "--lr-decay-tokens", "--lr-warmup-iters", "--lr-warmup-samples",
@@ -66,6 +66,8 @@ def compat_rows() -> list[tuple[str, str, str]]:
         rows += [
             (f"{flag} {theirs}", "alias", f"of {flag} {ours}") for theirs, ours in values.items()
         ]
+    for flag, values in REFUSED_VALUES.items():
+        rows += [(f"{flag} {theirs}", "refused", reason) for theirs, reason in values.items()]
     rows += [(e.flag, e.status, e.note) for e in COMPAT.values()]
     return sorted(rows)
 

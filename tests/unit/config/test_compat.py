@@ -140,6 +140,8 @@ MAPPED_SAMPLES = {
     "--position-embedding-type": (["learned_absolute"], ("model", "use_rotary_position_embeddings"), False),
     "--data-impl": (["mmap"], ("data", "split"), "98,1,1"),
     "--no-pipeline-parallel": ([], ("parallel", "pipeline_model_parallel_size"), 1),
+    "--rotary-position-embeddings-theta": (["50000"], ("model", "rotary_base"), 50000.0),
+    "--use-flash-attn-builder": ([], ("model", "use_flash_attn"), True),
 }
 
 
