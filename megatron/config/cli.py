@@ -84,7 +84,10 @@ def _make_action(knob: Knob, base: type[argparse.Action]) -> type[argparse.Actio
     class Record(base):  # type: ignore[misc, valid-type]
         def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
             if base is argparse.BooleanOptionalAction:
-                value = not (option_string or "").startswith("--no-")
+                # The negated spelling is "--no-" + a positive one; a switch whose own name starts
+                # with --no- (--no-load-optim) is positive when typed as such.
+                positive = {knob.flag, *(normalize_flag(a) for a in knob.aliases)}
+                value = option_string in positive or not (option_string or "").startswith("--no-")
             else:
                 value = convert(knob, values)
             previous = getattr(namespace, self.dest, _UNSET)
