@@ -12,6 +12,7 @@ Torch-free; reads files only.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 
@@ -46,7 +47,18 @@ def _imported_test_sources(tree: ast.AST, root: str) -> str:
     return "\n".join(texts)
 
 
+@functools.lru_cache(maxsize=4)
+def _scan(root: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((flag, tuple(paths)) for flag, paths in _scan_uncached(root).items())
+
+
 def scan_claims(root: str) -> dict[str, list[str]]:
+    """``{flag: [test file, ...]}`` for every flag a test under ``root/tests`` claims and runs
+    (scanned once per process)."""
+    return {flag: list(paths) for flag, paths in _scan(root)}
+
+
+def _scan_uncached(root: str) -> dict[str, list[str]]:
     """``{flag: [test file, ...]}`` for every flag a test under ``root/tests`` claims and runs.
 
     Args:
