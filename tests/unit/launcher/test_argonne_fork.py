@@ -141,6 +141,18 @@ def test_fork_flags_map_onto_ours(theirs, ours):
     assert getattr(getattr(parse_args(theirs).config, section), field) == value
 
 
+def test_fp32_gradient_accumulation_under_bf16_is_deepspeeds_grad_accum_dtype():
+    from tests.helpers import tiny_plan
+
+    plan = tiny_plan("--bf16", "--accumulate-allreduce-grads-in-fp32", "--train-iters", "2", "--zero-stage", "1",
+                     "--gradient-accumulation-steps", "2")
+    assert plan.deepspeed["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in tiny_plan("--bf16", "--train-iters", "2").deepspeed
+    with pytest.raises(ConfigError, match=r"--accumulate-allreduce-grads-in-fp32: .* only at --zero-stage 1"):
+        tiny_plan("--bf16", "--accumulate-allreduce-grads-in-fp32", "--train-iters", "2", "--zero-stage", "0")
+
+
+@pytest.mark.slow
 def test_fp32_gradient_accumulation_under_bf16_trains():
     from megatron.config import DistEnv
     from megatron.trainer.loop import train
@@ -148,8 +160,4 @@ def test_fp32_gradient_accumulation_under_bf16_trains():
 
     plan = tiny_plan("--bf16", "--accumulate-allreduce-grads-in-fp32", "--train-iters", "2", "--zero-stage", "1",
                      "--gradient-accumulation-steps", "2")
-    assert plan.deepspeed["data_types"] == {"grad_accum_dtype": "fp32"}
-    assert "data_types" not in tiny_plan("--bf16", "--train-iters", "2").deepspeed
     assert len(train(plan, DistEnv()).losses) == 2
-    with pytest.raises(ConfigError, match=r"--accumulate-allreduce-grads-in-fp32: .* only at --zero-stage 1"):
-        tiny_plan("--bf16", "--accumulate-allreduce-grads-in-fp32", "--train-iters", "2", "--zero-stage", "0")
