@@ -70,6 +70,18 @@ ENV_VALUE_FLAGS=(
     "FUSED_CE_CHUNK_TOKENS|--fused-ce-chunk-tokens"
     "WANDB_PROJECT|--wandb-project"
     "WANDB_EXP_NAME|--wandb-exp-name"
+    # The argonne fork's launcher spellings (docs/compatibility.md).
+    "OPTIMIZER|--optimizer"
+    "OPTIM|--optimizer"
+    "TRAIN_ITER|--train-iters"
+    "VOCAB_FILE|--vocab-file"
+    "MERGE_FILE|--merge-file"
+    "DS_CONFIG|--deepspeed-config"
+    "BE|--distributed-backend"
+    "CCL|--distributed-backend"
+    "NCCL|--distributed-backend"
+    "DATA_PATH|--data-path"
+    "TIMING_LOG_LEVEL|--timing-log-level"
 )
 # VARIABLE|--flag  (switches: 1/true/yes -> --flag, 0/false/no -> --no-flag).
 ENV_SWITCH_FLAGS=(
@@ -78,6 +90,26 @@ ENV_SWITCH_FLAGS=(
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
     "FUSED_CE|--fused-linear-cross-entropy"
     "COMPILE|--compile"
+    "OVERRIDE_CKPT_OPT_PARAM|--override-opt-param-scheduler"
+)
+# VARIABLE|reason  (the argonne fork's variables with no counterpart: an error when set).
+ENV_REFUSED=(
+    "NO_LLAMA|the architecture comes from MODEL_ARCH / --config; give the flags you want instead (--no-swiglu, --normalization layernorm, ...)"
+    "ACT_CKPT_NUM_LAYERS|recomputing a number of layers per checkpoint is not implemented; USE_ACTIVATION_CHECKPOINTING=1 recomputes every layer"
+    "ZERO_HPZ_PARTITION_SIZE|ZeRO++ hierarchical partitioning is not configured by the launcher"
+    "MICS_SHARD_SIZE|DeepSpeed MiCS sharding is not configured by the launcher"
+    "COMMS_LOGGER|DeepSpeed's communication logger is not configured by the launcher"
+    "CKPT_DIR|use SAVE=DIR (and LOAD=DIR to resume from it)"
+    "HOSTFILE|the node list is read from PBS_NODEFILE or SLURM_JOB_NODELIST (or NUM_NODES without a scheduler)"
+    "LAUNCH_WITH|the launch command follows the scheduler: mpiexec under PBS, srun under Slurm, torchrun otherwise"
+    "LAUNCH_CMD|the launch command follows the scheduler: mpiexec under PBS, srun under Slurm, torchrun otherwise"
+    "EXEC|the launcher always runs pretrain_gpt.py"
+    "GPUS_PER_NODE|use NGPU_PER_HOST (ranks per node)"
+    "DATA_PARENT|data file lists name their dataset prefixes; give DATA_FILE_LIST"
+)
+# VARIABLE|reason  (accepted and logged, nothing to change here).
+ENV_NO_OP=(
+    "DEBUG|the fork's shell tracing; this launcher prints its command and the resolved plan"
 )
 
 _die() {
@@ -101,12 +133,22 @@ env_to_flags() {
     FLAGS=()
     FLAG_SOURCES=()
     local entry name flag value pairs=()
+    local -A owner=() owner_value=()
     for entry in "${ENV_VALUE_FLAGS[@]}"; do
         name="${entry%%|*}"
         flag="${entry#*|}"
         [[ -n "${!name+x}" ]] || continue
         value="${!name}"
         [[ -n "${value}" ]] || _die "${name} is set but empty; unset it or give a value"
+        # Two spellings of one knob (LR_WARMUP_FRACTION / LR_WARMUP_FRAC): one owner per flag.
+        if [[ -n "${owner[${flag}]:-}" ]]; then
+            [[ "${owner_value[${flag}]}" == "${value}" ]] ||
+                _die "${owner[${flag}]}=${owner_value[${flag}]} and ${name}=${value} both set ${flag} with different values; unset one"
+            FLAG_SOURCES+=("${name}=${value} -> ${flag} (the same value as ${owner[${flag}]})")
+            continue
+        fi
+        owner["${flag}"]="${name}"
+        owner_value["${flag}"]="${value}"
         FLAGS+=("${flag}" "${value}")
         FLAG_SOURCES+=("${name}=${value} -> ${flag}")
         pairs+=("${flag}=${name}")
@@ -123,6 +165,7 @@ env_to_flags() {
         FLAG_SOURCES+=("${name}=${!name} -> ${flag}")
         pairs+=("${flag}=${name}")
     done
+    fork_variables
     if [[ -n "${MODEL_ARCH:-}" ]]; then
         local preset="${HELPERS_DIR}/presets/arch/${MODEL_ARCH}.yaml"
         if [[ ! -f "${preset}" ]]; then
@@ -149,13 +192,53 @@ env_to_flags() {
     export TRAIN_ALCF_FLAG_SOURCES="${pairs[*]+"${pairs[*]}"}"
 }
 
+# fork_variables: the argonne fork's variables that are not one flag each (called by env_to_flags;
+# adds to its FLAGS, FLAG_SOURCES and pairs). Refused ones stop here, naming themselves.
+fork_variables() {
+    local entry name reason
+    for entry in "${ENV_REFUSED[@]}"; do
+        name="${entry%%|*}"
+        reason="${entry#*|}"
+        [[ -z "${!name:-}" ]] || _die "${name}=${!name}: not supported: ${reason}"
+    done
+    for entry in "${ENV_NO_OP[@]}"; do
+        name="${entry%%|*}"
+        reason="${entry#*|}"
+        [[ -z "${!name:-}" ]] || FLAG_SOURCES+=("${name}=${!name} -> nothing (${reason})")
+    done
+    if [[ -n "${NO_FLASH_ATTN:-}" ]]; then  # any value, as the fork reads it
+        FLAGS+=(--no-use-flash-attn)
+        FLAG_SOURCES+=("NO_FLASH_ATTN=${NO_FLASH_ATTN} -> --no-use-flash-attn")
+        pairs+=("--use-flash-attn=NO_FLASH_ATTN")
+    fi
+    if [[ -n "${TRAIN_SPLIT:-}${VAL_SPLIT:-}${TEST_SPLIT:-}" ]]; then
+        local split="${TRAIN_SPLIT:-990},${VAL_SPLIT:-10},${TEST_SPLIT:-0}"  # the fork's defaults
+        FLAGS+=(--split "${split}")
+        FLAG_SOURCES+=("TRAIN_SPLIT/VAL_SPLIT/TEST_SPLIT -> --split ${split}")
+        pairs+=("--split=TRAIN_SPLIT/VAL_SPLIT/TEST_SPLIT")
+    fi
+}
+
+# _accelerator_has_bf16: true on an NVIDIA GPU of compute capability 8.0 or more (A100, H100)
+# or an Intel GPU (xpu-smi); the fork's launcher trains those in bf16 by default.
+_accelerator_has_bf16() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        local cap
+        cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1)"
+        [[ "${cap%%.*}" =~ ^[0-9]+$ ]] && ((${cap%%.*} >= 8))
+        return
+    fi
+    command -v xpu-smi >/dev/null 2>&1
+}
+
 # _names_own_config ARGS...: true when the arguments bring their own configuration or data.
 _names_own_config() {
     local arg
     for arg in "$@"; do
         case "${arg}" in
             --config | --config=* | --data-file-list | --data-file-list=* | --data_file_list | \
-                --data_file_list=* | --mock-data | --mock_data) return 0 ;;
+                --data_file_list=* | --mock-data | --mock_data | --data-path | --data-path=* | \
+                --data_path | --data_path=*) return 0 ;;
         esac
     done
     return 1
@@ -168,13 +251,22 @@ _names_own_config() {
 # file, variable or flag sets, and resolves the name after the merge.
 demo_flags() {
     DEMO_FLAGS=()
-    if [[ -z "${DATA_FILE_LIST:-}" && -z "${MODEL_ARCH:-}" ]] && ! _names_own_config "$@"; then
+    if [[ -z "${DATA_FILE_LIST:-}${DATA_PATH:-}" && -z "${MODEL_ARCH:-}" ]] && ! _names_own_config "$@"; then
         "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
         DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
         FLAG_SOURCES+=("no DATA_FILE_LIST, MODEL_ARCH or --config -> the demo (--config ALCF/presets/demo.yaml)")
         return 0
     fi
-    DEMO_FLAGS=(--launcher-default save=auto --launcher-default tensorboard_dir=auto)
+    DEMO_FLAGS=(--launcher-default save=auto)
+    if [[ -n "${NO_TENSORBOARD:-}" ]]; then
+        FLAG_SOURCES+=("NO_TENSORBOARD=${NO_TENSORBOARD} -> no TensorBoard directory unless TBDIR / --tensorboard-dir")
+    else
+        DEMO_FLAGS+=(--launcher-default tensorboard_dir=auto)
+    fi
+    if [[ -z "${DTYPE:-}" ]] && _accelerator_has_bf16; then
+        DEMO_FLAGS+=(--launcher-default bf16=true)
+        FLAG_SOURCES+=("no DTYPE on a bf16 accelerator -> --bf16 (train_alcf.sh default; DTYPE=fp32 to turn off)")
+    fi
 }
 
 print_command() {

@@ -50,6 +50,16 @@ detect_topology() {
             fi
         fi
         RANKS_PER_HOST="${NGPU_PER_HOST:-${SLURM_GPUS_ON_NODE:-$(_count_devices)}}"
+    elif [[ -n "${NUM_NODES:-}" && "${NUM_NODES}" != 1 ]]; then
+        # No scheduler, several nodes (TiC-LM's --multi-node): the same command on every node
+        # with NUM_NODES, NODE_RANK and MASTER_ADDR set; torchrun joins them.
+        [[ "${NUM_NODES}" =~ ^[1-9][0-9]*$ ]] || _die "NUM_NODES=${NUM_NODES}: expected a node count"
+        [[ -n "${MASTER_ADDR:-}" ]] || _die "NUM_NODES=${NUM_NODES}: set MASTER_ADDR (the address of node 0) on every node"
+        [[ "${NODE_RANK:-0}" =~ ^[0-9]+$ && "${NODE_RANK:-0}" -lt "${NUM_NODES}" ]] ||
+            _die "NODE_RANK=${NODE_RANK:-}: expected 0..$((NUM_NODES - 1))"
+        SCHEDULER=nodes
+        NHOSTS="${NUM_NODES}"
+        RANKS_PER_HOST="${NGPU_PER_HOST:-$(_count_devices)}"
     else
         SCHEDULER=local
         NHOSTS=1
@@ -74,6 +84,11 @@ launch_command() {
         slurm)
             LAUNCH=(srun --nodes "${NHOSTS}" --ntasks "${WORLD_SIZE_PLANNED}"
                 --ntasks-per-node "${RANKS_PER_HOST}" --kill-on-bad-exit=1 "${PYTHON}")
+            ;;
+        nodes)
+            LAUNCH=("${PYTHON}" -m torch.distributed.run --nnodes "${NHOSTS}" --node-rank "${NODE_RANK:-0}"
+                --nproc-per-node "${RANKS_PER_HOST}" --master-addr "${MASTER_ADDR}"
+                --master-port "${MASTER_PORT}")
             ;;
         *)
             if ((WORLD_SIZE_PLANNED <= 1)); then

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.continual.launch import Launch  # noqa: E402
-from megatron.continual.overrides import add_override_args, given_overrides  # noqa: E402
+from megatron.continual.overrides import add_override_args, given_overrides, refuse_foreign  # noqa: E402
 from megatron.continual.plan import load_plan  # noqa: E402
 from megatron.continual.runner import EXIT_DONE, PlanRunner  # noqa: E402
 
@@ -43,15 +43,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="stop (saving) this many minutes after start, e.g. before a job's walltime")
     p.add_argument("--dry-run", action="store_true",
                    help="check the plan, write the data lists and resolve every stage; start nothing")
+    p.add_argument("--multi-node", "--multi_node", action="store_true",
+                   help="TiC-LM's multi-node run without a scheduler: every stage starts torchrun across "
+                        "NUM_NODES nodes (NODE_RANK, MASTER_ADDR, MASTER_PORT) through train_alcf.sh; run "
+                        "the same command on every node")
     add_override_args(p)
     return p.parse_args(argv)
+
+
+def check_multi_node(launcher: str | None, environ: dict[str, str] | None = None) -> None:
+    """``--multi-node``: the launcher starts torchrun across nodes from NUM_NODES / NODE_RANK /
+    MASTER_ADDR (or the scheduler's node list); refuse what cannot start that way.
+
+    Raises:
+        ConfigError: The python launcher, or neither a scheduler nor NUM_NODES and MASTER_ADDR.
+    """
+    env = os.environ if environ is None else environ
+    if launcher == "python":
+        raise ConfigError("--multi-node: needs the train_alcf launcher (drop --launcher python)")
+    if env.get("PBS_NODEFILE") or env.get("SLURM_JOB_NODELIST"):
+        return  # the scheduler's node list
+    missing = [v for v in ("NUM_NODES", "MASTER_ADDR") if not env.get(v)]
+    if missing:
+        raise ConfigError(
+            f"--multi-node: set {' and '.join(missing)} (and NODE_RANK on every node but node 0); "
+            "train_alcf.sh then starts torchrun across the nodes"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] continual: %(message)s", datefmt="%H:%M:%S")
     try:
+        refuse_foreign(args)
         plan = load_plan(args.plan, given_overrides(args))
+        if args.multi_node:
+            check_multi_node(args.launcher or plan.launcher)
         launch = Launch(launcher=args.launcher or plan.launcher, python=sys.executable)
         runner = PlanRunner(plan, launch, time_limit_mins=args.time_limit_mins)
         if args.dry_run:

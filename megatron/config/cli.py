@@ -22,6 +22,7 @@ from megatron.config.compat import translate_argv
 from megatron.config.env import launcher_flag_sources
 from megatron.config.fields import ConfigError
 from megatron.config.layers import (
+    LAUNCHER_SOURCE,
     Setting,
     Settings,
     checkpoint_layer,
@@ -85,7 +86,10 @@ def _make_action(knob: Knob, base: type[argparse.Action]) -> type[argparse.Actio
     class Record(base):  # type: ignore[misc, valid-type]
         def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
             if base is argparse.BooleanOptionalAction:
-                value = not (option_string or "").startswith("--no-")
+                # The negated spelling is "--no-" + a positive one; a switch whose own name starts
+                # with --no- (--no-load-optim) is positive when typed as such.
+                positive = {knob.flag, *(normalize_flag(a) for a in knob.aliases)}
+                value = option_string in positive or not (option_string or "").startswith("--no-")
             else:
                 value = convert(knob, values)
             previous = getattr(namespace, self.dest, _UNSET)
@@ -183,6 +187,14 @@ def _explicit_bools(argv: list[str]) -> list[str]:
     return out
 
 
+def _launcher_precision_yields(settings: Settings) -> Settings:
+    """The launcher's bf16 default (a bf16 accelerator) gives way to --fp16 from any other layer."""
+    bf16, fp16 = settings.get(("train", "bf16")), settings.get(("train", "fp16"))
+    if bf16 is not None and bf16.source == LAUNCHER_SOURCE and fp16 is not None and fp16.value:
+        return {path: s for path, s in settings.items() if path != ("train", "bf16")}
+    return settings
+
+
 def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py") -> ParsedArgs:
     """Parse a command line into a typed config.
 
@@ -219,6 +231,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "pretrain_gpt.py")
         universal = settings.get(("checkpoint", "universal_checkpoint"), Setting(False, ""))
         inherited = checkpoint_layer(load.value, universal.value, settings)
         settings = merge(launcher, inherited, *files, flags)
+    settings = _launcher_precision_yields(settings)
     return ParsedArgs(
         config=build_config({path: s.value for path, s in settings.items()}),
         explicit={path: s.value for path, s in flags.items()},

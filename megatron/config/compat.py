@@ -101,6 +101,9 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
 }
 """Megatron's names for values of our flags (flag -> Megatron value -> ours)."""
 
+REFUSED_VALUES: dict[str, dict[str, str]] = {}
+"""Values of our flags that Megatron(-DeepSpeed) users type and we refuse: flag -> value -> reason."""
+
 
 def _flag_and_value(token: str) -> tuple[str, str | None]:
     name, sep, value = token.partition("=")
@@ -160,6 +163,10 @@ def _copy_with_value_alias(
 ) -> int:
     """Copy one of our flags to ``out``, replacing a Megatron value name (``GPT2BPETokenizer``);
     returns how many tokens after the flag were consumed."""
+    refused = REFUSED_VALUES.get(name, {})
+    value = inline if inline is not None else (rest[0] if rest else None)
+    if value in refused:
+        raise ConfigError(f"{name} {value}: not supported: {refused[value]}")
     table = VALUE_ALIASES.get(name)
     if table is None:
         out.append(name if inline is None else f"{name}={inline}")
@@ -354,3 +361,6 @@ refuse(
 refuse("--fp8-format", "FP8 (Transformer Engine) training is not implemented; use --bf16", nargs=1)
 refuse("--moe-expert-parallel-size", "mixture-of-experts models are not implemented", nargs=1)
 refuse("--num-experts", "mixture-of-experts models are not implemented", nargs="*")
+
+# The argonne fork's and TiC-LM's own spellings (registered into the tables above).
+import megatron.config.compat_peers  # noqa: E402,F401

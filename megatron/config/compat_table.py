@@ -1,11 +1,24 @@
-"""The README's Megatron compatibility table, generated from the registry in ``compat.py`` and
-the config schema (``tools/compat_table.py --write`` puts it in README.md; a test compares)."""
+"""The README's Megatron compatibility table, generated from the registry in ``compat.py``, the
+config schema and the tests' claims (``compat_claims.py``): a knob flag is "implemented" (or an
+"alias") only when a test runs it, else "untested". ``tools/compat_table.py --write`` puts the
+table in README.md; a test compares."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
-from megatron.config.compat import COMPAT, VALUE_ALIASES
+from megatron.config.compat import COMPAT, REFUSED_VALUES, VALUE_ALIASES
+from megatron.config.compat_claims import scan_claims
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REFUSED_KNOBS: dict[str, str] = {
+    "--sequence-parallel": "Megatron sequence parallelism is refused at start; use tensor parallelism "
+                           "without it",
+}
+"""Knob flags that exist but are refused when set (a row says so; removing the entry, with a test
+that claims the flag, flips the row)."""
 
 MEGATRON_FLAGS: tuple[str, ...] = (
     # model
@@ -21,7 +34,7 @@ MEGATRON_FLAGS: tuple[str, ...] = (
     "--vocab-file", "--merge-file", "--vocab-size", "--data-file-list",
     # batch, length, precision
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples",
-    "--train-tokens", "--bf16", "--fp16", "--seed",
+    "--train-tokens", "--bf16", "--fp16", "--seed", "--accumulate-allreduce-grads-in-fp32",
     # optimizer and schedule
     "--optimizer", "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters",
     "--lr-decay-samples", "--lr-decay-tokens", "--lr-warmup-iters", "--lr-warmup-samples",
@@ -46,19 +59,25 @@ MEGATRON_FLAGS: tuple[str, ...] = (
 """Megatron flags that are our knobs (same name or a knob alias); a test checks each parses."""
 
 
-def compat_rows() -> list[tuple[str, str, str]]:
+def compat_rows(claims: dict[str, list[str]] | None = None) -> list[tuple[str, str, str]]:
     """(flag, status, note) for every flag Megatron users bring, sorted by flag.
 
-    Knob flags come from the schema (implemented, or alias of the canonical flag); the rest from
-    ``COMPAT`` and ``VALUE_ALIASES``.
+    Knob flags come from the schema: implemented (same flag) or alias (of the canonical flag)
+    when a test claims to run them (``claims``, default: scanned from ``tests/``), else untested;
+    the rest from ``COMPAT``, ``VALUE_ALIASES`` and ``REFUSED_VALUES``.
     """
     from megatron.config.schema import knob_by_flag
 
     table = knob_by_flag()
+    claims = scan_claims(ROOT) if claims is None else claims
     rows = []
     for flag in MEGATRON_FLAGS:
         knob = table[flag]
-        if knob.flag == flag:
+        if flag in REFUSED_KNOBS:
+            rows.append((flag, "refused", REFUSED_KNOBS[flag]))
+        elif flag not in claims:
+            rows.append((flag, "untested", f"parsed as {knob.flag}; no test runs it yet"))
+        elif knob.flag == flag:
             rows.append((flag, "implemented", "same flag (see --help)"))
         else:
             rows.append((flag, "alias", f"of {knob.flag}"))
@@ -66,6 +85,8 @@ def compat_rows() -> list[tuple[str, str, str]]:
         rows += [
             (f"{flag} {theirs}", "alias", f"of {flag} {ours}") for theirs, ours in values.items()
         ]
+    for flag, values in REFUSED_VALUES.items():
+        rows += [(f"{flag} {theirs}", "refused", reason) for theirs, reason in values.items()]
     rows += [(e.flag, e.status, e.note) for e in COMPAT.values()]
     return sorted(rows)
 
@@ -79,7 +100,7 @@ def compat_table() -> str:
     rows = compat_rows()
     counts = Counter(status for _, status, _ in rows)
     summary = ", ".join(
-        f"{counts[s]} {s}" for s in ("implemented", "alias", "mapped", "no-op", "refused")
+        f"{counts[s]} {s}" for s in ("implemented", "alias", "mapped", "no-op", "untested", "refused")
     )
     lines = [
         TABLE_BEGIN,

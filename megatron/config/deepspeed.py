@@ -37,7 +37,7 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.parallel.zero_stage}
     if cfg.parallel.cpu_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    return {
+    out = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -51,6 +51,14 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if plan.dtype == "bf16" and cfg.train.accumulate_allreduce_grads_in_fp32:
+        if cfg.parallel.zero_stage != 1:
+            raise ConfigError(
+                "--accumulate-allreduce-grads-in-fp32: DeepSpeed accumulates bf16 gradients in fp32 "
+                f"only at --zero-stage 1 (its bf16 optimizer), got --zero-stage {cfg.parallel.zero_stage}"
+            )
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+    return out
 
 
 def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:

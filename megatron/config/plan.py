@@ -40,8 +40,8 @@ class RunPlan:
         seq_length: Tokens per sample.
         tokens_per_step: global batch * seq length.
         train_iters: Optimizer steps of the run.
-        warmup_steps: LR warmup steps W.
-        decay_steps: Step S at which the decay ends.
+        warmup_steps: LR warmup steps W (real-valued from a fraction, samples or tokens).
+        decay_steps: Step S at which the decay ends (real-valued from samples or tokens).
         min_lr_ratio: eta_min / eta_max.
         dtype: Parameter/compute precision.
         model: The resolved model shape.
@@ -62,8 +62,8 @@ class RunPlan:
     seq_length: int
     tokens_per_step: int
     train_iters: int
-    warmup_steps: int
-    decay_steps: int
+    warmup_steps: int | float
+    decay_steps: int | float
     min_lr_ratio: float
     dtype: Literal["fp32", "bf16", "fp16"]
     model: GPTSpec
@@ -180,24 +180,32 @@ def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int, subset: i
     return next(iter(candidates.values()))
 
 
-def _schedule_steps(cfg: Config, train_iters: int, global_batch: int, seq: int) -> tuple[int, int]:
+def _real_steps(x: float) -> int | float:
+    """A schedule length in steps as Megatron keeps it: real-valued, an int when whole."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _schedule_steps(cfg: Config, train_iters: int, global_batch: int, seq: int) -> tuple[int | float, int | float]:
+    """Warmup W and decay length S in steps, real-valued like Megatron's (which counts samples:
+    ``--lr-warmup-fraction 0.0333`` of 1000 steps is 33.3 steps, 100 warmup samples at a batch
+    of 64 are 1.5625 steps)."""
     s = cfg.schedule
     if s.lr_decay_iters is not None:
         decay = s.lr_decay_iters
     elif s.lr_decay_samples is not None:
-        decay = math.ceil(s.lr_decay_samples / global_batch)
+        decay = _real_steps(s.lr_decay_samples / global_batch)
     elif s.lr_decay_tokens is not None:
-        decay = math.ceil(s.lr_decay_tokens / (global_batch * seq))
+        decay = _real_steps(s.lr_decay_tokens / (global_batch * seq))
     else:
         decay = train_iters
     if s.lr_warmup_iters is not None:
         warmup = s.lr_warmup_iters
     elif s.lr_warmup_fraction is not None:
-        warmup = int(s.lr_warmup_fraction * decay)
+        warmup = _real_steps(s.lr_warmup_fraction * decay)
     elif s.lr_warmup_samples is not None:
-        warmup = math.ceil(s.lr_warmup_samples / global_batch)
+        warmup = _real_steps(s.lr_warmup_samples / global_batch)
     elif s.lr_warmup_tokens is not None:
-        warmup = math.ceil(s.lr_warmup_tokens / (global_batch * seq))
+        warmup = _real_steps(s.lr_warmup_tokens / (global_batch * seq))
     else:
         warmup = 0
     if warmup > decay:

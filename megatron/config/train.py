@@ -32,6 +32,8 @@ class TrainConfig:
     """bfloat16 mixed precision (DeepSpeed bf16 with fp32 master weights)."""
     fp16: bool = False
     """float16 mixed precision with dynamic loss scaling."""
+    accumulate_allreduce_grads_in_fp32: bool = False
+    """With --bf16 at --zero-stage 1: accumulate gradients in fp32 (DeepSpeed grad_accum_dtype fp32)."""
     eval_interval: int = 1000
     """Evaluate on the validation set every this many iterations (and at the end)."""
     eval_iters: int = 100

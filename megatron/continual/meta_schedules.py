@@ -47,16 +47,21 @@ def ar_peak_anchor(
 ) -> float:
     """Peak LR of stage ``i`` exactly as the reference loop computes it (its warmup bookkeeping).
 
-    Stage 0 warms up W steps; later stages add ``W_current`` (W under usage ``all``, else 0) to
-    the virtual warmup, and the peak is the virtual cosine of length S (i + 1) at step
-    S i + W_current.
+    The loop keeps a per-round warmup ``w`` (W at the start) and a virtual warmup ``W_v``. At the
+    top of round r it sets ``W_v = w`` (r = 0) or ``W_v += w`` and reads the peak from the virtual
+    cosine of length S (r + 1) and warmup ``W_v`` at step ``S r + w``; only afterwards, in the same
+    round, it sets ``w = 0`` (usage ``none``, or usage ``first`` when r > 0). So under ``first``
+    round 1 still sees ``W_v = 2W, w = W`` (the closed form) and from round 2 on ``W_v = 2W, w = 0``;
+    under ``none`` rounds from 1 on see ``W_v = W, w = 0``.
     """
-    warmup_init, current = warmup_iters, warmup_iters
-    for _ in range(i):
-        current = warmup_iters if warmup_usage == "all" else 0
-        warmup_init += current
-    return _open_lm_cosine(stage_iters * i + current, base_lr=lr, warmup=warmup_init,
-                           steps=stage_iters * (i + 1), end_lr=min_lr)
+    current, virtual, peak = warmup_iters, 0, lr
+    for r in range(i + 1):
+        virtual = current if r == 0 else virtual + current
+        peak = _open_lm_cosine(stage_iters * r + current, base_lr=lr, warmup=virtual,
+                               steps=stage_iters * (r + 1), end_lr=min_lr)
+        if warmup_usage == "none" or (warmup_usage == "first" and r > 0):
+            current = 0
+    return peak
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

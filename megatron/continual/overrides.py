@@ -40,7 +40,26 @@ OVERRIDES: dict[str, tuple[str, type, str]] = {
     "--starting-timestep": ("starting_timestep", str, "first stage key to run (string order)"),
     "--ending-timestep": ("ending_timestep", str, "last stage key to run (string order)"),
     "--time-range": ("time_range", str, "A:B = --starting-timestep A --ending-timestep B"),
+    # TiC-LM's trainer knobs: trainer flags of every stage (the plan's args:).
+    "--accum-freq": ("args.gradient_accumulation_steps", int,
+                     "gradient accumulation steps of every stage (trainer --gradient-accumulation-steps)"),
+    "--wd": ("args.weight_decay", float, "weight decay of every stage (trainer --weight-decay)"),
+    "--grad-clip-norm": ("args.clip_grad", float, "gradient clipping of every stage (trainer --clip-grad)"),
+    "--seed": ("args.seed", int, "seed of every stage (trainer --seed)"),
 }
+REFUSED: dict[str, tuple[str, str]] = {
+    "--config": ("PATH", "TiC-LM's --config names open_lm's training YAML (e.g. 3b_2x.yaml); here the "
+                 "run is one plan: use --plan PLAN.yaml (stages, method; trainer flags under args:, a "
+                 "pretrain_gpt.py --config file under config:)"),
+    "--scale": ("NAME", "the scale picks open_lm's config and steps per month; here they are the plan's "
+                "config:/args: and train_iters_per_stage or tokens_per_stage: use --plan PLAN.yaml"),
+    "--remote-sync": ("URL", "checkpoints, logs and markers are written under the plan's output_dir (a "
+                      "shared filesystem); there is no built-in S3 sync: sync that directory with your "
+                      "own tool, or mount the bucket as output_dir"),
+    "--parent-dataset-manifest": ("PATH", "the stages and their data lists are in the plan (stages: "
+                                  "[{key, data}]): use --plan PLAN.yaml"),
+}
+"""TiC-LM flags with no counterpart here: flag -> (metavar, the reason and what to use instead)."""
 SWITCHES = {
     "--use-ar-schedule": ("method.schedule", "ar-cosine", "the AR meta-schedule"),
     "--carry-optimizer": ("method.carry_optimizer", True, "continue optimizer and schedule across stages"),
@@ -62,6 +81,19 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(*spellings(flag), type=kind, default=None, help=text)
     for flag, (_, _, text) in SWITCHES.items():
         group.add_argument(*spellings(flag), action="store_true", help=text)
+    for flag, (metavar, text) in REFUSED.items():
+        group.add_argument(*spellings(flag), metavar=metavar, default=None, help=f"refused: {text}")
+
+
+def refuse_foreign(ns: argparse.Namespace) -> None:
+    """Stop on a TiC-LM flag that has no counterpart here, naming what to use instead.
+
+    Raises:
+        ConfigError: One of ``REFUSED`` was given.
+    """
+    for flag, (_, text) in REFUSED.items():
+        if getattr(ns, flag[2:].replace("-", "_"), None) is not None:
+            raise ConfigError(f"{flag}: not supported: {text}")
 
 
 def given_overrides(ns: argparse.Namespace) -> dict[str, Any]:

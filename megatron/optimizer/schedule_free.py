@@ -1,4 +1,5 @@
-"""Schedule-free AdamW (``--optimizer schedulefree``) from the ``schedulefree`` package.
+"""Schedule-free AdamW (``--optimizer schedulefree``) and SGD (``--optimizer sgdschedulefree``,
+the argonne fork's name) from the ``schedulefree`` package.
 
 Gradients are taken at y; the weights are averaged into x. ``train_mode``/``eval_mode`` call the
 package's ``train()``/``eval()``, which the trainer runs around evaluation and before saving, so
@@ -48,11 +49,11 @@ class ScheduleFreeOptions:
     """Average weights are lr_max**power during warmup (0: no LR weighting)."""
 
 
-def _optimizer_class() -> type:
+def _optimizer_class(base: str = "AdamWScheduleFree") -> type:
     import schedulefree
 
-    class ScheduleFreeAdamW(schedulefree.AdamWScheduleFree):
-        """``AdamWScheduleFree`` that refuses foreign parameters and keeps its mode over a load."""
+    class ScheduleFreeAdamW(getattr(schedulefree, base)):
+        """A schedule-free optimizer that refuses foreign parameters and keeps its mode over a load."""
 
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
@@ -94,6 +95,7 @@ def _optimizer_class() -> type:
             else:
                 self.eval()
 
+    ScheduleFreeAdamW.__name__ = ScheduleFreeAdamW.__qualname__ = base
     return ScheduleFreeAdamW
 
 
@@ -128,4 +130,25 @@ def build_schedulefree(
         warmup_steps=opts.warmup_steps,
         r=opts.r,
         weight_lr_power=opts.weight_lr_power,
+    )
+
+
+@register_optimizer(
+    "sgdschedulefree",
+    uses_lr_schedule=False,
+    max_zero_stage=0,
+    train_mode=_train,
+    eval_mode=_eval,
+    group_state_keys=("k", "weight_sum", "lr_max"),
+)
+def build_sgdschedulefree(
+    param_groups: list[ParamGroup], cfg: OptimSettings, options: None
+) -> torch.optim.Optimizer:
+    """``schedulefree.SGDScheduleFree`` with --sgd-momentum and weight decay per group (the
+    package's defaults for its own warmup and averaging; ZeRO and mode rules as schedulefree)."""
+    return _optimizer_class("SGDScheduleFree")(
+        torch_groups(param_groups),
+        lr=cfg.lr,
+        momentum=cfg.sgd_momentum,
+        weight_decay=cfg.weight_decay,
     )

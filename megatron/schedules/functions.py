@@ -3,13 +3,14 @@
 Each function returns the multiplier on eta_max (``--lr``) at optimizer step ``step`` (counted
 from 0), in ``[min_ratio, 1]`` after warmup, with ``min_ratio = eta_min / eta_max``. Warmup is
 the Megatron form ``step / warmup_steps`` (0 at step 0). ``decay_steps`` (S) is the step at which
-the decay ends, counted from 0 like ``step`` and including the warmup.
+the decay ends, counted from 0 like ``step`` and including the warmup. Lengths may be real
+(``--lr-warmup-fraction 0.0333`` of 1000 steps is W = 33.3), as in Megatron.
 """
 
 import math
 
 
-def warmup(step: int, warmup_steps: int) -> float:
+def warmup(step: int, warmup_steps: float) -> float:
     """Linear warmup multiplier ``step / W`` for ``step < W``, else 1."""
     if warmup_steps > 0 and step < warmup_steps:
         return step / warmup_steps
@@ -116,8 +117,11 @@ def wsd(
     return min_ratio + (1.0 - min_ratio) * cooldown_fraction((step - start) / cooldown_steps, shape)
 
 
-def inverse_square_root(step: int, *, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """Warmup, then ``sqrt(W) / sqrt(s)`` (Vaswani et al., 2017), floored at eta_min.
+def inverse_square_root(
+    step: int, *, warmup_steps: float, min_ratio: float = 0.0, decay_steps: float | None = None
+) -> float:
+    """Warmup, then ``sqrt(W) / sqrt(s)`` (Vaswani et al., 2017), floored at eta_min; eta_min
+    after ``decay_steps`` (``--lr-decay-iters``), as Megatron does for every decaying style.
 
     ::
 
@@ -127,6 +131,8 @@ def inverse_square_root(step: int, *, warmup_steps: int, min_ratio: float = 0.0)
     """
     if step < warmup_steps:
         return warmup(step, warmup_steps)
+    if decay_steps is not None and step > decay_steps:
+        return min_ratio
     w = max(warmup_steps, 1)
     return max(min_ratio, math.sqrt(w) / math.sqrt(max(step, w)))
 
@@ -159,10 +165,13 @@ def rsqrt_cooldown(
     return top + (min_ratio - top) * (step - start) / (total_steps - start)
 
 
-def _infinite(step: int, warmup_steps: int, cooldown_steps: int, constant_steps: int,
-              anneal_steps: int, const_ratio: float, min_ratio: float, cooldown) -> float:  # noqa: ANN001
+def _infinite(step: int, warmup_steps: float, cooldown_steps: float, constant_steps: float,
+              anneal_steps: float, const_ratio: float, min_ratio: float, cooldown,  # noqa: ANN001
+              decay_steps: float | None) -> float:
     if step < warmup_steps:
         return warmup(step, warmup_steps)
+    if decay_steps is not None and step > decay_steps:
+        return min_ratio  # past --lr-decay-iters: eta_min, as Megatron does for every style
     s = step - warmup_steps
     if s < cooldown_steps:
         return cooldown(s / cooldown_steps)
@@ -174,12 +183,13 @@ def _infinite(step: int, warmup_steps: int, cooldown_steps: int, constant_steps:
 
 
 def infinite_cosine(
-    step: int, *, warmup_steps: int, cooldown_steps: int, constant_steps: int, anneal_steps: int,
-    const_ratio: float, min_ratio: float,
+    step: int, *, warmup_steps: float, cooldown_steps: float, constant_steps: float,
+    anneal_steps: float, const_ratio: float, min_ratio: float, decay_steps: float | None = None,
 ) -> float:
     """Infinite cosine (Ibrahim et al. 2024, https://arxiv.org/abs/2403.08763): warmup, a cosine
     cooldown eta_max -> eta_const, constant eta_const, and an optional geometric anneal that
-    ends exactly at eta_min. A later stage continues at eta_const with no rewarming.
+    ends exactly at eta_min. A later stage continues at eta_const with no rewarming. Past
+    ``decay_steps`` (``--lr-decay-iters`` shorter than the run) eta_min, as in Megatron.
 
     ::
 
@@ -192,12 +202,13 @@ def infinite_cosine(
         return const_ratio + (1.0 - const_ratio) * 0.5 * (1.0 + math.cos(math.pi * r))
 
     return _infinite(step, warmup_steps, cooldown_steps, constant_steps, anneal_steps,
-                     const_ratio, min_ratio, cooldown)
+                     const_ratio, min_ratio, cooldown, decay_steps)
 
 
 def infinite_inv_sqrt(
-    step: int, *, warmup_steps: int, cooldown_steps: int, constant_steps: int, anneal_steps: int,
-    const_ratio: float, min_ratio: float, timescale: float = 10.0,
+    step: int, *, warmup_steps: float, cooldown_steps: float, constant_steps: float,
+    anneal_steps: float, const_ratio: float, min_ratio: float, timescale: float = 10.0,
+    decay_steps: float | None = None,
 ) -> float:
     """Infinite inverse-square-root (Ibrahim et al. 2024): as ``infinite_cosine`` with the
     cooldown ``eta_max - (eta_max - eta_const) h(r) / h(1)``, ``h(x) = 1/sqrt(1 + a x) - 1``,
@@ -211,7 +222,7 @@ def infinite_inv_sqrt(
         return 1.0 - (1.0 - const_ratio) * h(r) / h(1.0)
 
     return _infinite(step, warmup_steps, cooldown_steps, constant_steps, anneal_steps,
-                     const_ratio, min_ratio, cooldown)
+                     const_ratio, min_ratio, cooldown, decay_steps)
 
 
 def lr_range(step: int, *, total_steps: int, start: float, end: float, base_lr: float) -> float:

@@ -7,6 +7,7 @@ schedule is one ``register_schedule`` call next to its function. Torch-free.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,8 +23,9 @@ class SchedulePlan(Protocol):
     satisfies it; registries never import config classes)."""
 
     train_iters: int
-    warmup_steps: int
-    decay_steps: int
+    warmup_steps: int | float
+    decay_steps: int | float
+    global_batch_size: int
     min_lr_ratio: float
     config: Any
 
@@ -78,12 +80,20 @@ register_schedule(
 )
 
 
+def _wsd_cooldown(plan: SchedulePlan) -> int | float:
+    """The WSD cooldown in steps as Megatron sizes it: a whole number of samples,
+    ``floor(frac * S * global batch)``, so real-valued in steps."""
+    gbs = plan.global_batch_size
+    samples = math.floor(plan.config.schedule.lr_constant_plus_cooldown_frac * plan.decay_steps * gbs)
+    return samples // gbs if samples % gbs == 0 else samples / gbs
+
+
 def _wsd_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     s = plan.config.schedule
     return {
         "warmup_steps": plan.warmup_steps,
         "total_steps": plan.decay_steps,
-        "cooldown_steps": int(s.lr_constant_plus_cooldown_frac * plan.decay_steps),
+        "cooldown_steps": _wsd_cooldown(plan),
         "min_ratio": plan.min_lr_ratio,
         "shape": s.lr_cooldown_shape,
     }
@@ -106,6 +116,11 @@ def _rsqrt_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     }
 
 
+def _whole(x: float) -> int | float:
+    """``x`` as an int when it is whole up to rounding error (keeps fingerprints readable)."""
+    return round(x) if abs(x - round(x)) < 1e-9 else x
+
+
 def _infinite_kwargs(plan: SchedulePlan) -> dict[str, Any]:
     s, lr = plan.config.schedule, plan.config.optim.lr
     if s.constant_lr is None:
@@ -114,19 +129,21 @@ def _infinite_kwargs(plan: SchedulePlan) -> dict[str, Any]:
         raise ConfigError(
             f"--constant-lr: needs --min-lr < --constant-lr <= --lr, got {s.min_lr} < {s.constant_lr} <= {lr}"
         )
+    # Real-valued phase lengths, as Megatron's fractions of the decay (123.4 steps, not 123).
     steps = plan.decay_steps - plan.warmup_steps
-    cooldown = int(round(s.lr_cooldown_fraction * plan.decay_steps))
+    cooldown = _whole(s.lr_cooldown_fraction * plan.decay_steps)
     if s.lr_constant_fraction is None:
         constant, anneal = max(steps - cooldown, 0), 0
     else:
-        constant = int(round(s.lr_constant_fraction * plan.decay_steps))
+        constant = _whole(s.lr_constant_fraction * plan.decay_steps)
         anneal = steps - cooldown - constant
-        if anneal < 0:
+        if anneal < -1e-9:
             raise ConfigError(
                 f"--lr-constant-fraction: warmup {plan.warmup_steps} + cooldown {cooldown} + constant "
                 f"{constant} steps exceed the {plan.decay_steps} decay steps"
             )
-        if anneal > 0 and s.min_lr <= 0:
+        anneal = _whole(max(anneal, 0))
+        if anneal > 1e-9 and s.min_lr <= 0:
             raise ConfigError("--min-lr: the geometric anneal of an infinite schedule needs --min-lr > 0")
     kwargs = {
         "warmup_steps": plan.warmup_steps,
@@ -135,6 +152,7 @@ def _infinite_kwargs(plan: SchedulePlan) -> dict[str, Any]:
         "anneal_steps": anneal,
         "const_ratio": s.constant_lr / lr,
         "min_ratio": plan.min_lr_ratio,
+        "decay_steps": plan.decay_steps,
     }
     if s.lr_decay_style == "infinite-inv-square-root":
         kwargs["timescale"] = s.timescale
@@ -146,7 +164,8 @@ register_schedule(
     ScheduleSpec(
         name="inverse-square-root",
         fn=F.inverse_square_root,
-        kwargs=lambda plan: {"warmup_steps": plan.warmup_steps, "min_ratio": plan.min_lr_ratio},
+        kwargs=lambda plan: {"warmup_steps": plan.warmup_steps, "min_ratio": plan.min_lr_ratio,
+                             "decay_steps": plan.decay_steps},
     )
 )
 register_schedule(ScheduleSpec(name="rsqrt", fn=F.rsqrt_cooldown, kwargs=_rsqrt_kwargs))
@@ -204,11 +223,13 @@ def cooldown_start(plan: SchedulePlan) -> int | None:
     """The first step of the plan's final cooldown (CPT restarts from the step before), if any."""
     state = schedule_state(plan)
     k = state["kwargs"]
+    start = None
     if state["name"] in ("wsd", "rsqrt") and k["cooldown_steps"] > 0:
-        return k["total_steps"] - k["cooldown_steps"]
+        start = k["total_steps"] - k["cooldown_steps"]
     if state["name"].startswith("infinite-") and k["anneal_steps"] > 0:
-        return k["warmup_steps"] + k["cooldown_steps"] + k["constant_steps"]
-    return None
+        start = k["warmup_steps"] + k["cooldown_steps"] + k["constant_steps"]
+    # Phase lengths may be real: the first whole step at or after the join.
+    return None if start is None else math.ceil(start - 1e-9)
 
 
 def build_schedule_fn(plan: SchedulePlan) -> tuple[Callable[[int], float], str]:

@@ -140,6 +140,8 @@ MAPPED_SAMPLES = {
     "--position-embedding-type": (["learned_absolute"], ("model", "use_rotary_position_embeddings"), False),
     "--data-impl": (["mmap"], ("data", "split"), "98,1,1"),
     "--no-pipeline-parallel": ([], ("parallel", "pipeline_model_parallel_size"), 1),
+    "--rotary-position-embeddings-theta": (["50000"], ("model", "rotary_base"), 50000.0),
+    "--use-flash-attn-builder": ([], ("model", "use_flash_attn"), True),
 }
 
 
@@ -158,3 +160,41 @@ def test_data_path_prefix_errors_name_the_inline_list(tmp_path):
     cfg = parse_args(["--data-path", "0.5", missing, "0.5", missing + "2"]).config
     with pytest.raises(ConfigError, match=r"--data-file-list \(inline list\):1: dataset prefix '.*nope' is missing"):
         check_data_inputs(cfg)
+
+
+@pytest.mark.compat("--ffn-hidden-size", "--num-query-groups", "--layernorm-epsilon", "--lr-decay-tokens",
+                    "--sgd-momentum", "--use-flash-attn-v2", "--use-flash-attn-triton", "--no-load-rng",
+                    "--exit-duration-in-mins", "--distributed-timeout-minutes")
+def test_remaining_megatron_knob_flags_reach_the_plan():
+    plan = plan_of("--ffn-hidden-size", "48", "--num-query-groups", "2", "--layernorm-epsilon", "1e-6",
+                   "--lr-decay-tokens", "320", "--sgd-momentum", "0.8", "--exit-duration-in-mins", "5",
+                   "--distributed-timeout-minutes", "7", "--no-load-rng")
+    c = plan.config
+    assert (c.model.ffn_hidden_size, c.model.num_key_value_heads, c.model.norm_epsilon) == (48, 2, 1e-6)
+    assert plan.decay_steps == 10  # 320 tokens / (2 samples x 16 tokens)
+    assert (c.optim.sgd_momentum, c.train.exit_duration_in_mins, c.parallel.distributed_timeout_minutes) == (0.8, 5, 7)
+    assert c.checkpoint.no_load_rng is True
+    for flag in ("--use-flash-attn-v2", "--use-flash-attn-triton"):
+        assert parse_args([flag]).config.model.use_flash_attn is True
+
+
+def test_a_row_says_implemented_only_when_a_test_runs_the_flag(repo_root):
+    from megatron.config.compat_claims import scan_claims
+
+    claims = scan_claims(repo_root)
+    rows = {flag: status for flag, status, _ in compat_rows(claims)}
+    working = sorted(f for f, s in rows.items() if s in ("implemented", "alias") and f in MEGATRON_FLAGS)
+    assert [f for f in working if not claims.get(f)] == []
+    # Without the tests' claims nothing is implemented; sequence parallelism is refused today.
+    assert {s for f, s, _ in compat_rows({}) if f in MEGATRON_FLAGS} <= {"untested", "refused"}
+    assert rows["--sequence-parallel"] == "refused"
+
+
+def test_a_marker_without_the_flag_in_the_test_claims_nothing(tmp_path):
+    from megatron.config.compat_claims import scan_claims
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import pytest\n\n\n@pytest.mark.compat('--lr', '--min-lr')\n"
+        "def test_x():\n    run(['--lr', '1e-3'])\n")
+    assert scan_claims(str(tmp_path)) == {"--lr": ["tests/test_x.py"]}

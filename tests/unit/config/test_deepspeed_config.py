@@ -11,6 +11,11 @@ import pytest
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
 from megatron.config.deepspeed import OWNED_KEYS, deepspeed_agreements, to_deepspeed_config
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--mock-data",
+    "--micro-batch-size", "--global-batch-size", "--train-iters", "--bf16", "--clip-grad", "--zero-stage",
+    "--cpu-optimizer", "--deepspeed-config")
+
 BASE = ["--mock-data", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
         "--train-iters", "10", "--micro-batch-size", "2", "--global-batch-size", "16"]
 

@@ -10,6 +10,11 @@ import pytest
 from megatron.config import ConfigError, parse_args
 from megatron.config.env import FLAG_SOURCES_VAR
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",
+    "--normalization", "--swiglu", "--disable-bias-linear", "--hidden-dropout", "--tokenizer-type", "--lr",
+    "--save", "--load", "--finetune", "--universal-checkpoint")
+
 
 def _write(path, text):
     path.write_text(text)

@@ -6,6 +6,14 @@ import pytest
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",
+    "--normalization", "--swiglu", "--disable-bias-linear", "--init-method-std", "--mock-data",
+    "--data-file-list", "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples",
+    "--train-tokens", "--bf16", "--fp16", "--optimizer", "--lr", "--min-lr", "--lr-decay-iters",
+    "--lr-warmup-iters", "--lr-warmup-tokens", "--lr-warmup-fraction", "--tensor-model-parallel-size",
+    "--pipeline-model-parallel-size", "--zero-stage", "--cpu-optimizer")
+
 BASE = ["--mock-data", "--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "8",
         "--seq-length", "128", "--train-iters", "100"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -27,7 +28,9 @@ def test_ar_closed_form_peaks(i, peak):
     assert ar_peak_closed_form(i, lr=3e-4, min_lr=3e-5) == pytest.approx(peak, abs=1e-9)
 
 
-@pytest.mark.parametrize(("i", "peak"), [(1, 1.678470e-4), (2, 9.859392e-5), (3, 7.004185e-5)])
+# TiC-LM's loop (training/continual_run.py): round 1 still warms up W (peak = closed form), the
+# stage warmup is zeroed from round 2 on while the virtual warmup stays 2W (issue 29, item 1).
+@pytest.mark.parametrize(("i", "peak"), [(0, 3e-4), (1, 1.65e-4), (2, 9.97134e-5), (3, 7.05525e-5)])
 def test_ar_anchor_mode_with_warmup_first(i, peak):
     got = ar_peak_anchor(i, lr=3e-4, min_lr=3e-5, warmup_iters=50, stage_iters=1887, warmup_usage="first")
     assert got == pytest.approx(peak, abs=1e-9)
@@ -37,6 +40,30 @@ def test_ar_anchor_mode_with_warmup_first(i, peak):
 def test_anchor_mode_with_warmup_all_is_the_closed_form(i):
     anchor = ar_peak_anchor(i, lr=3e-4, min_lr=3e-5, warmup_iters=50, stage_iters=1887, warmup_usage="all")
     assert anchor == pytest.approx(ar_peak_closed_form(i, lr=3e-4, min_lr=3e-5), abs=1e-15)
+
+
+def _tic_lm_loop(rounds: int, usage: str, *, w: int, s: int, lr: float = 3e-4, end: float = 3e-5) -> list[float]:
+    """An independent restatement of TiC-LM's per-round bookkeeping (read from its loop)."""
+    def cosine_decay(step, total, warmup):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return (lr - end) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) + end
+    config_warmup, warmup_init, peaks = w, 0, []
+    for i in range(rounds):
+        warmup_init = config_warmup if i == 0 else warmup_init + config_warmup
+        peaks.append(cosine_decay(s * i + config_warmup, s * (i + 1), warmup_init))
+        if usage == "none" or (usage == "first" and i > 0):
+            config_warmup = 0
+    return peaks
+
+
+@pytest.mark.parametrize("usage", ["first", "none", "all"])
+@pytest.mark.parametrize(("w", "s"), [(50, 1887), (200, 1000), (7, 13)])
+def test_anchor_mode_follows_the_reference_loop(usage, w, s):
+    want = _tic_lm_loop(6, usage, w=w, s=s)
+    got = [ar_peak_anchor(i, lr=3e-4, min_lr=3e-5, warmup_iters=w, stage_iters=s, warmup_usage=usage)
+           for i in range(6)]
+    assert got == pytest.approx(want, abs=1e-15)
 
 
 RSQRT = [(0, 2.0e-5), (49, 1.0e-3), (50, 1.0e-3), (100, 7.158936e-4), (1486, 2.079292e-4),

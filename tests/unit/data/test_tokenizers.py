@@ -14,6 +14,10 @@ from megatron.data.tokenizers import TOKENIZERS, build_tokenizer
 from megatron.data.train_tokenizer import TrainOptions, train_tokenizer
 from tools.prepare_default_corpus import play_files
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--tokenizer-type", "--tokenizer-model", "--vocab-file", "--merge-file",
+    "--vocab-size")
+
 SAMPLES = [
     "To be, or not to be, that is the question:",
     "  leading spaces, trailing tabs\t\t",

@@ -11,6 +11,11 @@ from megatron.model.gpt import GPTModel, masked_mean
 from megatron.model.rope import apply_rope, rope_tables
 from tests.helpers import tiny_plan
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--hidden-size", "--normalization", "--swiglu", "--disable-bias-linear",
+    "--untie-embeddings-and-output-weights", "--init-method-std", "--recompute-activations", "--train-iters",
+    "--seed")
+
 
 def build(*flags: str) -> GPTModel:
     return GPTModel(tiny_plan("--train-iters", "1", *flags).model)

@@ -15,6 +15,10 @@ from megatron.optimizer import OPTIMIZERS
 from megatron.trainer.loop import Trainer
 from tests.helpers import tiny_plan
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--train-iters", "--optimizer", "--zero-stage", "--tensorboard-dir",
+    "--log-optimizer-states-to-tensorboard")
+
 FLAG = "--log-optimizer-states-to-tensorboard"
 
 

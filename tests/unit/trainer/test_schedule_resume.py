@@ -11,6 +11,11 @@ from megatron.config import ConfigError, DistEnv
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--train-iters", "--lr", "--min-lr", "--lr-decay-style", "--lr-warmup-iters",
+    "--lr-constant-plus-cooldown", "--save", "--load", "--override-opt-param-scheduler",
+    "--use-checkpoint-opt-param-scheduler", "--exit-interval", "--log-interval")
+
 WSD = ["--train-iters", "10", "--log-interval", "1", "--lr-decay-style", "constant", "--lr-constant-plus-cooldown",
        "--lr-constant-plus-cooldown-frac", "0.4", "--lr-warmup-iters", "2", "--min-lr", "1e-4"]
 

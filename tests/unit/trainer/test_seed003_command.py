@@ -18,6 +18,19 @@ from megatron.data.train_tokenizer import TrainOptions, train_tokenizer
 from tests.unit.trainer.test_wandb import read_wandb_run
 from tools.prepare_default_corpus import play_files
 
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--kv-channels",
+    "--seq-length", "--max-position-embeddings", "--use-rotary-position-embeddings", "--normalization",
+    "--swiglu", "--disable-bias-linear", "--split", "--tokenizer-type", "--vocab-file", "--merge-file",
+    "--micro-batch-size", "--global-batch-size", "--train-samples", "--bf16", "--optimizer", "--lr",
+    "--min-lr", "--lr-decay-style", "--lr-decay-samples", "--lr-warmup-samples", "--weight-decay",
+    "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps", "--tensor-model-parallel-size",
+    "--pipeline-model-parallel-size", "--zero-stage", "--deepspeed-config", "--save", "--load",
+    "--save-interval", "--kill-switch-file", "--eval-interval", "--eval-iters", "--log-interval",
+    "--tensorboard-dir", "--tensorboard-queue-size", "--log-timers-to-tensorboard",
+    "--log-batch-size-to-tensorboard", "--wandb-project", "--wandb-exp-name", "--wandb-save-dir",
+    "--wandb-group")
+
 MICRO, GLOBAL, SAMPLES = 2, 4, 40  # 10 steps
 
 

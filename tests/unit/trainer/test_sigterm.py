@@ -8,6 +8,10 @@ import subprocess
 import sys
 
 from tests.helpers import tiny_args
+import pytest
+
+# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+pytestmark = pytest.mark.compat("--train-iters", "--save", "--save-interval")
 
 
 def test_sigterm_saves_at_the_next_step_and_exits_cleanly(repo_root, tmp_path):
