@@ -155,4 +155,3 @@ def test_two_by_two_sweep_runs_skips_finished_runs_and_resumes_interrupted_ones(
     assert sweep_tool.main(argv) == 0 and len(started) == 1
     after = json.loads(victim.read_text())
     assert after["iteration"] == 3 and after["final_valid_loss"] == before["final_valid_loss"]
-    assert "resuming" in open(root / "runs" / rows[2]["run"] / "train.log").read() or True
