@@ -78,7 +78,7 @@ def build_model(name: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
     import transformers
 
     config_class, model_class, kwargs = FAMILIES[name]
-    config = getattr(transformers, config_class)(vocab_size=VOCAB, **{**kwargs, **overrides})
+    config = getattr(transformers, config_class)(**{"vocab_size": VOCAB, **kwargs, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_class)(config).eval()
     randomize(model, seed)
