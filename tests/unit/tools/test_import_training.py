@@ -94,3 +94,30 @@ def test_continue_training_at_tp2_lowers_the_loss(shakespeare_import):
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
     assert torch.isfinite(torch.tensor(losses)).all()
+
+
+@pytest.mark.slow
+def test_cpt_plan_starts_from_an_import(shakespeare_import, tmp_path, repo_root):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    out, data_list = shakespeare_import
+    plan = {"name": "imported", "output_dir": str(tmp_path / "out"), "launcher": "python",
+            "init_checkpoint": out, "train_iters_per_stage": 3,
+            "args": {"seq_length": 32, "micro_batch_size": 2, "log_interval": 1, "eval_iters": 1},
+            "method": {"lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_iters": 1, "schedule": "cosine"},
+            "stages": [{"key": "s1", "data": data_list}, {"key": "s2", "data": data_list}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    done = subprocess.run([sys.executable, "-W", "ignore", os.path.join(repo_root, "tools", "continual_run.py"),
+                           "--plan", str(path)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "out" / "imported"
+    for key in ("s1", "s2"):
+        assert (root / key / "STAGE_DONE.json").exists()
+    meta = json.load(open(root / "s2" / "global_step3" / "run_metadata.json"))
+    assert meta["config"]["--use-rope-scaling"] is True and meta["config"]["--tokenizer-model"].startswith(out)
