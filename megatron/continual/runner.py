@@ -112,14 +112,8 @@ def resolve_init(plan: Plan) -> Checkpoint | None:
     if not os.path.isdir(path):
         raise PlanError(f"{where}: no such directory {path}")
     if os.path.isdir(os.path.join(path, "zero")):  # an imported (or converted) universal checkpoint
-        import json
-
-        try:
-            with open(os.path.join(path, "run_metadata.json")) as f:
-                return Checkpoint(load_dir=path, tag="", metadata=json.load(f), universal=True)
-        except (OSError, ValueError):
-            raise PlanError(f"{where}: {path} is a universal checkpoint without a readable "
-                            "run_metadata.json; import it again with tools/import_checkpoint.py") from None
+        return Checkpoint(load_dir=path, tag="", universal=True,
+                          metadata=read_checkpoint(os.path.dirname(path), where, os.path.basename(path)).metadata)
     latest = read_checkpoint(path, where)
     if latest is None:
         raise PlanError(f"{where}: {path} holds no checkpoint (no 'latest' file)")
@@ -387,8 +381,7 @@ def _dry_load(specs: list[StageSpec], spec: StageSpec, init: Checkpoint | None) 
 
 
 def _universal_init(init: Checkpoint) -> dict[str, Any]:
-    """Flags of a first stage that starts from a universal ``init_checkpoint`` (its shape and
-    tokenizer are inherited from it, so the dry run needs them too)."""
+    """Flags of a first stage (and its dry run) from a universal ``init_checkpoint``."""
     return {"load": init.load_dir, "universal_checkpoint": True, "finetune": True}
 
 
