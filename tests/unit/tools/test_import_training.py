@@ -85,6 +85,7 @@ def shakespeare_import(tmp_path_factory) -> tuple[str, str]:
     return out, str(data_list)
 
 
+@pytest.mark.slow
 def test_continue_training_at_tp2_lowers_the_loss(shakespeare_import):
     out, data_list = shakespeare_import
     ranks = run_distributed(_run, "--load", out, "--universal-checkpoint", "--finetune", "--train-iters", "20",
