@@ -181,7 +181,8 @@ def import_checkpoint(source: ImportSource, output: str, *, dtype: str = "float3
         write = _Writer(os.path.join(tmp, "zero"), spec, DTYPES[dtype])
         with ThreadPoolExecutor(max(1, workers) + 1) as pool:
             hashes = pool.submit(lambda: [(f, sha256_of(f), os.path.getsize(f)) for f in source.input_files()])
-            with ThreadPoolExecutor(max(1, workers)) as writers:
+            writers = ThreadPoolExecutor(max(1, workers))
+            try:
                 futures = [(name, writers.submit(write, name, "fp32", loader)) for name, loader in tensors]
                 states = [(n, k, writers.submit(write, n, k, ld)) for n, k, ld in source.optimizer_states()]
                 for name, future in futures:
@@ -189,6 +190,8 @@ def import_checkpoint(source: ImportSource, output: str, *, dtype: str = "float3
                     if progress:
                         progress(done, total, name)
                 keys = sorted({k for _, k, f in states if f.result() is not None})
+            finally:  # on an error, tensors not started yet are not read
+                writers.shutdown(wait=True, cancel_futures=True)
             inputs = [{"file": f, "sha256": h, "bytes": b} for f, h, b in hashes.result()]
         metadata = _metadata(source, output, spec, {**flags, **tok_flags}, identity, inputs, dtype, keys)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:

@@ -255,3 +255,9 @@ def test_mistral_sliding_window_caps_the_sequence(tmp_path):
     src = save_model(build_model("mistral-gqa", sliding_window=32), str(tmp_path / "hf"))
     uc = UniversalCheckpoint(_import(src, str(tmp_path / "ours")))
     assert uc.spec.max_position_embeddings == 32
+
+
+def test_tensor_disagreeing_with_config_stops_the_import_and_leaves_nothing(llama_dir, tmp_path):
+    _edit_config(llama_dir, intermediate_size=40)  # the files hold 48-wide MLPs
+    _refused(llama_dir, str(tmp_path / "out"), r"mlp.dense_h_to_4h.weight \(fp32\) is \(96, 32\), the model in the "
+             r"source's config needs \(80, 32\)")
