@@ -230,5 +230,7 @@ def _metadata(source: ImportSource, output: str, spec: GPTSpec, config: dict[str
             "optimizer_states": states,
             "inputs": inputs,
         },
-        "universal": {"source": os.path.abspath(source.path), "format": source.format},
+        # Full tensors, as if saved by one rank: the trainer's load log reads these.
+        "universal": {"source": os.path.abspath(source.path), "format": source.format,
+                      "tp": 1, "pp": 1, "dp": 1, "zero_stage": 0},
     }
