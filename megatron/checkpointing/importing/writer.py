@@ -75,12 +75,17 @@ def _argv(flags: dict[str, Any]) -> list[str]:
 def spec_from_flags(flags: dict[str, Any]) -> GPTSpec:
     """The model spec a run with ``flags`` builds (TP=1; the full shapes do not depend on TP).
 
+    ``flags["--vocab-size"]`` is the tokenizer's vocabulary; ``--make-vocab-size-divisible-by``
+    pads it to the embedding rows.
+
     Raises:
         ConfigError: Flags our config refuses (the message names the flag).
     """
     from megatron.config import parse_args
     from megatron.config.plan import build_model_spec
 
+    if "--vocab-size" not in flags:  # a reader's duty: the tokenizer's vocabulary (before padding)
+        raise ConfigError("--input: the source's model flags lack --vocab-size (the tokenizer's vocabulary)")
     model = {k: v for k, v in flags.items() if k not in ("--vocab-size", "--tokenizer-type", "--tokenizer-model")}
     cfg = parse_args([*_argv(model), "--mock-data", "--vocab-size", str(flags["--vocab-size"])]).config
     return build_model_spec(cfg, int(flags["--vocab-size"]), tp=1)
