@@ -56,15 +56,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", required=True, help="jsonl, jsonl.gz or .txt files")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="text fields of jsonl records")
-    p.add_argument("--tokenizer-type", default="byte", help="tokenizer registry name")
-    p.add_argument("--tokenizer-model", default=None, help="tokenizer.json or sentencepiece .model")
+    p.add_argument("--tokenizer-type", default=None,
+                   help="tokenizer registry name (default: from --tokenizer-model's file, else byte)")
+    p.add_argument("--tokenizer-model", default=None,
+                   help="tokenizer.json, sentencepiece .model, or a directory holding one (an HF model, an import)")
     p.add_argument("--vocab-file", default=None, help="gpt2bpe: vocab.json")
     p.add_argument("--merge-file", default=None, help="gpt2bpe: merges.txt")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--append-eod", action="store_true", help="end each document with EOD")
     add_metadata_args(p)
     add_local_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.tokenizer_type is None:
+        args.tokenizer_type = infer_tokenizer_type(args.tokenizer_model)
+    return args
+
+
+def infer_tokenizer_type(model: str | None) -> str:
+    """``hf`` for a tokenizer.json (or a directory holding one), ``sentencepiece`` for a .model,
+    else ``byte``."""
+    from megatron.data.tokenizers import DIRECTORY_FILES
+
+    if model is not None:
+        for kind, name in DIRECTORY_FILES.items():
+            if model.endswith(os.path.splitext(name)[1]) or os.path.isfile(os.path.join(model, name)):
+                return kind
+    return "byte"
 
 
 class StderrProgress:

@@ -121,8 +121,33 @@ def _common(spec: GPTSpec) -> list[str]:
     return []
 
 
-def _shape(spec: GPTSpec, *, norm: str, swiglu: bool, rope: bool) -> list[str]:
-    problems = _common(spec)
+OPTION_FLAGS = {
+    "parallel_residual": "no --use-parallel-residual",
+    "rotary_percent": "no --rotary-percent",
+    "rope_scaling": "no --use-rope-scaling / --rotary-seq-len-interpolation-factor",
+    "qkv_bias_only": "no --add-qkv-bias without linear biases",
+    "openai_gelu": "no --openai-gelu",
+}
+
+
+def options_used(spec: GPTSpec) -> set[str]:
+    """The import-era model options ``spec`` uses (keys of ``OPTION_FLAGS``)."""
+    used = {
+        "parallel_residual": spec.parallel_residual,
+        "rotary_percent": spec.rotary_percent != 1.0,
+        "rope_scaling": spec.rope_scaling_factor != 1.0 or spec.rotary_interpolation != 1.0,
+        "qkv_bias_only": spec.add_qkv_bias and not spec.bias,
+        "openai_gelu": spec.openai_gelu,
+    }
+    return {k for k, v in used.items() if v}
+
+
+def _options(spec: GPTSpec, allowed: tuple[str, ...]) -> list[str]:
+    return [f"{OPTION_FLAGS[k]} (this model uses it)" for k in sorted(options_used(spec) - set(allowed))]
+
+
+def _shape(spec: GPTSpec, *, norm: str, swiglu: bool, rope: bool, allowed: tuple[str, ...] = ()) -> list[str]:
+    problems = _common(spec) + _options(spec, allowed)
     if spec.normalization != norm:
         problems.append(f"--normalization {norm} (this model: {spec.normalization})")
     if spec.swiglu != swiglu:
@@ -152,12 +177,27 @@ def _default_head(spec: GPTSpec) -> list[str]:
 
 def llama_problems(spec: GPTSpec) -> list[str]:
     """Flags keeping ``spec`` from ``LlamaForCausalLM``."""
-    return _shape(spec, norm="rmsnorm", swiglu=True, rope=True)
+    return _shape(spec, norm="rmsnorm", swiglu=True, rope=True, allowed=("rope_scaling",))
+
+
+def mistral_problems(spec: GPTSpec) -> list[str]:
+    """Flags keeping ``spec`` from ``MistralForCausalLM`` (no biases, plain RoPE)."""
+    problems = _shape(spec, norm="rmsnorm", swiglu=True, rope=True)
+    return problems + (["--disable-bias-linear (this model has linear biases)"] if spec.bias else [])
+
+
+def qwen2_problems(spec: GPTSpec) -> list[str]:
+    """Flags keeping ``spec`` from ``Qwen2ForCausalLM`` (q/k/v biases only)."""
+    problems = _shape(spec, norm="rmsnorm", swiglu=True, rope=True, allowed=("qkv_bias_only",))
+    if not (spec.add_qkv_bias and not spec.bias):
+        problems.append("--add-qkv-bias --disable-bias-linear (biases on q/k/v only)")
+    return problems + _default_head(spec)
 
 
 def neox_problems(spec: GPTSpec) -> list[str]:
     """Flags keeping ``spec`` from ``GPTNeoXForCausalLM`` (its MLP always has biases)."""
-    return _shape(spec, norm="layernorm", swiglu=False, rope=True) + _mha_default_head(spec, bias=True)
+    allowed = ("parallel_residual", "rotary_percent", "openai_gelu")
+    return _shape(spec, norm="layernorm", swiglu=False, rope=True, allowed=allowed) + _mha_default_head(spec, bias=True)
 
 
 def starcoder2_problems(spec: GPTSpec) -> list[str]:
@@ -167,7 +207,8 @@ def starcoder2_problems(spec: GPTSpec) -> list[str]:
 
 def gpt2_problems(spec: GPTSpec) -> list[str]:
     """Flags keeping ``spec`` from ``GPT2LMHeadModel`` (always biased, MHA)."""
-    return _shape(spec, norm="layernorm", swiglu=False, rope=False) + _mha_default_head(spec, bias=True)
+    return (_shape(spec, norm="layernorm", swiglu=False, rope=False, allowed=("openai_gelu",))
+            + _mha_default_head(spec, bias=True))
 
 
 # ---- tensor helpers ----------------------------------------------------------------------------

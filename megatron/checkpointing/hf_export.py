@@ -59,6 +59,13 @@ def open_checkpoint(source: str) -> SavedCheckpoint | UniversalCheckpoint:
     return SavedCheckpoint(step_dir(source))
 
 
+def imported_architecture(metadata: dict[str, Any], spec: GPTSpec) -> str | None:
+    """The export target of the class a model was imported from (``tools/import_checkpoint.py``),
+    when it still represents the model; None otherwise (the first target that fits is used)."""
+    name = (metadata.get("import") or {}).get("architecture")
+    return name if name in EXPORTERS and not EXPORTERS[name].problems(spec) else None
+
+
 def check_llama_shaped(spec: GPTSpec) -> None:
     """Refuse a model that ``LlamaForCausalLM`` cannot represent (naming the flags)."""
     select_exporter(spec, "llama")
@@ -108,7 +115,7 @@ def export_hf(source: str, output: str, *, architecture: str | None = None, dtyp
         output: Target directory; must not exist. Written under a temporary name and renamed
             when complete, so a failed export leaves nothing behind.
         architecture: A registered target (``llama``, ``gpt_neox``, ...); default: the first that
-            represents the model exactly.
+            represents the model exactly (an imported model: the class it came from).
         dtype: ``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``.
         max_shard_size: Largest safetensors file (``"5GB"``, ``"500MB"``, bytes).
         progress: Called after each tensor with (bytes done, bytes total, name).
@@ -129,7 +136,7 @@ def export_hf(source: str, output: str, *, architecture: str | None = None, dtyp
         raise CheckpointError(f"--output: {output} exists; remove it or choose another directory")
     ckpt = open_checkpoint(source)
     spec = ckpt.spec
-    exporter = select_exporter(spec, architecture)
+    exporter = select_exporter(spec, architecture or imported_architecture(ckpt.metadata, spec))
     tensors = list(exporter.tensors(_LastTensor(ckpt), spec))
     tmp = f"{output.rstrip('/')}.tmp-{os.getpid()}"
     try:

@@ -20,9 +20,11 @@ from megatron.checkpointing.hf_arch import (
     gpt2_problems,
     head_tensors,
     llama_problems,
+    mistral_problems,
     neox_problems,
     norm_tensors,
     qkv_tensors,
+    qwen2_problems,
     register_exporter,
     shapes_of,
     starcoder2_problems,
@@ -30,9 +32,27 @@ from megatron.checkpointing.hf_arch import (
 from megatron.model.spec import GPTSpec
 
 
+def rope_scaling(spec: GPTSpec) -> dict[str, Any] | None:
+    """``rope_scaling`` of ``spec`` (``llama3`` or ``linear``), or None."""
+    from megatron.model.rope import LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR, LLAMA3_ORIGINAL_CONTEXT
+
+    if spec.rope_scaling_factor != 1.0:
+        return {"rope_type": "llama3", "factor": spec.rope_scaling_factor,
+                "low_freq_factor": LLAMA3_LOW_FREQ_FACTOR, "high_freq_factor": LLAMA3_HIGH_FREQ_FACTOR,
+                "original_max_position_embeddings": LLAMA3_ORIGINAL_CONTEXT}
+    if spec.rotary_interpolation != 1.0:
+        return {"rope_type": "linear", "factor": spec.rotary_interpolation}
+    return None
+
+
 def _rope(spec: GPTSpec, **extra: Any) -> dict[str, Any]:
     theta = float(spec.rotary_base)
-    return {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta, **extra}}
+    scaling = rope_scaling(spec)
+    if scaling is None:
+        return {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta, **extra}}
+    # transformers 4.x reads rope_scaling; 5.x prefers it over rope_parameters when both are there.
+    return {"rope_theta": theta, "rope_scaling": dict(scaling),
+            "rope_parameters": {**scaling, "rope_theta": theta, **extra}}
 
 
 def _common_config(spec: GPTSpec, hf_class: str, model_type: str) -> dict[str, Any]:
@@ -72,15 +92,17 @@ def llama_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     """Llama: separate q/k/v projections, SwiGLU fc1 ``[gate; up]`` split in two."""
     shapes = shapes_of(spec)
     yield embedding_tensor(get, spec, "model.embed_tokens.weight")
-    kinds = ("weight", "bias") if spec.bias else ("weight",)
     f, d = spec.ffn_hidden_size, spec.hidden_size
     for i in range(spec.num_layers):
         ours, hf = f"layers.{i}", f"model.layers.{i}"
         yield from norm_tensors(get, spec, f"{ours}.input_layernorm", f"{hf}.input_layernorm")
         yield from norm_tensors(get, spec, f"{ours}.post_attention_layernorm", f"{hf}.post_attention_layernorm")
-        for kind in kinds:
-            yield from qkv_tensors(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
-                                  f"{hf}.self_attn", kind)
+        for kind in ("weight", "bias"):
+            if f"{ours}.self_attention.query_key_value.{kind}" in shapes:  # Qwen2: q/k/v biases only
+                yield from qkv_tensors(get, f"{ours}.self_attention.query_key_value.{kind}", spec,
+                                      f"{hf}.self_attn", kind)
+            if kind == "bias" and not spec.bias:
+                continue
             yield direct_tensor(get, f"{ours}.self_attention.dense.{kind}", f"{hf}.self_attn.o_proj.{kind}", shapes)
             fc1 = f"{ours}.mlp.dense_h_to_4h.{kind}"
             shape = (f, d) if kind == "weight" else (f,)
@@ -92,24 +114,43 @@ def llama_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
     yield from head_tensors(get, spec, "lm_head.weight")
 
 
+def mistral_config(spec: GPTSpec) -> dict[str, Any]:
+    """``config.json`` of ``MistralForCausalLM`` (no sliding window)."""
+    config = {k: v for k, v in llama_config(spec).items() if k not in ("attention_bias", "mlp_bias")}
+    return {**config, "architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": None}
+
+
+def qwen2_config(spec: GPTSpec) -> dict[str, Any]:
+    """``config.json`` of ``Qwen2ForCausalLM`` (q/k/v biases, no sliding window)."""
+    config = {k: v for k, v in llama_config(spec).items() if k not in ("attention_bias", "mlp_bias")}
+    return {**config, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "use_sliding_window": False, "sliding_window": None, "max_window_layers": spec.num_layers}
+
+
+# Same tensor names as Llama; only selected by name (an import from that class) or, for Qwen2,
+# by its q/k/v-only biases.
+register_exporter("qwen2", "Qwen2ForCausalLM", problems=qwen2_problems, config=qwen2_config)(llama_tensors)
+register_exporter("mistral", "MistralForCausalLM", problems=mistral_problems, config=mistral_config)(llama_tensors)
+
+
 # ---- GPT-NeoX ----------------------------------------------------------------------------------
 
 
 def neox_config(spec: GPTSpec) -> dict[str, Any]:
-    """``config.json`` of ``GPTNeoXForCausalLM``: sequential residual, full rotary."""
+    """``config.json`` of ``GPTNeoXForCausalLM``."""
     return {
         **_common_config(spec, "GPTNeoXForCausalLM", "gpt_neox"),
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.ffn_hidden_size,
         "num_hidden_layers": spec.num_layers,
         "num_attention_heads": spec.num_attention_heads,
-        "hidden_act": "gelu",
+        "hidden_act": "gelu_new" if spec.openai_gelu else "gelu",
         "max_position_embeddings": spec.max_position_embeddings,
         "layer_norm_eps": spec.norm_epsilon,
-        "use_parallel_residual": False,
-        "rotary_pct": 1.0,
+        "use_parallel_residual": spec.parallel_residual,
+        "rotary_pct": spec.rotary_percent,
         "rotary_emb_base": float(spec.rotary_base),
-        **_rope(spec, partial_rotary_factor=1.0),
+        **_rope(spec, partial_rotary_factor=spec.rotary_percent),
         "attention_bias": True,
         "attention_dropout": 0.0,
         "hidden_dropout": 0.0,
@@ -193,7 +234,7 @@ def gpt2_config(spec: GPTSpec) -> dict[str, Any]:
         "n_head": spec.num_attention_heads,
         "n_inner": spec.ffn_hidden_size,
         "n_positions": spec.max_position_embeddings,
-        "activation_function": "gelu",
+        "activation_function": "gelu_new" if spec.openai_gelu else "gelu",
         "layer_norm_epsilon": spec.norm_epsilon,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,

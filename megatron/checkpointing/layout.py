@@ -90,8 +90,9 @@ def full_shapes(spec: GPTSpec) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}.self_attention.dense.weight"] = (d, q)
         shapes[f"{p}.mlp.dense_h_to_4h.weight"] = (fc1, d)
         shapes[f"{p}.mlp.dense_4h_to_h.weight"] = (d, f)
-        if spec.bias:
+        if spec.qkv_bias:
             shapes[f"{p}.self_attention.query_key_value.bias"] = (qkv,)
+        if spec.bias:
             shapes[f"{p}.self_attention.dense.bias"] = (d,)
             shapes[f"{p}.mlp.dense_h_to_4h.bias"] = (fc1,)
             shapes[f"{p}.mlp.dense_4h_to_h.bias"] = (d,)

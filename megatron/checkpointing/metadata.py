@@ -200,6 +200,12 @@ SHAPE_FIELDS = (
     "swiglu",
     "bias",
     "tie_embeddings",
+    "add_qkv_bias",
+    "rotary_percent",
+    "rope_scaling_factor",
+    "rotary_interpolation",
+    "parallel_residual",
+    "openai_gelu",
 )
 
 

@@ -73,6 +73,20 @@ class ModelConfig:
     """Compute the output layer and the cross-entropy together, --fused-ce-chunk-tokens tokens at a time, never holding the full fp32 logits (less memory; one extra head matmul in backward). Not with --lwf-weight, pipeline parallelism or --zero-stage 3."""
     fused_ce_chunk_tokens: int = 4096
     """Tokens per chunk of --fused-linear-cross-entropy: the loss holds about chunk * vocab / TP fp32 logits at a time."""
+    rotary_percent: float = 1.0
+    """Fraction of each head's dimensions that RoPE rotates (the first ones; GPT-NeoX/Pythia use 0.25)."""
+    add_qkv_bias: bool = False
+    """A bias on the query/key/value projection even with --disable-bias-linear (Qwen2)."""
+    use_rope_scaling: bool = False
+    """Llama 3.1's RoPE frequency rule (original context 8192, low/high frequency factors 1 and 4) with --rope-scaling-factor."""
+    rope_scaling_factor: float = 8.0
+    """The factor of --use-rope-scaling (Llama 3.1: 8, Llama 3.2: 32)."""
+    rotary_seq_len_interpolation_factor: float | None = None
+    """Linear RoPE scaling: positions are divided by this factor (Hugging Face rope_scaling type linear)."""
+    use_parallel_residual: bool = False
+    """Attention and MLP both read the layer input: x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX/Pythia, GPT-J)."""
+    openai_gelu: bool = False
+    """The tanh approximation of GeLU (GPT-2's gelu_new) instead of the exact one."""
 
     def __post_init__(self) -> None:
         require_positive(
@@ -91,7 +105,10 @@ class ModelConfig:
             "word_embedding_init_std",
             "make_vocab_size_divisible_by",
             "fused_ce_chunk_tokens",
+            "rope_scaling_factor",
+            "rotary_seq_len_interpolation_factor",
         )
+        self._check_import_options()
         require_ratio(self, "hidden_dropout", "attention_dropout", closed=False)
         if self.small_init and self.init_method_std is not None:
             raise ConfigError(
@@ -128,6 +145,33 @@ class ModelConfig:
             "--fused-ce-chunk-tokens",
             "only used with --fused-linear-cross-entropy (FUSED_CE=1); add it or drop this flag",
         )
+
+    def _check_import_options(self) -> None:
+        require(0.0 < self.rotary_percent <= 1.0, "--rotary-percent", f"{self.rotary_percent} is not in (0, 1]")
+        require(
+            self.use_rope_scaling or self.rope_scaling_factor == 8.0,
+            "--rope-scaling-factor",
+            "only used with --use-rope-scaling; add it or drop this flag",
+        )
+        rope_only = {
+            "--rotary-percent": self.rotary_percent != 1.0,
+            "--use-rope-scaling": self.use_rope_scaling,
+            "--rotary-seq-len-interpolation-factor": self.rotary_seq_len_interpolation_factor is not None,
+        }
+        for flag, given in rope_only.items():
+            require(
+                self.use_rotary_position_embeddings or not given,
+                flag,
+                "only applies to rotary position embeddings (drop --no-use-rotary-position-embeddings)",
+            )
+        require(not (self.openai_gelu and self.swiglu), "--openai-gelu", "has no effect with --swiglu")
+        if self.kv_channels is not None or self.hidden_size % self.num_attention_heads == 0:
+            rotary = int(self.head_dim * self.rotary_percent)
+            require(
+                rotary > 0 and rotary % 2 == 0,
+                "--rotary-percent",
+                f"{self.rotary_percent} of head dim {self.head_dim} is not a positive even width",
+            )
 
     @property
     def init_std(self) -> float:

@@ -284,6 +284,12 @@ def build_model_spec(
         residual_mult=scaling.residual_mult,
         attention_scale=scaling.attention_scale(m.head_dim),
         fused_ce_chunk_tokens=m.fused_ce_chunk_tokens if m.fused_linear_cross_entropy else 0,
+        rotary_percent=m.rotary_percent,
+        add_qkv_bias=m.add_qkv_bias,
+        rope_scaling_factor=m.rope_scaling_factor if m.use_rope_scaling else 1.0,
+        rotary_interpolation=m.rotary_seq_len_interpolation_factor or 1.0,
+        parallel_residual=m.use_parallel_residual,
+        openai_gelu=m.openai_gelu,
     )
 
 

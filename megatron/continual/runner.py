@@ -61,11 +61,13 @@ class Checkpoint:
         load_dir: The --save directory (``latest`` names the checkpoint).
         tag: ``global_step<N>``.
         metadata: Its run metadata.
+        universal: A universal checkpoint (``tools/import_checkpoint.py``): ``load_dir`` is it.
     """
 
     load_dir: str
     tag: str
     metadata: dict[str, Any]
+    universal: bool = False
 
     @property
     def iteration(self) -> int:
@@ -111,6 +113,9 @@ def resolve_init(plan: Plan) -> Checkpoint | None:
     where = f"{plan.path}: init_checkpoint"
     if not os.path.isdir(path):
         raise PlanError(f"{where}: no such directory {path}")
+    if os.path.isdir(os.path.join(path, "zero")):  # an imported (or converted) universal checkpoint
+        return Checkpoint(load_dir=path, tag="", universal=True,
+                          metadata=read_checkpoint(os.path.dirname(path), where, os.path.basename(path)).metadata)
     latest = read_checkpoint(path, where)
     if latest is None:
         raise PlanError(f"{where}: {path} holds no checkpoint (no 'latest' file)")
@@ -226,7 +231,8 @@ class PlanRunner:
             for path, text in ((spec.data_list_path, spec.data_list), (spec.eval_list_path, spec.eval_list)):
                 if text is not None and not _same_text(path, text):
                     write_atomic(path, text)
-            dry[spec.key] = self.launch.dry_run({**spec.flags, **_dry_load(specs, spec, init),
+            first = _universal_init(init) if spec.index == 0 and init is not None and init.universal else {}
+            dry[spec.key] = self.launch.dry_run({**spec.flags, **_dry_load(specs, spec, init), **first,
                                                  "data_file_list": spec.data_list_path},
                                                 spec.stage.nproc, f"{plan.path}: stage {spec.key!r}")
         return specs, markers, dry, init
@@ -284,9 +290,11 @@ class PlanRunner:
             return {**flags, "load": spec.directory}, own.iteration, f"resume at iteration {own.iteration}"
         if prev is None:
             return flags, 0, "random init"
+        flags["load"] = prev.load_dir
+        if prev.universal:  # an import: weights only, at any layout
+            return {**flags, **_universal_init(prev)}, 0, f"--finetune from the universal checkpoint {prev.load_dir}"
         now = layout(dry["plan"], dry["deepspeed"]["zero_optimization"]["stage"])
         saved = layout(prev.metadata["plan"], prev.metadata.get("zero_stage", 0))
-        flags["load"] = prev.load_dir
         if needs_universal(saved, now):
             convert_to_universal(self.launch, prev.load_dir, prev.tag)
             flags["universal_checkpoint"] = True
@@ -381,6 +389,11 @@ def _dry_load(specs: list[StageSpec], spec: StageSpec, init: Checkpoint | None) 
                         "stage before it, and the first stage has no init_checkpoint; set "
                         f"init_checkpoint or method: {{{flag}: {{weight: 0}}}} for this stage")
     return {"load": load, "reset_data_state" if spec.continues else "finetune": True}
+
+
+def _universal_init(init: Checkpoint) -> dict[str, Any]:
+    """Flags of a first stage (and its dry run) from a universal ``init_checkpoint``."""
+    return {"load": init.load_dir, "universal_checkpoint": True, "finetune": True}
 
 
 def _same_text(path: str, text: str) -> bool:

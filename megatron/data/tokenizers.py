@@ -128,14 +128,25 @@ TRAIN_HINT = "train one with tools/train_tokenizer.py or fix the path"
 """How to fix a missing ``--tokenizer-model``."""
 
 
+DIRECTORY_FILES = {"hf": "tokenizer.json", "sentencepiece": "tokenizer.model"}
+"""The file a ``--tokenizer-model`` directory (an HF model or an import of one) holds per type."""
+
+
 def _require_file(
     path: str | None, flag: str, tokenizer_type: str, what: str, hint: str = TRAIN_HINT
 ) -> str:
-    """``path`` if it names a file, else a ``ConfigError`` saying which flag to fix and how."""
+    """``path`` if it names a file (or a directory holding the type's ``DIRECTORY_FILES``
+    entry), else a ``ConfigError`` saying which flag to fix and how."""
     if path is None:
         raise ConfigError(
             f"{flag}: required with --tokenizer-type {tokenizer_type} (path to {what})"
         )
+    if os.path.isdir(path) and tokenizer_type in DIRECTORY_FILES:
+        inside = os.path.join(path, DIRECTORY_FILES[tokenizer_type])
+        if not os.path.isfile(inside):
+            raise ConfigError(f"{flag}: directory {path!r} holds no {DIRECTORY_FILES[tokenizer_type]} "
+                              f"(expected {what})")
+        return inside
     if not os.path.isfile(path):
         raise ConfigError(f"{flag}: no such file {path!r} (expected {what}; {hint})")
     return path

@@ -86,7 +86,7 @@ class SelfAttention(nn.Module):
                 qkv_width,
                 config=config,
                 init_method=normal_init(spec.hidden_std, spec.seed, f"{name}.query_key_value"),
-                bias=spec.bias,
+                bias=spec.qkv_bias,
                 gather_output=False,
             )
         )
@@ -112,7 +112,8 @@ class SelfAttention(nn.Module):
         v = qkv[:, :, :, self.group + 1]
         if self.spec.position_embedding == "rope":
             cos, sin = rope_tables(
-                self.spec.max_position_embeddings, hd, self.spec.rotary_base, x.device, x.dtype
+                self.spec.max_position_embeddings, self.spec.rotary_dim, self.spec.rotary_base,
+                x.device, x.dtype, self.spec.rope_scaling_factor, self.spec.rotary_interpolation,
             )
             q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -135,6 +136,7 @@ class MLP(nn.Module):
     def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
         super().__init__()
         self.swiglu = spec.swiglu
+        self.gelu_approximate = "tanh" if spec.openai_gelu else "none"
         width = spec.ffn_hidden_size * (2 if spec.swiglu else 1)
         name = f"layers.{layer}.mlp"
         self.dense_h_to_4h = without_empty_extra_state(
@@ -166,13 +168,14 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.gelu_approximate)
         out, _ = self.dense_4h_to_h(h)
         return out
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.)))."""
+    """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.))); with a parallel
+    residual (GPT-NeoX) both branches read x: x + drop(attn(norm1(x))) + drop(mlp(norm2(x)))."""
 
     def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
         super().__init__()
@@ -185,7 +188,10 @@ class TransformerLayer(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.hidden_dropout if self.training else 0.0
-        x = x + self._branch(F.dropout(self.self_attention(self.input_layernorm(x)), p))
+        attn = self._branch(F.dropout(self.self_attention(self.input_layernorm(x)), p))
+        if self.spec.parallel_residual:
+            return x + attn + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
+        x = x + attn
         return x + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
 
     def _branch(self, y: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,12 @@ class GPTSpec:
         attention_scale: Softmax scale; None = 1/sqrt(head_dim).
         fused_ce_chunk_tokens: Tokens per chunk of the fused output layer + cross-entropy
             (``megatron.model.fused_loss``); 0 = logits, then the loss (unfused).
+        rotary_percent: Fraction of each head's dimensions RoPE rotates (the first ones).
+        add_qkv_bias: The fused QKV projection has a bias even when ``bias`` is off (Qwen2).
+        rope_scaling_factor: Llama 3.1's frequency rule with this factor; 1 = none.
+        rotary_interpolation: Linear RoPE scaling: positions are divided by it; 1 = none.
+        parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX/GPT-J).
+        openai_gelu: The tanh approximation of GeLU (GPT-2's ``gelu_new``).
     """
 
     num_layers: int
@@ -81,6 +87,22 @@ class GPTSpec:
     residual_mult: float = 1.0
     attention_scale: float | None = None
     fused_ce_chunk_tokens: int = 0
+    rotary_percent: float = 1.0
+    add_qkv_bias: bool = False
+    rope_scaling_factor: float = 1.0
+    rotary_interpolation: float = 1.0
+    parallel_residual: bool = False
+    openai_gelu: bool = False
+
+    @property
+    def qkv_bias(self) -> bool:
+        """The fused QKV projection has a bias."""
+        return self.bias or self.add_qkv_bias
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that RoPE rotates."""
+        return int(self.head_dim * self.rotary_percent)
 
     @property
     def hidden_std(self) -> float:
@@ -96,6 +118,7 @@ class GPTSpec:
         attn = d * (q + 2 * kv) + q * d
         mlp = d * f * (2 if self.swiglu else 1) + f * d
         bias = (q + 2 * kv + d + f * (2 if self.swiglu else 1) + d) if self.bias else 0
+        bias += (q + 2 * kv) if self.add_qkv_bias and not self.bias else 0
         per_layer = attn + mlp + bias + 2 * norm
         embeddings = V * d + (self.max_position_embeddings * d if self.position_embedding == "learned" else 0)
         head = 0 if self.tie_embeddings else V * d

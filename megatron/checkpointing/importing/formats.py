@@ -1,0 +1,32 @@
+"""Every importable format, registered by importing its module (the registry is in ``source``)."""
+
+from __future__ import annotations
+
+import megatron.checkpointing.importing.hf  # noqa: F401  (format "hf")
+from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
+
+__all__ = ["SOURCE_FORMATS", "detect_format", "open_source"]
+
+
+def open_source(path: str, fmt: str | None = None, **options: object):  # noqa: ANN201  (an ImportSource)
+    """Open ``path`` as format ``fmt`` (detected when None).
+
+    Raises:
+        CheckpointError: Not a directory, or no format recognizes it.
+        ConfigError: Unknown ``fmt``.
+    """
+    import os
+
+    from megatron.checkpointing.metadata import CheckpointError
+    from megatron.config.fields import ConfigError
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"--input: {path} does not exist")
+    if fmt is None:
+        fmt = detect_format(path)
+        if fmt is None:
+            raise CheckpointError(f"--input: {path} is no format we import ({sorted(SOURCE_FORMATS)}); "
+                                  "a Hugging Face directory needs config.json, name the format with --format")
+    if fmt not in SOURCE_FORMATS:
+        raise ConfigError(f"--format: unknown {fmt!r}; known: {sorted(SOURCE_FORMATS)}")
+    return SOURCE_FORMATS[fmt].open(path, **options)
