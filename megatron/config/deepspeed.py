@@ -37,7 +37,7 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.parallel.zero_stage}
     if cfg.parallel.cpu_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    return {
+    generated: dict[str, Any] = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -51,6 +51,12 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if cfg.parallel.sequence_parallel and plan.pp > 1:
+        # DeepSpeed's pipeline sends 1/TP of an activation per TP rank and all-gathers it on the
+        # next stage, which assumes TP ranks hold the same activation; sequence-parallel ranks
+        # hold different sequence shards.
+        generated["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
+    return generated
 
 
 def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:

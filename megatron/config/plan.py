@@ -105,6 +105,11 @@ def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
             raise ConfigError(
                 f"--tensor-model-parallel-size: {tp} does not divide {flag} {value}"
             )
+    if cfg.parallel.sequence_parallel and m.seq_length % tp:
+        raise ConfigError(
+            f"--sequence-parallel: --seq-length {m.seq_length} is not divisible by "
+            f"--tensor-model-parallel-size {tp} (each TP rank holds seq / TP positions)"
+        )
     if pp > m.num_layers:
         raise ConfigError(
             f"--pipeline-model-parallel-size: {pp} stages for --num-layers {m.num_layers}; "
@@ -276,6 +281,7 @@ def build_model_spec(
         residual_mult=scaling.residual_mult,
         attention_scale=scaling.attention_scale(m.head_dim),
         fused_ce_chunk_tokens=m.fused_ce_chunk_tokens if m.fused_linear_cross_entropy else 0,
+        sequence_parallel=cfg.parallel.sequence_parallel,
     )
 
 

@@ -15,6 +15,8 @@ from megatron.model.layers import (
     OutputLayer,
     TransformerLayer,
     build_mp_config,
+    head_input,
+    sequence_parallel,
 )
 from megatron.model.spec import GPTSpec
 
@@ -81,7 +83,10 @@ class GPTModel(nn.Module):
         if labels is not None and self.spec.fused_ce_chunk_tokens:  # --fused-linear-cross-entropy
             from megatron.model.fused_loss import fused_token_losses
 
-            return fused_token_losses(h, self.head_weight(), labels, self.spec.fused_ce_chunk_tokens)
+            chunk = self.spec.fused_ce_chunk_tokens
+            if sequence_parallel(self.spec):
+                return fused_token_losses(head_input(h), self.head_weight(), labels, chunk, tp_input=False)
+            return fused_token_losses(h, self.head_weight(), labels, chunk)
         logits = self.embedding.logits(h) if self.output is None else self.output(h)
         if labels is None:
             return logits

@@ -48,6 +48,8 @@ class GPTSpec:
         attention_scale: Softmax scale; None = 1/sqrt(head_dim).
         fused_ce_chunk_tokens: Tokens per chunk of the fused output layer + cross-entropy
             (``megatron.model.fused_loss``); 0 = logits, then the loss (unfused).
+        sequence_parallel: Megatron sequence parallelism at TP > 1 (``[s / tp, b, h]`` shards
+            between the layers; no effect at TP=1).
     """
 
     num_layers: int
@@ -81,6 +83,7 @@ class GPTSpec:
     residual_mult: float = 1.0
     attention_scale: float | None = None
     fused_ce_chunk_tokens: int = 0
+    sequence_parallel: bool = False
 
     @property
     def hidden_std(self) -> float:
