@@ -17,7 +17,7 @@ import torch.distributed as dist
 from megatron.checkpointing.layout import canonical_name, merge, tp_layout
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import run_distributed, tiny_plan
+from tests.helpers import assert_resume_is_bit_exact, run_distributed, tiny_plan
 
 pytestmark = pytest.mark.deepspeed
 
@@ -148,3 +148,29 @@ def test_bad_sequence_parallel_input_is_refused_naming_the_flags(flags, message)
 
     with pytest.raises((ConfigError, ValueError), match=message):
         tiny_plan(*flags, env=DistEnv(world_size=2))
+
+
+def _run(env: DistEnv, flags: list[str]) -> tuple[tuple[float, ...], float | None]:
+    result = train(tiny_plan(*flags, env=env), env)
+    return result.losses, result.valid_loss
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact_with_sequence_parallel(tmp_path):
+    assert_resume_is_bit_exact(_run, ["--train-iters", "4", *TP2_SP], str(tmp_path / "ckpt"))
+
+
+def _save(env: DistEnv, save: str) -> None:
+    _run(env, ["--train-iters", "4", "--exit-interval", "2", "--save", save, *TP2_SP])
+
+
+def test_universal_from_sequence_parallel_continues_on_one_process(tmp_path):
+    from megatron.checkpointing.convert import convert
+
+    save = str(tmp_path / "ckpt")
+    run_distributed(_save, save)
+    convert(save)
+    losses, valid = _run(DistEnv(), ["--train-iters", "4", "--load", save, "--universal-checkpoint"])
+    reference = _run(DistEnv(), ["--train-iters", "4"])
+    assert losses == pytest.approx(reference[0][2:], rel=1e-5)
+    assert valid == pytest.approx(reference[1], rel=1e-5)
