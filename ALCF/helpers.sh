@@ -68,6 +68,7 @@ ENV_VALUE_FLAGS=(
     "KILL_SWITCH_FILE|--kill-switch-file"
     "SEED|--seed"
     "FUSED_CE_CHUNK_TOKENS|--fused-ce-chunk-tokens"
+    "ACT_CKPT_NUM_LAYERS|--recompute-num-layers"
     "WANDB_PROJECT|--wandb-project"
     "WANDB_EXP_NAME|--wandb-exp-name"
 )

@@ -272,7 +272,11 @@ def build_model_spec(
         init_method_std=m.init_std,
         output_init_std=out_std,
         embedding_init_std=m.word_embedding_init_std or m.init_std,
-        recompute=m.recompute_activations,
+        recompute=m.recompute == "full",
+        recompute_selective=m.recompute == "selective",
+        recompute_method=m.recompute_method or "uniform",
+        recompute_num_layers=m.recompute_num_layers
+        or (m.num_layers if m.recompute_method == "block" else 1),
         causal=objective_spec(cfg).causal,
         seed=cfg.train.seed,
         hidden_init_std=None if hidden_std == m.init_std else hidden_std,

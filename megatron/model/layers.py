@@ -128,6 +128,18 @@ class SelfAttention(nn.Module):
             )
         )
 
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v over ``[b, heads, s, head_dim]`` (SDPA)."""
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.spec.attention_dropout if self.training else 0.0,
+            is_causal=self.spec.causal,
+            enable_gqa=self.group > 1,
+            scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hd = self.spec.head_dim
         if self.split:  # [s / tp, b, h] shards -> [b, s, qkv / tp]
@@ -145,15 +157,12 @@ class SelfAttention(nn.Module):
             )
             q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=self.spec.attention_dropout if self.training else 0.0,
-            is_causal=self.spec.causal,
-            enable_gqa=self.group > 1,
-            scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
-        )
+        if self.spec.recompute_selective and self.training and torch.is_grad_enabled():
+            # --recompute-granularity selective: keep q, k, v; recompute the core in backward
+            # (non-reentrant checkpointing restores the RNG state, so dropout masks match).
+            out = checkpoint(self.core, q, k, v, use_reentrant=False)
+        else:
+            out = self.core(q, k, v)
         if self.split:  # [s, b, heads / tp * hd] -> [s / tp, b, h] shards
             return sp.row_parallel(self.dense, out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd))
         out, _ = self.dense(out.transpose(1, 2).reshape(b, s, self.heads * hd))
@@ -208,6 +217,17 @@ class MLP(nn.Module):
         return out
 
 
+def recomputes_layer(spec: GPTSpec, layer: int) -> bool:
+    """Whether transformer layer ``layer`` checkpoints itself: full recompute, by layer (uniform
+    with chunks of 1) or among the first ``recompute_num_layers`` (block). Uniform chunks of
+    more layers are checkpointed by the model around each chunk."""
+    if not spec.recompute:
+        return False
+    if spec.recompute_method == "block":
+        return layer < spec.recompute_num_layers
+    return spec.recompute_num_layers == 1
+
+
 class TransformerLayer(nn.Module):
     """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.)))."""
 
@@ -215,6 +235,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.spec = spec
         self.layer_number = layer
+        self.recompute = recomputes_layer(spec, layer)
         self.input_layernorm = build_norm(spec)
         self.self_attention = SelfAttention(spec, layer, config)
         self.post_attention_layernorm = build_norm(spec)
@@ -231,7 +252,7 @@ class TransformerLayer(nn.Module):
         return y if mult == 1.0 else y * mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.recompute and self.training and torch.is_grad_enabled():
+        if self.recompute and self.training and torch.is_grad_enabled():
             # Non-reentrant checkpointing saves and restores the CPU (and CUDA) RNG state, so
             # dropout masks match between the forward and the recomputation.
             return checkpoint(self._forward, x, use_reentrant=False)
