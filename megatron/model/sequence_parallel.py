@@ -57,8 +57,9 @@ def reduce_scatter_seq(x: torch.Tensor) -> torch.Tensor:
     try:
         dist.reduce_scatter_tensor(out, x, group=group)
     except (RuntimeError, NotImplementedError):
-        dist.all_reduce(x, group=group)
-        out.copy_(x.chunk(world)[dist.get_rank(group)])
+        total = x.clone()
+        dist.all_reduce(total, group=group)
+        out.copy_(total.chunk(world)[dist.get_rank(group)])
     return out
 
 
