@@ -235,6 +235,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.spec = spec
         self.layer_number = layer
+        self.split = sequence_parallel(spec)
         self.recompute = recomputes_layer(spec, layer)
         self.input_layernorm = build_norm(spec)
         self.self_attention = SelfAttention(spec, layer, config)
@@ -243,8 +244,9 @@ class TransformerLayer(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.hidden_dropout if self.training else 0.0
-        x = x + self._branch(F.dropout(self.self_attention(self.input_layernorm(x)), p))
-        return x + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
+        drop = sp.dropout if self.split else F.dropout
+        x = x + self._branch(drop(self.self_attention(self.input_layernorm(x)), p))
+        return x + self._branch(drop(self.mlp(self.post_attention_layernorm(x)), p))
 
     def _branch(self, y: torch.Tensor) -> torch.Tensor:
         # CompleteP/depth-muP: m_L^-alpha on each branch, after dropout, before the residual add.
@@ -299,7 +301,8 @@ class Embedding(nn.Module):
             x = x * self.spec.embedding_mult
         if self.split:  # [b, s, h] -> this rank's [s / tp, b, h]
             x = sp.scatter_to_sequence(x.transpose(0, 1))
-        return F.dropout(x, self.spec.hidden_dropout if self.training else 0.0)
+        p = self.spec.hidden_dropout if self.training else 0.0
+        return sp.dropout(x, p) if self.split else F.dropout(x, p)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel logits ``[b, s, V / tp]`` with the embedding weight."""

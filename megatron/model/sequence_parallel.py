@@ -149,6 +149,20 @@ def row_parallel(layer: mtp.RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
     return out if layer.bias is None else out + replicated(layer.bias)
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout of sequence shards whose masks are independent across TP ranks.
+
+    Every TP rank seeds the same RNG, so ``F.dropout`` on each rank's shard would repeat one
+    mask pattern over the shards. Instead each rank draws the mask of the full sequence (the
+    same draw on every rank, and again on recompute) and keeps its own chunk.
+    """
+    if p == 0.0:
+        return x
+    world = dist.get_world_size(_group())
+    full = torch.empty((x.shape[0] * world, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    return x * (split_seq(full.bernoulli_(1.0 - p)) / (1.0 - p))
+
+
 def replicated(param: torch.Tensor) -> torch.Tensor:
     """A TP-replicated parameter used on sequence shards: identity forward, its gradient summed
     over the TP group in backward (each rank saw only its positions)."""

@@ -113,7 +113,7 @@ def test_sequence_parallel_matches_single_process(model_flags):
     _assert_same_run([*TP2_SP, *model_flags], _trained(DistEnv(), model_flags))
 
 
-@pytest.mark.parametrize("zero", ["1", "2"])
+@pytest.mark.parametrize("zero", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_sequence_parallel_with_zero_matches_single_process(zero):
     # 4 processes would be DP=2; at 2 processes TP=2 x DP=1 with ZeRO's partitioned optimizer.
     _assert_same_run([*TP2_SP, "--zero-stage", zero], _trained(DistEnv(), []))
@@ -174,3 +174,24 @@ def test_universal_from_sequence_parallel_continues_on_one_process(tmp_path):
     reference = _run(DistEnv(), ["--train-iters", "4"])
     assert losses == pytest.approx(reference[0][2:], rel=1e-5)
     assert valid == pytest.approx(reference[1], rel=1e-5)
+
+
+def _dropout_masks(env: DistEnv) -> tuple[list, list]:
+    from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.model import sequence_parallel as sp
+
+    init_distributed(tiny_plan("--train-iters", "1", *TP2_SP, env=env), env)
+    try:
+        torch.manual_seed(5)  # the same RNG state on both ranks, as in training
+        mask = sp.dropout(torch.ones(8, 2, 16), 0.5)
+        torch.manual_seed(5)
+        full = torch.empty(16, 2, 16).bernoulli_(0.5) * 2.0
+    finally:
+        destroy_distributed()
+    return mask.tolist(), full.tolist()
+
+
+def test_sequence_parallel_dropout_masks_differ_across_shards():
+    (mask0, full), (mask1, _) = run_distributed(_dropout_masks)
+    assert mask0 != mask1  # not one pattern repeated over the shards
+    assert mask0 + mask1 == full  # the chunks of one full-sequence draw
