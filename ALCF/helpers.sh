@@ -68,6 +68,7 @@ ENV_VALUE_FLAGS=(
     "KILL_SWITCH_FILE|--kill-switch-file"
     "SEED|--seed"
     "FUSED_CE_CHUNK_TOKENS|--fused-ce-chunk-tokens"
+    "ACT_CKPT_NUM_LAYERS|--recompute-num-layers"
     "WANDB_PROJECT|--wandb-project"
     "WANDB_EXP_NAME|--wandb-exp-name"
     # The argonne fork's launcher spellings (docs/compatibility.md).
@@ -95,7 +96,6 @@ ENV_SWITCH_FLAGS=(
 # VARIABLE|reason  (the argonne fork's variables with no counterpart: an error when set).
 ENV_REFUSED=(
     "NO_LLAMA|the architecture comes from MODEL_ARCH / --config; give the flags you want instead (--no-swiglu, --normalization layernorm, ...)"
-    "ACT_CKPT_NUM_LAYERS|recomputing a number of layers per checkpoint is not implemented; USE_ACTIVATION_CHECKPOINTING=1 recomputes every layer"
     "ZERO_HPZ_PARTITION_SIZE|ZeRO++ hierarchical partitioning is not configured by the launcher"
     "MICS_SHARD_SIZE|DeepSpeed MiCS sharding is not configured by the launcher"
     "COMMS_LOGGER|DeepSpeed's communication logger is not configured by the launcher"

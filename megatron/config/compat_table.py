@@ -13,10 +13,7 @@ from megatron.config.compat_claims import scan_claims
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REFUSED_KNOBS: dict[str, str] = {
-    "--sequence-parallel": "Megatron sequence parallelism is refused at start; use tensor parallelism "
-                           "without it",
-}
+REFUSED_KNOBS: dict[str, str] = {}
 """Knob flags that exist but are refused when set (a row says so; removing the entry, with a test
 that claims the flag, flips the row)."""
 
@@ -28,6 +25,8 @@ MEGATRON_FLAGS: tuple[str, ...] = (
     "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
     "--hidden-dropout", "--attention-dropout", "--init-method-std",
     "--make-vocab-size-divisible-by", "--recompute-activations", "--checkpoint-activations",
+    "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
+    "--checkpoint-num-layers",
     "--use-flash-attn", "--use-flash-attn-v2", "--use-flash-attn-triton",
     # data and tokenizer
     "--split", "--data-cache-path", "--mock-data", "--tokenizer-type", "--tokenizer-model",

@@ -37,7 +37,7 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.parallel.zero_stage}
     if cfg.parallel.cpu_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    out = {
+    generated: dict[str, Any] = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -57,8 +57,13 @@ def _generated(plan: RunPlan) -> dict[str, Any]:
                 "--accumulate-allreduce-grads-in-fp32: DeepSpeed accumulates bf16 gradients in fp32 "
                 f"only at --zero-stage 1 (its bf16 optimizer), got --zero-stage {cfg.parallel.zero_stage}"
             )
-        out["data_types"] = {"grad_accum_dtype": "fp32"}
-    return out
+        generated["data_types"] = {"grad_accum_dtype": "fp32"}
+    if cfg.parallel.sequence_parallel and plan.pp > 1:
+        # DeepSpeed's pipeline sends 1/TP of an activation per TP rank and all-gathers it on the
+        # next stage, which assumes TP ranks hold the same activation; sequence-parallel ranks
+        # hold different sequence shards.
+        generated["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
+    return generated
 
 
 def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:

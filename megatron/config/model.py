@@ -66,7 +66,13 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     """Pad the vocabulary to a multiple of this (must be divisible by the TP size)."""
     recompute_activations: bool = knob(False, aliases=("--checkpoint-activations",))
-    """Recompute each transformer layer's activations in the backward pass (saves memory)."""
+    """Recompute each transformer layer's activations in the backward pass (saves memory); the same as --recompute-granularity full."""
+    recompute_granularity: Literal["full", "selective"] | None = None
+    """What to recompute in backward: full = whole transformer layers (see --recompute-method), selective = only the attention core (softmax(QK^T)V), the largest activations per FLOP."""
+    recompute_method: Literal["uniform", "block"] | None = None
+    """With --recompute-granularity full: uniform = every layer, in chunks of --recompute-num-layers layers recomputed together; block = only the first --recompute-num-layers layers (the rest keep their activations). Default uniform."""
+    recompute_num_layers: int | None = knob(None, aliases=("--checkpoint-num-layers",))
+    """Layers per recomputed chunk (uniform) or layers recomputed (block); needs --recompute-granularity full (or --recompute-activations). Default 1 (uniform) / all layers (block)."""
     use_flash_attn: bool = knob(False, aliases=("--use-flash-attn-v2", "--use-flash-attn-triton"))
     """Run attention only on SDPA's flash kernel (an error at start where it cannot run: e.g. attention dropout on CPU). The kernel SDPA picks is reported at start either way."""
     fused_linear_cross_entropy: bool = False
@@ -145,6 +151,7 @@ class ModelConfig:
             "--fused-ce-chunk-tokens",
             "only used with --fused-linear-cross-entropy (FUSED_CE=1); add it or drop this flag",
         )
+        self._check_recompute()
 
     def _check_import_options(self) -> None:
         require(0.0 < self.rotary_percent <= 1.0, "--rotary-percent", f"{self.rotary_percent} is not in (0, 1]")
@@ -172,6 +179,36 @@ class ModelConfig:
                 "--rotary-percent",
                 f"{self.rotary_percent} of head dim {self.head_dim} is not a positive even width",
             )
+
+    def _check_recompute(self) -> None:
+        if self.recompute_activations and self.recompute_granularity == "selective":
+            raise ConfigError(
+                "--recompute-granularity: selective disagrees with --recompute-activations "
+                "(full-layer recompute); give one of them"
+            )
+        full = self.recompute_activations or self.recompute_granularity == "full"
+        for flag, value in (
+            ("--recompute-method", self.recompute_method),
+            ("--recompute-num-layers", self.recompute_num_layers),
+        ):
+            require(
+                value is None or full,
+                flag,
+                "needs --recompute-granularity full (or --recompute-activations)",
+            )
+        require_positive(self, "recompute_num_layers")
+        require(
+            self.recompute_num_layers is None or self.recompute_num_layers <= self.num_layers,
+            "--recompute-num-layers",
+            f"{self.recompute_num_layers} is more than --num-layers {self.num_layers}",
+        )
+
+    @property
+    def recompute(self) -> str | None:
+        """The recompute granularity in effect: full, selective or None."""
+        if self.recompute_activations:
+            return "full"
+        return self.recompute_granularity
 
     @property
     def init_std(self) -> float:

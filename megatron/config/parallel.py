@@ -17,7 +17,7 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     """Pipeline-parallel size (DeepSpeed PipelineModule stages)."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (not supported yet; refused with an error)."""
+    """Megatron sequence parallelism: norms, dropout and residuals run on seq/TP positions per TP rank (all-gather before, reduce-scatter after the TP GEMMs); needs --tensor-model-parallel-size > 1."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage (0-3). ZeRO-2/3 cannot be combined with pipeline parallelism."""
     cpu_optimizer: bool = False
@@ -51,7 +51,8 @@ class ParallelConfig:
             f"{self.pipeline_model_parallel_size} (DeepSpeed's pipeline engine supports ZeRO 0-1)",
         )
         require(
-            not self.sequence_parallel,
+            not (self.sequence_parallel and self.tensor_model_parallel_size == 1),
             "--sequence-parallel",
-            "is not supported yet; drop the flag (tensor parallelism works without it)",
+            "needs --tensor-model-parallel-size > 1 (it splits the sequence over the TP group); "
+            "drop the flag or raise the TP size",
         )

@@ -105,6 +105,11 @@ def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
             raise ConfigError(
                 f"--tensor-model-parallel-size: {tp} does not divide {flag} {value}"
             )
+    if cfg.parallel.sequence_parallel and m.seq_length % tp:
+        raise ConfigError(
+            f"--sequence-parallel: --seq-length {m.seq_length} is not divisible by "
+            f"--tensor-model-parallel-size {tp} (each TP rank holds seq / TP positions)"
+        )
     if pp > m.num_layers:
         raise ConfigError(
             f"--pipeline-model-parallel-size: {pp} stages for --num-layers {m.num_layers}; "
@@ -275,7 +280,11 @@ def build_model_spec(
         init_method_std=m.init_std,
         output_init_std=out_std,
         embedding_init_std=m.word_embedding_init_std or m.init_std,
-        recompute=m.recompute_activations,
+        recompute=m.recompute == "full",
+        recompute_selective=m.recompute == "selective",
+        recompute_method=m.recompute_method or "uniform",
+        recompute_num_layers=m.recompute_num_layers
+        or (m.num_layers if m.recompute_method == "block" else 1),
         causal=objective_spec(cfg).causal,
         seed=cfg.train.seed,
         hidden_init_std=None if hidden_std == m.init_std else hidden_std,
@@ -290,6 +299,7 @@ def build_model_spec(
         rotary_interpolation=m.rotary_seq_len_interpolation_factor or 1.0,
         parallel_residual=m.use_parallel_residual,
         openai_gelu=m.openai_gelu,
+        sequence_parallel=cfg.parallel.sequence_parallel,
     )
 
 

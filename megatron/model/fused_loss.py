@@ -109,17 +109,25 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def fused_token_losses(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int,
+    *,
+    tp_input: bool = True,
 ) -> torch.Tensor:
     """Per-token cross-entropy ``[b, s]`` (fp32) of the head ``weight`` ``[V / tp, d]`` applied to
     ``hidden`` ``[b, s, d]``: the numbers of ``token_losses(logits, labels)`` without the logits.
 
     The hidden states enter the TP region as a column-parallel layer's input does (identity
-    forward, all-reduce of the gradient backward), so the caller's graph is the unfused one.
+    forward, all-reduce of the gradient backward), so the caller's graph is the unfused one;
+    ``tp_input=False`` when the caller already did (sequence parallelism's all-gather, whose
+    backward reduce-scatters the partial gradients).
     """
     if chunk_tokens <= 0:
         raise ValueError(f"--fused-ce-chunk-tokens: {chunk_tokens} must be positive")
-    hidden = mtp.copy_to_tensor_model_parallel_region(hidden)
+    if tp_input:
+        hidden = mtp.copy_to_tensor_model_parallel_region(hidden)
     flat = hidden.reshape(-1, hidden.shape[-1])
     losses = _FusedLinearCrossEntropy.apply(flat, weight, labels.reshape(-1), chunk_tokens)
     return losses.view(labels.shape)

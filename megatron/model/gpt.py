@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core import tensor_parallel as mtp
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megatron.model.layers import (
     Embedding,
@@ -15,8 +16,16 @@ from megatron.model.layers import (
     OutputLayer,
     TransformerLayer,
     build_mp_config,
+    head_input,
+    sequence_parallel,
 )
 from megatron.model.spec import GPTSpec
+
+
+def _run_layers(layers: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        h = layer(h)
+    return h
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -74,18 +83,31 @@ class GPTModel(nn.Module):
         self.output = None if spec.tie_embeddings else OutputLayer(spec, config)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.embedding(tokens)
-        for layer in self.layers:
-            h = layer(h)
+        h = self._layers(self.embedding(tokens))
         h = self.final_norm(h)
         if labels is not None and self.spec.fused_ce_chunk_tokens:  # --fused-linear-cross-entropy
             from megatron.model.fused_loss import fused_token_losses
 
-            return fused_token_losses(h, self.head_weight(), labels, self.spec.fused_ce_chunk_tokens)
+            chunk = self.spec.fused_ce_chunk_tokens
+            if sequence_parallel(self.spec):
+                return fused_token_losses(head_input(h), self.head_weight(), labels, chunk, tp_input=False)
+            return fused_token_losses(h, self.head_weight(), labels, chunk)
         logits = self.embedding.logits(h) if self.output is None else self.output(h)
         if labels is None:
             return logits
         return token_losses(logits, labels)
+
+    def _layers(self, h: torch.Tensor) -> torch.Tensor:
+        chunk = self.spec.recompute_num_layers
+        uniform_chunks = self.spec.recompute and self.spec.recompute_method == "uniform" and chunk > 1
+        if not (uniform_chunks and self.training and torch.is_grad_enabled()):
+            for layer in self.layers:
+                h = layer(h)
+            return h
+        # --recompute-method uniform --recompute-num-layers N: keep only each chunk's input.
+        for start in range(0, len(self.layers), chunk):
+            h = checkpoint(_run_layers, self.layers[start : start + chunk], h, use_reentrant=False)
+        return h
 
     def head_weight(self) -> torch.Tensor:
         """This rank's ``[V / tp, d]`` output-layer weight (the word embeddings when tied)."""

@@ -1,7 +1,8 @@
 """GPT building blocks on megatron-core's tensor-parallel layers.
 
-Activations are ``[batch, seq, hidden]`` everywhere (no sequence parallelism, so the TP layers
-do not need ``[seq, batch, hidden]``). Each block is a pipeline-stage-sized module: the dense
+Activations are ``[batch, seq, hidden]``, except under sequence parallelism
+(``megatron.model.sequence_parallel``), where the layers pass ``[seq / tp, batch, hidden]``
+shards between them as megatron-core does. Each block is a pipeline-stage-sized module: the dense
 model chains them, the pipeline model hands them to DeepSpeed as layer specs.
 
 TP layouts (chosen so the *full* weight is the same at every TP size):
@@ -21,6 +22,7 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from megatron.model import sequence_parallel as sp
 from megatron.model.init import normal_init
 from megatron.model.rope import apply_rope, rope_tables
 from megatron.model.spec import GPTSpec
@@ -56,15 +58,38 @@ def without_empty_extra_state(layer: nn.Module) -> nn.Module:
     return layer
 
 
+class _SequenceParallelLayerNorm(nn.LayerNorm):
+    """LayerNorm on sequence shards: weight and bias gradients summed over the TP group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = sp.replicated(self.weight), sp.replicated(self.bias)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+
+class _SequenceParallelRMSNorm(nn.RMSNorm):
+    """RMSNorm on sequence shards: weight gradient summed over the TP group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, sp.replicated(self.weight), self.eps)
+
+
 def build_norm(spec: GPTSpec) -> nn.Module:
-    """LayerNorm or RMSNorm over the hidden size."""
+    """LayerNorm or RMSNorm over the hidden size (same parameters with sequence parallelism)."""
+    split = sequence_parallel(spec)
     if spec.normalization == "rmsnorm":
-        return nn.RMSNorm(spec.hidden_size, eps=spec.norm_epsilon)
-    return nn.LayerNorm(spec.hidden_size, eps=spec.norm_epsilon)
+        cls = _SequenceParallelRMSNorm if split else nn.RMSNorm
+        return cls(spec.hidden_size, eps=spec.norm_epsilon)
+    cls = _SequenceParallelLayerNorm if split else nn.LayerNorm
+    return cls(spec.hidden_size, eps=spec.norm_epsilon)
 
 
 def _tp_size() -> int:
     return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def sequence_parallel(spec: GPTSpec) -> bool:
+    """Whether this model runs sequence-parallel (``--sequence-parallel`` at TP > 1)."""
+    return spec.sequence_parallel and _tp_size() > 1
 
 
 class SelfAttention(nn.Module):
@@ -74,6 +99,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         tp = _tp_size()
         self.spec = spec
+        self.split = sequence_parallel(spec)
         self.kv_heads = spec.num_key_value_heads // tp
         self.group = spec.num_attention_heads // spec.num_key_value_heads
         self.heads = self.kv_heads * self.group
@@ -102,11 +128,26 @@ class SelfAttention(nn.Module):
             )
         )
 
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v over ``[b, heads, s, head_dim]`` (SDPA)."""
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.spec.attention_dropout if self.training else 0.0,
+            is_causal=self.spec.causal,
+            enable_gqa=self.group > 1,
+            scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape
         hd = self.spec.head_dim
-        qkv, _ = self.query_key_value(x)
-        qkv = qkv.view(b, s, self.kv_heads, self.group + 2, hd)
+        if self.split:  # [s / tp, b, h] shards -> [b, s, qkv / tp]
+            qkv = sp.column_parallel(self.query_key_value, x).transpose(0, 1)
+        else:
+            qkv, _ = self.query_key_value(x)
+        b, s = qkv.shape[:2]
+        qkv = qkv.reshape(b, s, self.kv_heads, self.group + 2, hd)
         q = qkv[:, :, :, : self.group].reshape(b, s, self.heads, hd)
         k = qkv[:, :, :, self.group]
         v = qkv[:, :, :, self.group + 1]
@@ -117,15 +158,14 @@ class SelfAttention(nn.Module):
             )
             q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=self.spec.attention_dropout if self.training else 0.0,
-            is_causal=self.spec.causal,
-            enable_gqa=self.group > 1,
-            scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
-        )
+        if self.spec.recompute_selective and self.training and torch.is_grad_enabled():
+            # --recompute-granularity selective: keep q, k, v; recompute the core in backward
+            # (non-reentrant checkpointing restores the RNG state, so dropout masks match).
+            out = checkpoint(self.core, q, k, v, use_reentrant=False)
+        else:
+            out = self.core(q, k, v)
+        if self.split:  # [s, b, heads / tp * hd] -> [s / tp, b, h] shards
+            return sp.row_parallel(self.dense, out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd))
         out, _ = self.dense(out.transpose(1, 2).reshape(b, s, self.heads * hd))
         return out
 
@@ -137,6 +177,7 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = spec.swiglu
         self.gelu_approximate = "tanh" if spec.openai_gelu else "none"
+        self.split = sequence_parallel(spec)
         width = spec.ffn_hidden_size * (2 if spec.swiglu else 1)
         name = f"layers.{layer}.mlp"
         self.dense_h_to_4h = without_empty_extra_state(
@@ -163,14 +204,30 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.dense_h_to_4h(x)
+        if self.split:
+            h = sp.column_parallel(self.dense_h_to_4h, x)
+        else:
+            h, _ = self.dense_h_to_4h(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate=self.gelu_approximate)
+        if self.split:
+            return sp.row_parallel(self.dense_4h_to_h, h)
         out, _ = self.dense_4h_to_h(h)
         return out
+
+
+def recomputes_layer(spec: GPTSpec, layer: int) -> bool:
+    """Whether transformer layer ``layer`` checkpoints itself: full recompute, by layer (uniform
+    with chunks of 1) or among the first ``recompute_num_layers`` (block). Uniform chunks of
+    more layers are checkpointed by the model around each chunk."""
+    if not spec.recompute:
+        return False
+    if spec.recompute_method == "block":
+        return layer < spec.recompute_num_layers
+    return spec.recompute_num_layers == 1
 
 
 class TransformerLayer(nn.Module):
@@ -181,6 +238,8 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.spec = spec
         self.layer_number = layer
+        self.split = sequence_parallel(spec)
+        self.recompute = recomputes_layer(spec, layer)
         self.input_layernorm = build_norm(spec)
         self.self_attention = SelfAttention(spec, layer, config)
         self.post_attention_layernorm = build_norm(spec)
@@ -188,11 +247,12 @@ class TransformerLayer(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.hidden_dropout if self.training else 0.0
-        attn = self._branch(F.dropout(self.self_attention(self.input_layernorm(x)), p))
+        drop = sp.dropout if self.split else F.dropout
+        attn = self._branch(drop(self.self_attention(self.input_layernorm(x)), p))
         if self.spec.parallel_residual:
-            return x + attn + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
+            return x + attn + self._branch(drop(self.mlp(self.post_attention_layernorm(x)), p))
         x = x + attn
-        return x + self._branch(F.dropout(self.mlp(self.post_attention_layernorm(x)), p))
+        return x + self._branch(drop(self.mlp(self.post_attention_layernorm(x)), p))
 
     def _branch(self, y: torch.Tensor) -> torch.Tensor:
         # CompleteP/depth-muP: m_L^-alpha on each branch, after dropout, before the residual add.
@@ -200,7 +260,7 @@ class TransformerLayer(nn.Module):
         return y if mult == 1.0 else y * mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.recompute and self.training and torch.is_grad_enabled():
+        if self.recompute and self.training and torch.is_grad_enabled():
             # Non-reentrant checkpointing saves and restores the CPU (and CUDA) RNG state, so
             # dropout masks match between the forward and the recomputation.
             return checkpoint(self._forward, x, use_reentrant=False)
@@ -213,6 +273,7 @@ class Embedding(nn.Module):
     def __init__(self, spec: GPTSpec, config: ModelParallelConfig):
         super().__init__()
         self.spec = spec
+        self.split = sequence_parallel(spec)
         self.word_embeddings = mtp.VocabParallelEmbedding(
             spec.vocab_size,
             spec.hidden_size,
@@ -244,10 +305,15 @@ class Embedding(nn.Module):
             x = x + self.position_embeddings(torch.arange(tokens.shape[1], device=tokens.device))
         if self.spec.embedding_mult != 1.0:  # muP alpha_in
             x = x * self.spec.embedding_mult
-        return F.dropout(x, self.spec.hidden_dropout if self.training else 0.0)
+        if self.split:  # [b, s, h] -> this rank's [s / tp, b, h]
+            x = sp.scatter_to_sequence(x.transpose(0, 1))
+        p = self.spec.hidden_dropout if self.training else 0.0
+        return sp.dropout(x, p) if self.split else F.dropout(x, p)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel logits ``[b, s, V / tp]`` with the embedding weight."""
+        if self.split:
+            return head_logits(hidden, self.word_embeddings.weight)
         out, _ = self.tied_head(hidden, weight=self.word_embeddings.weight)
         return out
 
@@ -268,11 +334,23 @@ class FinalNorm(nn.Module):
         return h if self.logit_mult == 1.0 else h * self.logit_mult
 
 
+def head_input(hidden: torch.Tensor) -> torch.Tensor:
+    """Sequence shards ``[s / tp, b, h]`` -> the full ``[b, s, h]`` on every TP rank; backward
+    reduce-scatters the head's partial input gradients (no separate all-reduce)."""
+    return sp.gather_from_sequence(hidden).transpose(0, 1)
+
+
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Vocab-parallel logits ``[b, s, V / tp]`` of sequence-parallel hidden states."""
+    return torch.matmul(head_input(hidden), weight.t())
+
+
 class OutputLayer(nn.Module):
     """Untied output head: column-parallel ``[V / tp, d]`` weight."""
 
     def __init__(self, spec: GPTSpec, config: ModelParallelConfig):
         super().__init__()
+        self.split = sequence_parallel(spec)
         self.output_layer = without_empty_extra_state(
             mtp.ColumnParallelLinear(
                 spec.hidden_size,
@@ -285,5 +363,7 @@ class OutputLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split:
+            return head_logits(x, self.output_layer.weight)
         out, _ = self.output_layer(x)
         return out

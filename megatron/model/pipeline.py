@@ -7,6 +7,7 @@ copies identical by all-reducing their gradients. Stages are balanced by transfo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -61,6 +62,8 @@ def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int, objective: An
         from megatron.objectives.registry import get_objective
 
         objective = get_objective("ar")
+    if spec.recompute and spec.recompute_method == "uniform":
+        spec = dataclasses.replace(spec, recompute_num_layers=1)  # a stage recomputes by layer
     config = build_mp_config(parallel_state.get_tensor_model_parallel_world_size())
     if spec.tie_embeddings:
         first = TiedLayerSpec("embed", Embedding, spec, config, tied_weight_attr="word_embeddings.weight")

@@ -37,7 +37,12 @@ class GPTSpec:
         init_method_std: Std of hidden weights.
         output_init_std: Std of the output projections (scaled by 1/sqrt(2L)).
         embedding_init_std: Std of the word embeddings.
-        recompute: Recompute layer activations in backward.
+        recompute: Recompute whole transformer layers in backward (granularity full).
+        recompute_selective: Recompute only the attention core in backward (granularity
+            selective).
+        recompute_method: With ``recompute``: ``uniform`` (every layer, in chunks of
+            ``recompute_num_layers``) or ``block`` (the first ``recompute_num_layers`` layers).
+        recompute_num_layers: Chunk size (uniform) or number of recomputed layers (block).
         causal: Causal attention (False for the masked-diffusion objective).
         seed: Base seed of the per-tensor initialization.
         hidden_init_std: Std of the blocks' input matrices (QKV, MLP in) when it differs from
@@ -54,6 +59,8 @@ class GPTSpec:
         rotary_interpolation: Linear RoPE scaling: positions are divided by it; 1 = none.
         parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX/GPT-J).
         openai_gelu: The tanh approximation of GeLU (GPT-2's ``gelu_new``).
+        sequence_parallel: Megatron sequence parallelism at TP > 1 (``[s / tp, b, h]`` shards
+            between the layers; no effect at TP=1).
     """
 
     num_layers: int
@@ -93,6 +100,10 @@ class GPTSpec:
     rotary_interpolation: float = 1.0
     parallel_residual: bool = False
     openai_gelu: bool = False
+    sequence_parallel: bool = False
+    recompute_selective: bool = False
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    recompute_num_layers: int = 1
 
     @property
     def qkv_bias(self) -> bool:
