@@ -9,11 +9,14 @@ accepts the model, or refuses it naming every architecture's missing flags.
 =============  =====================================================================
 entry          our model
 =============  =====================================================================
-llama          RMSNorm + SwiGLU + RoPE; biases on/off, tied/untied, GQA, any head_dim
-gpt_neox       LayerNorm + GeLU + RoPE, biases, MHA (``use_parallel_residual=False``,
-               full rotary: ``partial_rotary_factor=1``)
+llama          RMSNorm + SwiGLU + RoPE; biases on/off, tied/untied, GQA, any head_dim,
+               ``rope_scaling`` llama3/linear
+qwen2          as llama with q/k/v biases only (``--add-qkv-bias --disable-bias-linear``)
+mistral        as llama without biases or RoPE scaling (chosen for models imported from it)
+gpt_neox       LayerNorm + GeLU (or tanh GeLU) + RoPE, biases, MHA, parallel residual and
+               partial rotary as the model has them
 starcoder2     LayerNorm + GeLU + RoPE with GQA or without biases (``use_bias``)
-gpt2           LayerNorm + GeLU + learned absolute positions, biases, MHA
+gpt2           LayerNorm + GeLU (or ``gelu_new``) + learned absolute positions, biases, MHA
 =============  =====================================================================
 
 Layouts. Our fused QKV rows are grouped per key/value head, ``[q heads of g, k_g, v_g]`` for

@@ -1,4 +1,5 @@
-"""The registered export targets: Llama, GPT-NeoX, Starcoder2 and GPT-2 (see ``hf_arch``).
+"""The registered export targets: Llama, Qwen2, Mistral, GPT-NeoX, Starcoder2 and GPT-2 (see
+``hf_arch``).
 
 Each function yields the target's tensors in file order; the ``config.json`` builders write
 every value the target reads, with RoPE theta both in the legacy field (transformers 4.x) and
