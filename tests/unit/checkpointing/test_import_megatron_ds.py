@@ -1,0 +1,105 @@
+"""Importing Megatron-DeepSpeed checkpoints: a random HF Llama written in the fork's layouts
+(``mds_fixtures``) reads back as our GPT with the Llama's logits, at TP=1, TP=2, PP=2 x TP=2 and
+from a universal checkpoint.
+
+The Llama uses ``initializer_range=0.2`` (logits of several units, sharp attention), so a wrong
+QKV grouping, [gate; up] order, TP merge or RoPE theta moves the logits by far more than 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from megatron.checkpointing.importing.megatron_ds import FORMAT, MegatronDeepSpeedSource
+from megatron.checkpointing.importing.megatron_ds_files import flat_name
+from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
+from megatron.checkpointing.metadata import CheckpointError
+from megatron.config import DistEnv, parse_args, resolve
+from megatron.model.gpt import GPTModel
+from tests.unit.checkpointing import mds_fixtures as fx
+
+pytest.importorskip("transformers")
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def llama():  # noqa: ANN201
+    return fx.tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def moments(llama) -> dict:  # noqa: ANN001
+    return fx.random_moments(fx.fork_full(llama))
+
+
+def _write(kind: str, root: str, llama, moments) -> str:  # noqa: ANN001
+    if kind == "tp1":
+        return fx.write_dense(root, llama, 1)
+    if kind == "tp2-zero":
+        return fx.write_dense(root, llama, 2, moments=moments, dp=2)
+    if kind == "pp2-tp2":
+        return fx.write_pipe(root, llama, tp=2, pp=2)
+    return fx.write_universal(root, llama, moments=moments, pipe=kind == "universal-pipe")
+
+
+def _logits_gap(source: MegatronDeepSpeedSource, llama) -> float:  # noqa: ANN001
+    model = GPTModel(source.spec).eval()
+    tensors = {name: load() for name, load in source.tensors()}
+    assert set(tensors) == {n for n, _ in model.named_parameters()}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(tensors[name])
+        tokens = torch.randint(0, fx.VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+        ours = model(tokens)[..., : fx.VOCAB]
+        theirs = llama(tokens).logits
+    assert theirs.abs().max() > 1.0  # sharp enough for the comparison to mean something
+    return (ours - theirs).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ["tp1", "tp2-zero", "pp2-tp2", "universal-pipe", "universal-dense"])
+def test_logits_equal_the_hf_model(dist_world1, llama, moments, kind, tmp_path):
+    root = _write(kind, str(tmp_path / "ckpt"), llama, moments)
+    assert detect_format(root) == FORMAT and FORMAT in SOURCE_FORMATS
+    source = SOURCE_FORMATS[FORMAT].open(root)
+    assert source.kind == {"tp1": "dense", "tp2-zero": "dense", "pp2-tp2": "pipe"}.get(kind, "universal")
+    assert _logits_gap(source, llama) < TOL
+
+
+def test_model_flags_build_the_same_model(llama, tmp_path):
+    """The flags, given to our config as a file, resolve to the checkpoint's shape and padding."""
+    source = MegatronDeepSpeedSource(fx.write_dense(str(tmp_path / "ckpt"), llama, 2))
+    flags = source.model_flags()
+    assert flags["--make-vocab-size-divisible-by"] == fx.MULTIPLE  # theirs x their TP
+    assert flags["--tokenizer-type"] == "sentencepiece" and "--tokenizer-model" not in flags
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps({k.removeprefix("--"): v for k, v in flags.items()
+                                  if k not in ("--tokenizer-type",)}))
+    argv = ["--config", str(config), "--mock-data", "--vocab-size", str(fx.VOCAB), "--train-iters", "1",
+            "--micro-batch-size", "1"]
+    spec = resolve(parse_args(argv).config, DistEnv()).model
+    for field in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads",
+                  "head_dim", "vocab_size", "position_embedding", "rotary_base", "normalization",
+                  "norm_epsilon", "swiglu", "bias", "tie_embeddings", "seq_length", "max_position_embeddings"):
+        assert getattr(spec, field) == getattr(source.spec, field), field
+    assert spec.vocab_size == fx.PADDED
+
+
+@pytest.mark.parametrize("kind", ["tp2-zero", "universal-pipe"])
+def test_adam_moments_round_trip(llama, moments, kind, tmp_path):
+    source = MegatronDeepSpeedSource(_write(kind, str(tmp_path / "ckpt"), llama, moments))
+    states = {(name, key): load() for name, key, load in source.optimizer_states()}
+    assert {k for _, k in states} == {"exp_avg", "exp_avg_sq"} and len(states) == 2 * len(source.shapes)
+    for (name, key), got in states.items():
+        want = moments[key][flat_name(name, source.spec, None)]
+        assert got.shape == want.shape, name
+        if kind == "universal-pipe" and name.endswith(("word_embeddings.weight", "output_layer.weight")):
+            assert torch.equal(got[: fx.VOCAB], want[: fx.VOCAB]) and not got[fx.VOCAB :].any(), name
+        else:
+            assert torch.equal(got, want), (name, key)
+    assert source.optimizer_step() == fx.STEP
+    skipped = MegatronDeepSpeedSource(source.path, optimizer_state=False)
+    assert list(skipped.optimizer_states()) == [] and skipped.optimizer_step() is None
