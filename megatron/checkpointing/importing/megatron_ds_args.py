@@ -179,7 +179,8 @@ def fork_tokenizer(a: ForkArgs, local: str | None) -> TokenizerSource:
                               f"local-file counterpart here (known: {sorted(TOKENIZER_TYPES)})")
     path = os.path.join(local, expected) if os.path.isdir(local) else local
     if ours == "hf" and os.path.isdir(local) and not os.path.isfile(path):
-        path = os.path.join(local, "tokenizer.model")
+        path = os.path.join(local, "tokenizer.model")  # a hub directory with only the SentencePiece file
+    if path.endswith(".model"):
         ours = "sentencepiece"
     if not os.path.isfile(path):
         raise CheckpointError(f"--tokenizer-model: {local} holds no {expected} (the {kind} the "

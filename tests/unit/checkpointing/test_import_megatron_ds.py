@@ -103,3 +103,85 @@ def test_adam_moments_round_trip(llama, moments, kind, tmp_path):
     assert source.optimizer_step() == fx.STEP
     skipped = MegatronDeepSpeedSource(source.path, optimizer_state=False)
     assert list(skipped.optimizer_states()) == [] and skipped.optimizer_step() is None
+
+
+def test_latest_files_are_honoured(llama, tmp_path):
+    root = fx.write_dense(str(tmp_path / "ckpt"), llama, 1)
+    step = os.path.join(root, f"global_step{fx.STEP}")
+    assert MegatronDeepSpeedSource(root).directory == MegatronDeepSpeedSource(step).directory == step
+    os.remove(os.path.join(root, "latest"))  # the fork's own tracker file alone
+    assert MegatronDeepSpeedSource(root).directory == step
+    with open(os.path.join(root, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("99")
+    with pytest.raises(CheckpointError, match=r"latest_checkpointed_iteration.txt names '99'.*global_step99"):
+        MegatronDeepSpeedSource(root)
+    assert detect_format(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"hidden_size": 48}, "hidden_size"), ({"num_key_value_heads": 4}, "num_key_value_heads"),
+    ({"ffn_hidden_size": 64}, "ffn_hidden_size"), ({"padded_vocab_size": 128}, "padded_vocab_size"),
+])
+def test_args_that_disagree_with_the_tensors_are_refused(llama, tmp_path, override, key):
+    """The error names the file, the tensor and both shapes, before any tensor data is read."""
+    root = fx.write_dense(str(tmp_path / "ckpt"), llama, 2, args=fx.fork_args(llama, 2, **override))
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt: .* has shape \(\d+, \d+\), but the "
+                                              rf"checkpoint's args give \(\d+, \d+\) .*{key.split('_')[0]}"):
+        MegatronDeepSpeedSource(root)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"num_experts": [4]}, "num_experts"), ({"rotary_percent": 0.5}, "rotary_percent"),
+    ({"apply_layernorm_1p": True}, "apply_layernorm_1p"), ({"normalization": "scalenorm"}, "normalization"),
+])
+def test_options_without_a_faithful_mapping_are_refused(llama, tmp_path, override, key):
+    root = fx.write_dense(str(tmp_path / "ckpt"), llama, 1, args=fx.fork_args(llama, 1, **override))
+    with pytest.raises(CheckpointError, match=rf"mp_rank_00_model_states.pt: args.{key}=.*not importable"):
+        MegatronDeepSpeedSource(root)
+
+
+def test_a_missing_layer_file_is_named(llama, tmp_path):
+    root = fx.write_pipe(str(tmp_path / "ckpt"), llama, tp=2, pp=2)
+    os.remove(os.path.join(root, f"global_step{fx.STEP}", "layer_03-model_01-model_states.pt"))
+    with pytest.raises(CheckpointError, match="layer_03-model_01-model_states.pt is missing"):
+        MegatronDeepSpeedSource(root)
+
+
+class _Payload:
+    """Unpickling this would create a file (what a malicious checkpoint would do instead)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_payload_is_refused_and_never_run(llama, tmp_path):
+    root = fx.write_dense(str(tmp_path / "ckpt"), llama, 1)
+    file = os.path.join(root, f"global_step{fx.STEP}", "mp_rank_00_model_states.pt")
+    state = torch.load(file, weights_only=False)
+    marker = str(tmp_path / "pwned")
+    state["payload"] = _Payload(marker)
+    torch.save(state, file)
+    assert not os.path.exists(marker)
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt: refused: it pickles the global "
+                                              r"(io|builtins).open.*not unpickled"):
+        MegatronDeepSpeedSource(root)
+    assert not os.path.exists(marker)
+    assert detect_format(root) == FORMAT  # detection reads no pickle
+
+
+def test_tokenizer_is_named_and_a_local_copy_is_used(llama, tmp_path):
+    root = fx.write_dense(str(tmp_path / "ckpt"), llama, 1)
+    named = MegatronDeepSpeedSource(root).tokenizer()
+    assert (named.tokenizer_type, named.files, named.name) == ("sentencepiece", (), "meta-llama/Llama-2-7b-hf")
+    local = tmp_path / "llama2"
+    with pytest.raises(CheckpointError, match=r"llama2 holds no tokenizer.model"):
+        MegatronDeepSpeedSource(root, tokenizer_model=str(local))
+    local.mkdir()
+    (local / "tokenizer.model").write_bytes(b"sp")
+    source = SOURCE_FORMATS[FORMAT].open(root, tokenizer_model=str(local))
+    assert source.tokenizer().files == (str(local / "tokenizer.model"),)
+    assert source.model_flags()["--tokenizer-model"] == str(local / "tokenizer.model")
+    assert os.path.join(root, f"global_step{fx.STEP}", "mp_rank_00_model_states.pt") in source.input_files()
