@@ -60,6 +60,8 @@ def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001
     from megatron.config.env import launch_environment
 
     where = plan.config.checkpoint.save or plan.config.logging.tensorboard_dir
+    if plan.config.train.skip_train:  # evaluation only: nothing goes into a checkpoint directory
+        where = plan.config.logging.tensorboard_dir
     if where is None:
         return
     os.makedirs(where, exist_ok=True)

@@ -78,6 +78,7 @@ ENV_SWITCH_FLAGS=(
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
     "FUSED_CE|--fused-linear-cross-entropy"
     "COMPILE|--compile"
+    "SKIP_TRAIN|--skip-train"
 )
 
 _die() {

@@ -181,3 +181,12 @@ def test_fused_ce_variables_select_the_fused_loss(repo_root, tmp_path, shakespea
     printed = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
     assert printed["sources"]["--fused-linear-cross-entropy"]["value"] is True
     assert printed["sources"]["--fused-ce-chunk-tokens"]["value"] == 1024
+
+
+def test_skip_train_variable_evaluates_only(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", SKIP_TRAIN="1",
+                 LOAD=str(tmp_path / "ckpt"), NLAYERS="2", HIDDEN="64", HEADS="4", NPROC="1")
+    assert out.returncode == 0, out.stderr
+    assert "SKIP_TRAIN=1 -> --skip-train" in out.stdout
+    printed = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
+    assert printed["plan"]["train_iters"] == 0  # no run length needed
