@@ -210,9 +210,10 @@ def write_dense(root: str, model, tp: int = 1, *, moments: dict | None = None, d
     return _finish(root, f"global_step{STEP}")
 
 
-def write_pipe(root: str, model, tp: int = 2, pp: int = 2) -> str:  # noqa: ANN001
+def write_pipe(root: str, model, tp: int = 2, pp: int = 2, *, moments: dict | None = None) -> str:  # noqa: ANN001
     """``GPTModelPipe`` checkpoint: one ``layer_JJ-model_TT-model_states.pt`` per layer and TP
-    rank, and an args-only ``mp_rank_XX_model_states.pt`` per (stage, TP rank)."""
+    rank, and an args-only ``mp_rank_XX_model_states.pt`` per (stage, TP rank); with ``moments``
+    bf16 layer files and each stage's ZeRO files (model-parallel rank ``stage * tp + t``)."""
     step_dir = os.path.join(root, f"global_step{STEP}")
     os.makedirs(step_dir)
     args = fork_args(model, tp, pp)
@@ -220,11 +221,19 @@ def write_pipe(root: str, model, tp: int = 2, pp: int = 2) -> str:  # noqa: ANN0
     full = fork_full(model)
     for t in range(tp):
         layers: dict[int, dict[str, torch.Tensor]] = {}
+        stages: list[dict[str, torch.Tensor]] = [{} for _ in range(pp)]
         for n, w in full.items():
-            index, _, key = pipe_name(n, L).partition(".")
-            layers.setdefault(int(index), {})[key] = shard(n, w, tp, t)
+            name = pipe_name(n, L)
+            index, _, key = name.partition(".")
+            local = shard(n, w, tp, t)
+            layers.setdefault(int(index), {})[key] = local.bfloat16() if moments else local
+            stages[min(pp - 1, max(0, int(index) - 2) * pp // L)][name] = local  # layers split evenly
         for j, sd in layers.items():
             torch.save(sd, os.path.join(step_dir, f"layer_{j:02d}-model_{t:02d}-model_states.pt"))
+        for stage, params in enumerate(stages if moments else []):
+            dense = {pipe_name(n, L): n for n in full}
+            local_moments = {k: {p: shard(dense[p], v[dense[p]], tp, t) for p in params} for k, v in moments.items()}
+            write_zero(step_dir, stage * tp + t, params, local_moments, 2)
     for stage in range(pp):
         for t in range(tp):
             state = {**_common(args, {}, 1), "module": None}
