@@ -172,6 +172,8 @@ def fork_tokenizer(a: ForkArgs, local: str | None) -> TokenizerSource:
     kind = a.get("tokenizer_type")
     name = a.get("tokenizer_model") or a.get("vocab_file")
     ours, expected = TOKENIZER_TYPES.get(kind, (None, ""))
+    if local is None and ours is not None and expected and name and os.path.exists(name):
+        local = name  # the run's tokenizer path exists here too
     if local is None:
         return TokenizerSource(tokenizer_type=ours, name=name)
     if ours is None or not expected:

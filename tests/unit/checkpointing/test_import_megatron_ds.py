@@ -187,3 +187,11 @@ def test_tokenizer_is_named_and_a_local_copy_is_used(llama, tmp_path):
     assert source.tokenizer().files == (str(local / "tokenizer.model"),)
     assert source.model_flags()["--tokenizer-model"] == str(local / "tokenizer.model")
     assert os.path.join(root, f"global_step{fx.STEP}", "mp_rank_00_model_states.pt") in source.input_files()
+
+
+def test_a_tokenizer_path_that_exists_here_is_used(llama, tmp_path):
+    model = tmp_path / "tokenizer.model"
+    model.write_bytes(b"sp")
+    args = fx.fork_args(llama, 1, tokenizer_model=str(model))
+    source = MegatronDeepSpeedSource(fx.write_dense(str(tmp_path / "ckpt"), llama, 1, args=args))
+    assert source.tokenizer().files == (str(model),)
