@@ -122,11 +122,17 @@ class MegatronDeepSpeedSource:
     # ---- reading ------------------------------------------------------------------------------
 
     def _open(self, path: str) -> Any:
-        if path not in self._cache:
-            if not os.path.isfile(path):
-                raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
-            self._cache[path] = load_pt(path)
-        return self._cache[path]
+        """The loaded (memory-mapped) file. Files that hold many parameters (``mp_rank_XX``, the
+        optimizer's) stay open; a layer's or a universal parameter's file is opened per use, so
+        its pages can go once its tensors are written."""
+        if path in self._cache:
+            return self._cache[path]
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
+        loaded = load_pt(path)
+        if not os.path.basename(path).startswith(("layer_", "fp32.pt", "exp_avg")):
+            self._cache[path] = loaded
+        return loaded
 
     def _get(self, piece: files.Piece) -> Any:
         node = self._open(piece.file)
