@@ -90,28 +90,57 @@ def fork_full(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return {k: v.clone().float() for k, v in out.items()}
 
 
-def shard(name: str, full: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
-    """TP rank ``rank``'s slice, as the fork's parallel linears hold it."""
-    if tp == 1 or "layernorm" in name:
+def shard(name: str, full: torch.Tensor, tp: int, rank: int, swiglu: bool = True) -> torch.Tensor:
+    """TP rank ``rank``'s slice, as the fork's parallel layers hold it."""
+    if tp == 1 or "layernorm" in name or "position_embeddings" in name:
         return full
+    if name.endswith(("self_attention.dense.bias", "dense_4h_to_h.bias")):
+        return full  # RowParallelLinear adds its bias after the all-reduce: every rank has it all
     if name.endswith(("self_attention.dense.weight", "dense_4h_to_h.weight")):
         return full.chunk(tp, dim=1)[rank].clone()  # RowParallelLinear
-    if name.endswith("dense_h_to_4h.weight"):  # swiglu: each rank's output chunk(2) is [gate_r; up_r]
+    if swiglu and "dense_h_to_4h" in name:  # each rank's output chunk(2) is [gate_r; up_r]
         gate, up = full.chunk(2)
         return torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]])
     return full.chunk(tp, dim=0)[rank].clone()  # ColumnParallelLinear / VocabParallelEmbedding
 
 
-def pipe_name(name: str, num_layers: int) -> str:
-    """``GPTModelPipe``'s name of a ``GPTModel`` parameter (untied head)."""
+def pipe_name(name: str, num_layers: int, tied: bool = False) -> str:
+    """``GPTModelPipe``'s name of a ``GPTModel`` parameter (a tied embedding is a tied module)."""
     if name.startswith("language_model.embedding."):
-        return "1." + name[len("language_model.embedding."):]
+        return ("tied_modules.embed." if tied else "1.") + name[len("language_model.embedding."):]
     if name.startswith("language_model.encoder.layers."):
         i, _, rest = name[len("language_model.encoder.layers."):].partition(".")
         return f"{2 + int(i)}.{rest}"
     if name.startswith("language_model.encoder.final_layernorm."):
         return f"{num_layers + 2}.{name.rsplit('.', 1)[1]}"
     return f"{num_layers + 3}.lm_head.weight"
+
+
+def ours_full(model) -> dict[str, torch.Tensor]:  # noqa: ANN001  (our GPTModel at TP=1)
+    """Our GPT's parameters under the fork's ``GPTModel`` names (the layouts are the same)."""
+    out = {}
+    for name, p in model.named_parameters():
+        head, _, rest = name.partition(".")
+        fork = {"embedding": f"language_model.embedding.{rest}", "layers": f"language_model.encoder.layers.{rest}",
+                "final_norm": f"language_model.encoder.{rest}", "output": "language_model.output_layer.weight"}[head]
+        out[fork] = p.detach().clone()
+    return out
+
+
+def ours_args(spec, tp: int, pp: int) -> argparse.Namespace:  # noqa: ANN001  (a GPTSpec)
+    """The fork's ``args`` for our model ``spec`` (vocabulary already padded)."""
+    return argparse.Namespace(
+        num_layers=spec.num_layers, hidden_size=spec.hidden_size, ffn_hidden_size=spec.ffn_hidden_size,
+        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+        kv_channels=spec.head_dim, max_position_embeddings=spec.max_position_embeddings,
+        seq_length=spec.seq_length, padded_vocab_size=spec.vocab_size, make_vocab_size_divisible_by=MULTIPLE // tp,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        use_rotary_position_embeddings=spec.position_embedding == "rope",
+        add_position_embedding=spec.position_embedding == "learned", rope_theta=int(spec.rotary_base),
+        normalization=spec.normalization, layernorm_epsilon=spec.norm_epsilon, swiglu=spec.swiglu,
+        add_bias_linear=spec.bias, untie_embeddings_and_output_weights=not spec.tie_embeddings,
+        tokenizer_type="GPT2BPETokenizer", vocab_file="gpt2-vocab.json", params_dtype=torch.float32,
+    )
 
 
 def _common(args: argparse.Namespace, shapes: dict[str, torch.Size], dp: int) -> dict:
@@ -192,47 +221,53 @@ def _finish(root: str, tag: str) -> str:
 
 
 def write_dense(root: str, model, tp: int = 1, *, moments: dict | None = None, dp: int = 2,  # noqa: ANN001
-                args: argparse.Namespace | None = None) -> str:
+                args: argparse.Namespace | None = None, full: dict | None = None) -> str:
     """``GPTModel`` checkpoint: ``global_step7/mp_rank_XX_model_states.pt`` (+ ZeRO files with
     ``moments``, the module weights then rounded to bf16 as a bf16 run keeps them)."""
     step_dir = os.path.join(root, f"global_step{STEP}")
     os.makedirs(step_dir)
     args = args or fork_args(model, tp)
-    full = fork_full(model)
+    full = full if full is not None else fork_full(model)
     for t in range(tp):
-        local = {n: shard(n, w, tp, t) for n, w in full.items()}
+        local = {n: shard(n, w, tp, t, args.swiglu) for n, w in full.items()}
         module = {n: (w.bfloat16() if moments else w) for n, w in local.items()}
         state = {"module": _nest(module), **_common(args, {n: w.shape for n, w in local.items()}, dp)}
         torch.save(state, os.path.join(step_dir, f"mp_rank_{t:02d}_model_states.pt"))
         if moments:
-            local_moments = {k: {n: shard(n, m, tp, t) for n, m in v.items()} for k, v in moments.items()}
+            local_moments = {k: {n: shard(n, m, tp, t, args.swiglu) for n, m in v.items()} for k, v in moments.items()}
             write_zero(step_dir, t, local, local_moments, dp)
     return _finish(root, f"global_step{STEP}")
 
 
-def write_pipe(root: str, model, tp: int = 2, pp: int = 2, *, moments: dict | None = None) -> str:  # noqa: ANN001
+def write_pipe(root: str, model, tp: int = 2, pp: int = 2, *, moments: dict | None = None,  # noqa: ANN001
+               args: argparse.Namespace | None = None, full: dict | None = None) -> str:
     """``GPTModelPipe`` checkpoint: one ``layer_JJ-model_TT-model_states.pt`` per layer and TP
     rank, and an args-only ``mp_rank_XX_model_states.pt`` per (stage, TP rank); with ``moments``
     bf16 layer files and each stage's ZeRO files (model-parallel rank ``stage * tp + t``)."""
     step_dir = os.path.join(root, f"global_step{STEP}")
     os.makedirs(step_dir)
-    args = fork_args(model, tp, pp)
-    L = args.num_layers
-    full = fork_full(model)
+    args = args or fork_args(model, tp, pp)
+    L, tied = args.num_layers, not args.untie_embeddings_and_output_weights
+    full = full if full is not None else fork_full(model)
     for t in range(tp):
         layers: dict[int, dict[str, torch.Tensor]] = {}
         stages: list[dict[str, torch.Tensor]] = [{} for _ in range(pp)]
         for n, w in full.items():
-            name = pipe_name(n, L)
-            index, _, key = name.partition(".")
-            local = shard(n, w, tp, t)
+            name = pipe_name(n, L, tied)
+            if name.startswith("tied_modules.embed."):  # EmbeddingPipe at layer 1 and again for the head
+                key, index = name[len("tied_modules.embed."):], "1"
+                layers.setdefault(L + 3, {})[key] = shard(n, w, tp, t, args.swiglu)
+            else:
+                index, _, key = name.partition(".")
+            local = shard(n, w, tp, t, args.swiglu)
             layers.setdefault(int(index), {})[key] = local.bfloat16() if moments else local
             stages[min(pp - 1, max(0, int(index) - 2) * pp // L)][name] = local  # layers split evenly
         for j, sd in layers.items():
             torch.save(sd, os.path.join(step_dir, f"layer_{j:02d}-model_{t:02d}-model_states.pt"))
         for stage, params in enumerate(stages if moments else []):
-            dense = {pipe_name(n, L): n for n in full}
-            local_moments = {k: {p: shard(dense[p], v[dense[p]], tp, t) for p in params} for k, v in moments.items()}
+            dense = {pipe_name(n, L, tied): n for n in full}
+            local_moments = {k: {p: shard(dense[p], v[dense[p]], tp, t, args.swiglu) for p in params}
+                             for k, v in moments.items()}
             write_zero(step_dir, stage * tp + t, params, local_moments, 2)
     for stage in range(pp):
         for t in range(tp):
@@ -241,17 +276,20 @@ def write_pipe(root: str, model, tp: int = 2, pp: int = 2, *, moments: dict | No
     return _finish(root, f"global_step{STEP}")
 
 
-def write_universal(root: str, model, *, moments: dict, pipe: bool = True) -> str:  # noqa: ANN001
+def write_universal(root: str, model, *, moments: dict | None = None, pipe: bool = True,  # noqa: ANN001
+                    args: argparse.Namespace | None = None, full: dict | None = None) -> str:
     """DeepSpeed universal checkpoint ``global_step7_universal/zero/<name>/{fp32,exp_avg,exp_avg_sq,step}.pt``
     (vocabulary tensors stripped of their padding, as ``ds_to_universal`` does), ``latest_universal``."""
     step_dir = os.path.join(root, f"global_step{STEP}_universal")
-    args = fork_args(model, 2, 2 if pipe else 1)
-    full = fork_full(model)
+    args = args or fork_args(model, 2, 2 if pipe else 1)
+    full = full if full is not None else fork_full(model)
+    tied = not args.untie_embeddings_and_output_weights
     for n, w in full.items():
-        name = pipe_name(n, args.num_layers) if pipe else n
+        name = pipe_name(n, args.num_layers, tied) if pipe else n
         os.makedirs(os.path.join(step_dir, "zero", name))
         vocab = "word_embeddings" in n or "output_layer" in n
-        for key, value in (("fp32", w), ("exp_avg", moments["exp_avg"][n]), ("exp_avg_sq", moments["exp_avg_sq"][n])):
+        states = [("fp32", w)] + [(k, moments[k][n]) for k in ("exp_avg", "exp_avg_sq") if moments]
+        for key, value in states:
             record = {"param": value[:VOCAB].clone() if vocab else value, "cat_dim": 0}
             if vocab:
                 record["vocab_tensor"] = True

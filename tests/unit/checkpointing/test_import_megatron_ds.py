@@ -20,6 +20,7 @@ from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_forma
 from megatron.checkpointing.metadata import CheckpointError
 from megatron.config import DistEnv, parse_args, resolve
 from megatron.model.gpt import GPTModel
+from megatron.model.spec import GPTSpec
 from tests.unit.checkpointing import mds_fixtures as fx
 
 pytest.importorskip("transformers")
@@ -195,3 +196,41 @@ def test_a_tokenizer_path_that_exists_here_is_used(llama, tmp_path):
     args = fx.fork_args(llama, 1, tokenizer_model=str(model))
     source = MegatronDeepSpeedSource(fx.write_dense(str(tmp_path / "ckpt"), llama, 1, args=args))
     assert source.tokenizer().files == (str(model),)
+
+
+GELU_SPEC = GPTSpec(  # LayerNorm, GeLU, biases, learned positions, tied embeddings, MHA
+    num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+    head_dim=8, vocab_size=fx.PADDED, original_vocab_size=fx.PADDED, seq_length=16, max_position_embeddings=32,
+    position_embedding="learned", normalization="layernorm", norm_epsilon=1e-5, swiglu=False, bias=True,
+    tie_embeddings=True,
+)
+
+
+@pytest.mark.parametrize("kind", ["dense-tp2", "pipe-tp2-pp2", "universal-pipe"])
+def test_layernorm_gelu_biased_tied_model_reads_back_exactly(dist_world1, kind, tmp_path):
+    """Our own GPT written in the fork's layouts reads back bit for bit: biases (row-parallel
+    ones replicated), learned positions, LayerNorm and a tied embedding (``tied_modules``)."""
+    torch.manual_seed(4)
+    model = GPTModel(GELU_SPEC)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    full = fx.ours_full(model)
+    tp, pp = 2, 2 if kind.startswith(("pipe", "universal")) else 1
+    args = fx.ours_args(GELU_SPEC, tp, pp)
+    root = str(tmp_path / "ckpt")
+    if kind == "dense-tp2":
+        fx.write_dense(root, None, tp, args=args, full=full)
+    elif kind == "pipe-tp2-pp2":
+        fx.write_pipe(root, None, tp, pp, args=args, full=full)
+    else:
+        fx.write_universal(root, None, args=args, full=full)
+    source = MegatronDeepSpeedSource(root)
+    assert source.spec == GELU_SPEC
+    assert source.tokenizer().name == "gpt2-vocab.json" and source.tokenizer().tokenizer_type is None
+    ours = dict(model.named_parameters())
+    rows = fx.VOCAB if kind.startswith("universal") else fx.PADDED  # DeepSpeed strips the padding
+    for name, load in source.tensors():
+        got = load()
+        assert torch.equal(got[:rows], ours[name][:rows]), name
+        assert got.shape == ours[name].shape
