@@ -1,7 +1,8 @@
 """Load another framework's ``.pt`` files without running its code.
 
-Megatron-DeepSpeed pickles more than tensors: the run's ``argparse.Namespace``, NumPy's random
-state, and DeepSpeed's ``fragment_address`` / loss-scaler records in its optimizer files.
+Megatron-DeepSpeed pickles more than tensors: the run's ``argparse.Namespace`` (whose values may
+include paths), NumPy's random state, and DeepSpeed's ``fragment_address`` / loss-scaler records
+in its optimizer files.
 ``torch.load(weights_only=True)`` refuses every global outside an allow-list; ours adds exactly
 those records. DeepSpeed's classes are replaced by inert stand-ins registered under their pickled
 names, so nothing of DeepSpeed (or anything else) is imported or executed while unpickling.
@@ -11,7 +12,9 @@ Any other global is refused with a one-line error naming the file and the global
 from __future__ import annotations
 
 import argparse
+import pathlib
 import re
+import types
 from typing import Any
 
 from megatron.checkpointing.metadata import CheckpointError
@@ -54,6 +57,10 @@ def _allowed() -> list[Any]:
     reconstruct = core.multiarray._reconstruct
     allowed: list[Any] = [
         argparse.Namespace,
+        types.SimpleNamespace,
+        # Paths in the args (a path object is inert data), under both pickled module names.
+        (pathlib.PosixPath, "pathlib.PosixPath"),
+        (pathlib.PosixPath, "pathlib._local.PosixPath"),
         # NumPy's random state (``np.random.get_state()`` in the run's RNG state).
         reconstruct,
         (reconstruct, "numpy.core.multiarray._reconstruct"),
