@@ -19,6 +19,7 @@ from megatron.checkpointing.importing.megatron_ds_files import flat_name
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
 from megatron.checkpointing.metadata import CheckpointError
 from megatron.config import DistEnv, parse_args, resolve
+from tests.helpers import run_distributed, tiny_plan
 from megatron.model.gpt import GPTModel
 from megatron.model.spec import GPTSpec
 from tests.unit.checkpointing import mds_fixtures as fx
@@ -234,3 +235,32 @@ def test_layernorm_gelu_biased_tied_model_reads_back_exactly(dist_world1, kind, 
         got = load()
         assert torch.equal(got[:rows], ours[name][:rows]), name
         assert got.shape == ours[name].shape
+
+
+def _train_zero1_bf16_dp2(env: DistEnv, save: str) -> None:
+    from megatron.trainer.loop import train
+
+    train(tiny_plan("--zero-stage", "1", "--bf16", "--train-iters", "2", "--save", save, env=env), env)
+
+
+@pytest.mark.slow  # two processes train for ~20 s
+def test_zero_partitions_read_real_deepspeed_files(tmp_path):
+    """``ZeroPartitions`` against DeepSpeed's own bf16 ZeRO-1 files at DP=2 (written by our
+    trainer, which uses the same engine), checked with our checkpoint reader."""
+    from megatron.checkpointing.importing.megatron_ds_files import find_optimizer_files
+    from megatron.checkpointing.importing.megatron_ds_optim import ZeroPartitions
+    from megatron.checkpointing.importing.safe_pickle import load_pt
+    from megatron.checkpointing.reader import SavedCheckpoint
+
+    save = str(tmp_path / "ckpt")
+    run_distributed(_train_zero1_bf16_dp2, save)
+    step = os.path.join(save, "global_step2")
+    ours = SavedCheckpoint(step)
+    assert ours.dp == 2
+    zero = ZeroPartitions(find_optimizer_files(step), load_pt)
+    assert zero.step() == 2
+    for name, slots in ours.slots.items():
+        slot = slots[0]
+        assert zero.keys(slot.name) == ["exp_avg", "exp_avg_sq"]
+        for key in ("fp32", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(zero.local(slot.name, [0], key, slot.shape), ours.full(name, key)), (name, key)
