@@ -19,9 +19,9 @@ from megatron.checkpointing.importing.megatron_ds_files import flat_name
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
 from megatron.checkpointing.metadata import CheckpointError
 from megatron.config import DistEnv, parse_args, resolve
-from tests.helpers import run_distributed, tiny_plan
 from megatron.model.gpt import GPTModel
 from megatron.model.spec import GPTSpec
+from tests.helpers import run_distributed, tiny_plan
 from tests.unit.checkpointing import mds_fixtures as fx
 
 pytest.importorskip("transformers")
