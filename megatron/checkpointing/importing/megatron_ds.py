@@ -94,6 +94,11 @@ class MegatronDeepSpeedSource:
         self.zero = ZeroPartitions(zero, self._open) if zero and optimizer_state else None
         self.optimizer_state = optimizer_state
         self._check_shapes()
+        log.info("%s: Megatron-DeepSpeed %s checkpoint of iteration %s (TP=%d PP=%d), %s", self.directory,
+                 self.kind, self.iteration, self.tp, self.pp, "with ZeRO optimizer files" if zero else "")
+        if not self._tokenizer.files:
+            log.warning("its tokenizer is only named (args.tokenizer_model=%r, type %r): give the local copy "
+                        "with --tokenizer-model PATH", self._tokenizer.name, self.args.get("tokenizer_type"))
 
     # ---- layout -------------------------------------------------------------------------------
 
