@@ -264,3 +264,22 @@ def test_zero_partitions_read_real_deepspeed_files(tmp_path):
         assert zero.keys(slot.name) == ["exp_avg", "exp_avg_sq"]
         for key in ("fp32", "exp_avg", "exp_avg_sq"):
             assert torch.equal(zero.local(slot.name, [0], key, slot.shape), ours.full(name, key)), (name, key)
+
+
+def test_their_universal_checkpoint_given_to_the_trainer_points_at_the_import(llama, moments, tmp_path):
+    """``--universal-checkpoint --load`` on the fork's own universal directory: no unsafe
+    unpickling, and the error says how to import it."""
+    from megatron.checkpointing.universal import UniversalCheckpoint
+
+    root = fx.write_universal(str(tmp_path / "ckpt"), llama, moments=moments)
+    step = os.path.join(root, f"global_step{fx.STEP}_universal")
+    with pytest.raises(CheckpointError, match=r"Megatron-DeepSpeed checkpoint: import it with python "
+                                              r"tools/import_checkpoint.py .* --format megatron-deepspeed"):
+        UniversalCheckpoint(step)
+    file = os.path.join(step, "mp_rank_00_model_states.pt")
+    state = torch.load(file, weights_only=False)
+    marker = str(tmp_path / "pwned")
+    torch.save({**state, "payload": _Payload(marker)}, file)
+    with pytest.raises(CheckpointError, match="refused"):
+        UniversalCheckpoint(step)
+    assert not os.path.exists(marker)
