@@ -164,6 +164,13 @@ class MegatronDeepSpeedSource:
                         f"ffn_hidden_size={self.spec.ffn_hidden_size}, heads={self.spec.num_attention_heads}/"
                         f"{self.spec.num_key_value_heads}, kv_channels={self.spec.head_dim}, "
                         f"padded_vocab_size={self.spec.vocab_size}, TP={len(pieces)}); not importable")
+        every = [piece for pieces in self.pieces.values() for piece in pieces]
+        loaded = {p.file: self._open(p.file) for p in every} if self.kind != "universal" else {}
+        extra = files.unexpected_tensor(every, loaded, self.directory, self.kind)
+        if extra is not None:
+            raise CheckpointError(f"{extra[0]}: {extra[1]} is a tensor the checkpoint's args do not describe "
+                                  f"(add_bias_linear={self.spec.bias}, normalization={self.spec.normalization}, "
+                                  f"untie_embeddings_and_output_weights={not self.spec.tie_embeddings}); not importable")
 
     def _stripped_vocab(self, name: str, piece: files.Piece, got: tuple, want: tuple) -> bool:
         """A universal vocabulary tensor DeepSpeed stripped of its padded rows."""

@@ -194,3 +194,42 @@ def find_optimizer_files(directory: str) -> dict[int, list[str]]:
         if match:
             found.setdefault(int(match.group(2)), {})[int(match.group(1))] = path
     return {mp: [ranks[d] for d in sorted(ranks)] for mp, ranks in sorted(found.items())}
+
+
+IGNORED_KEYS = ("_extra_state", "inv_freq")  # Transformer Engine state, RoPE caches: not parameters
+
+
+def stored_keys(node: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths of every tensor in a (nested) state dict."""
+    if not isinstance(node, dict):
+        return [prefix] if hasattr(node, "shape") else []
+    found = []
+    for key, value in node.items():
+        if not str(key).endswith(IGNORED_KEYS):
+            found += stored_keys(value, (*prefix, str(key)))
+    return found
+
+
+def unexpected_tensor(pieces: list[Piece], loaded: dict[str, object], directory: str,
+                      kind: str) -> tuple[str, str] | None:
+    """The first stored tensor (file, key) that no parameter of the model maps to, or None.
+
+    ``loaded``: each model/layer file of ``pieces`` loaded (universal: unused). A parameter the
+    args do not describe (a bias, a second norm) would otherwise be dropped silently.
+    """
+    if kind == "universal":
+        names = {piece.file.split(os.sep)[-2] for piece in pieces}
+        extra = sorted(n for n in _listdir(os.path.join(directory, "zero"))
+                       if os.path.isdir(os.path.join(directory, "zero", n)) and n not in names)
+        return (os.path.join(directory, "zero", extra[0]), "fp32.pt") if extra else None
+    wanted: dict[str, set[tuple[str, ...]]] = {}
+    for piece in pieces:
+        wanted.setdefault(piece.file, set()).add(piece.keys)
+    for file, keys in sorted(wanted.items()):
+        state = loaded[file]
+        root = ("module",) if kind == "dense" else ()
+        node = state.get("module") if kind == "dense" and isinstance(state, dict) else state
+        for path in stored_keys(node, root):
+            if path not in keys:
+                return file, "/".join(path)
+    return None

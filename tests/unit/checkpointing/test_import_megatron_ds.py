@@ -283,3 +283,24 @@ def test_their_universal_checkpoint_given_to_the_trainer_points_at_the_import(ll
     with pytest.raises(CheckpointError, match="refused"):
         UniversalCheckpoint(step)
     assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("kind", ["tp1", "pp2-tp2"])
+def test_a_tensor_the_args_do_not_describe_is_refused(llama, moments, kind, tmp_path):
+    """A QKV bias the args do not mention would be dropped silently: refused, naming it."""
+    root = _write(kind, str(tmp_path / "ckpt"), llama, moments)
+    step = os.path.join(root, f"global_step{fx.STEP}")
+    if kind == "tp1":
+        file = os.path.join(step, "mp_rank_00_model_states.pt")
+        state = torch.load(file, weights_only=False)
+        state["module"]["language_model"]["encoder"]["layers.1.self_attention.query_key_value.bias"] = torch.zeros(64)
+        key = "module/language_model/encoder/layers.1.self_attention.query_key_value.bias"
+    else:
+        file = os.path.join(step, "layer_03-model_01-model_states.pt")
+        state = torch.load(file, weights_only=False)
+        state["self_attention.query_key_value.bias"] = torch.zeros(32)
+        key = "self_attention.query_key_value.bias"
+    torch.save(state, file)
+    with pytest.raises(CheckpointError, match=rf"{os.path.basename(file)}: {key} is a tensor the checkpoint's "
+                                              r"args do not describe \(add_bias_linear=False"):
+        MegatronDeepSpeedSource(root)
