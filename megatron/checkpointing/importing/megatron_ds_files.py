@@ -55,7 +55,8 @@ def resolve_step_dir(path: str) -> str:
             continue
         with open(file) as f:
             tag = f.read().strip()
-        candidates = [f"global_step{tag}", f"global_step{tag}_universal"] if tag.isdigit() else [tag]
+        step = f"global_step{tag}" if tag.isdigit() else tag
+        candidates = [step] if step.endswith("_universal") else [step, f"{step}_universal"]
         for name in candidates:
             if is_step_dir(os.path.join(path, name)):
                 return os.path.join(path, name)
