@@ -63,7 +63,8 @@ def write_run_result(plan, result, seconds: float) -> None:  # noqa: ANN001
     """``run_result.json`` (megatron/trainer/run_result.py) beside the run record."""
     from megatron.trainer import run_result
 
-    where = run_result.result_dir(plan.config.checkpoint.save, plan.config.logging.tensorboard_dir)
+    save = None if plan.config.train.skip_train else plan.config.checkpoint.save  # never into a checkpoint
+    where = run_result.result_dir(save, plan.config.logging.tensorboard_dir)
     if where is None or plan.config.schedule.lr_finder:
         return
     record = run_result.build_result(
@@ -83,6 +84,8 @@ def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001
     from megatron.config.env import launch_environment
 
     where = plan.config.checkpoint.save or plan.config.logging.tensorboard_dir
+    if plan.config.train.skip_train:  # evaluation only: nothing goes into a checkpoint directory
+        where = plan.config.logging.tensorboard_dir
     if where is None:
         return
     os.makedirs(where, exist_ok=True)

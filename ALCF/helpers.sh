@@ -91,6 +91,7 @@ ENV_SWITCH_FLAGS=(
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
     "FUSED_CE|--fused-linear-cross-entropy"
     "COMPILE|--compile"
+    "SKIP_TRAIN|--skip-train"
     "OVERRIDE_CKPT_OPT_PARAM|--override-opt-param-scheduler"
 )
 # VARIABLE|reason  (the argonne fork's variables with no counterpart: an error when set).

@@ -37,6 +37,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="dtype of the stored weights (default float32, what training loads)")
     p.add_argument("--workers", type=int, default=1, help="tensors read and written in parallel (default 1)")
+    p.add_argument("--tokenizer-model", default=None,
+                   help="megatron-deepspeed: a local copy of the tokenizer the checkpoint's args name "
+                   "(a file, or a directory holding tokenizer.model / tokenizer.json); it is bundled")
+    p.add_argument("--no-optimizer-state", action="store_true",
+                   help="megatron-deepspeed: import the weights only, not Adam's moments")
     return p.parse_args(argv)
 
 
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"--output: {args.output} exists; remove it or choose another directory")
         if args.workers < 1:
             raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
-        source = open_source(args.input, args.format)
+        options = {"tokenizer_model": args.tokenizer_model,
+                   "optimizer_state": False if args.no_optimizer_state else None}
+        source = open_source(args.input, args.format, **options)
         report = import_checkpoint(source, args.output, dtype=args.dtype, workers=args.workers,
                                    progress=ProgressBar())
     except (CheckpointError, ConfigError) as e:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from megatron.checkpointing.importing.safe_pickle import load_pt
 from megatron.checkpointing.layout import canonical_name, full_shapes, split, tp_layout
 from megatron.checkpointing.metadata import LATEST_UNIVERSAL_FILE, METADATA_FILE, CheckpointError
 from megatron.checkpointing.reader import CLIENT_KEY, WEIGHT, load_file
@@ -85,14 +86,20 @@ class UniversalCheckpoint:
         if os.path.isfile(path):
             with open(path) as f:
                 return json.load(f)
-        # DeepSpeed's ds_to_universal copies the model-state files, which carry it.
+        # DeepSpeed's ds_to_universal copies the model-state files, which carry it. They may be
+        # another framework's: read them without unpickling anything but plain data.
+        foreign = False
         for name in sorted(os.listdir(self.directory)):
             if name.endswith("model_states.pt") and not name.startswith("layer_"):
-                info = load_file(os.path.join(self.directory, name)).get(CLIENT_KEY)
-                if info is not None:
-                    return info["run_metadata"]
+                state = load_pt(os.path.join(self.directory, name))
+                if state.get(CLIENT_KEY) is not None:
+                    return state[CLIENT_KEY]["run_metadata"]
+                foreign = foreign or "args" in state
+        hint = (f"; it is a Megatron-DeepSpeed checkpoint: import it with python tools/import_checkpoint.py "
+                f"--input {self.directory} --output SAVE --format megatron-deepspeed" if foreign else
+                "; it was not converted from our checkpoint")
         raise CheckpointError(f"--universal-checkpoint: {self.directory} has neither {METADATA_FILE} "
-                              "nor a model-state file of ours; it was not converted from our checkpoint")
+                              f"nor a model-state file of ours{hint}")
 
     def state_keys(self, name: str) -> list[str]:
         """State files of parameter ``name`` (``fp32`` first)."""

@@ -25,7 +25,7 @@ class LoggingConfig:
     log_batch_size_to_tensorboard: bool = False
     """Log the global batch size (samples per step) every log interval (train/batch_size)."""
     event_log: str | None = "auto"
-    """Append the run's structured events (start, every step's loss/LR/throughput, evaluations, saves, end) to this JSONL file, read by the continual runner and tools; auto: <save>/events.jsonl (off without --save); none: off."""
+    """Append the run's structured events (start, every step's loss/LR/throughput, evaluations, saves, end) to this JSONL file, read by the continual runner and tools; auto: <save>/events.jsonl (off without --save; beside the TensorBoard files with --skip-train); none: off."""
     wandb_project: str | None = None
     """Also log every TensorBoard scalar and the resolved config to this Weights & Biases project (needs the wandb package; WANDB_MODE=offline works without network)."""
     wandb_exp_name: str | None = None

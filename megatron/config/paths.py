@@ -28,12 +28,16 @@ EVENTS_FILE = "events.jsonl"  # megatron.trainer.events reads and writes it
 def resolve_auto_paths(plan: RunPlan) -> RunPlan:
     """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` ->
     ``outputs/<run name>/tensorboard``, ``--event-log auto`` -> ``<save>/events.jsonl`` (None
-    without a save directory; ``none`` -> None)."""
+    without a save directory; with ``--skip-train`` beside TensorBoard's files; ``none`` -> None)."""
     ckpt, logs = plan.config.checkpoint, plan.config.logging
     name = run_name(plan) if AUTO in (ckpt.save, logs.tensorboard_dir) else None
     save = os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
+    tensorboard_dir = (os.path.join("outputs", name, "tensorboard") if logs.tensorboard_dir == AUTO
+                       else logs.tensorboard_dir)
     if logs.event_log == AUTO:
-        event_log = None if save is None else os.path.join(save, EVENTS_FILE)
+        # --skip-train writes nothing into a checkpoint directory: its events go beside TensorBoard's.
+        where = tensorboard_dir if plan.config.train.skip_train else save
+        event_log = None if where is None else os.path.join(where, EVENTS_FILE)
     else:
         event_log = None if logs.event_log in (None, "none") else logs.event_log
     config = dataclasses.replace(
@@ -41,8 +45,7 @@ def resolve_auto_paths(plan: RunPlan) -> RunPlan:
         checkpoint=dataclasses.replace(ckpt, save=save),
         logging=dataclasses.replace(
             logs,
-            tensorboard_dir=os.path.join("outputs", name, "tensorboard")
-            if logs.tensorboard_dir == AUTO else logs.tensorboard_dir,
+            tensorboard_dir=tensorboard_dir,
             event_log=event_log,
         ),
     )

@@ -174,6 +174,8 @@ def _train_iters(cfg: Config, global_batch: int, tokens_per_step: int, subset: i
         candidates["--train-samples"] = math.ceil(t.train_samples / global_batch)
     if t.train_tokens is not None:
         candidates["--train-tokens"] = math.ceil(t.train_tokens / tokens_per_step)
+    if not candidates and t.skip_train:
+        return 0  # evaluation only: no run length needed
     if not candidates:
         raise ConfigError(
             "--train-iters: the run length is missing; give --train-iters, --train-samples or "
@@ -304,6 +306,8 @@ def build_model_spec(
 
 
 def _check_paths(cfg: Config) -> None:
+    if cfg.train.skip_train and cfg.checkpoint.load is None:
+        raise ConfigError("--skip-train: needs --load, the checkpoint to evaluate (LOAD for train_alcf.sh)")
     if cfg.parallel.deepspeed_config and not os.path.isfile(cfg.parallel.deepspeed_config):
         raise ConfigError(f"--deepspeed-config: no such file {cfg.parallel.deepspeed_config}")
     if not cfg.data.mock_data and cfg.data.data_file_list is None:

@@ -44,6 +44,8 @@ class TrainConfig:
     """Save and exit after this many minutes of training (e.g. before a job's walltime)."""
     kill_switch_file: str | None = None
     """Save and exit as soon as this file exists."""
+    skip_train: bool = False
+    """Evaluate only: load --load's weights, report the validation and test loss on the given data lists and exit; nothing is trained or saved."""
     compile: bool = False
     """Compile each transformer layer with torch.compile (regional: DeepSpeed, TP and PP stay eager around the layers); the compiling step's time is logged apart from tokens/s."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

@@ -30,6 +30,7 @@ from megatron.checkpointing.universal import (
 )
 from megatron.config.deepspeed import deepspeed_agreements
 from megatron.config.env import DistEnv
+from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
 from megatron.continual.regularizers import attach_regularizers
 from megatron.data.builder import DataStreams, Split, build_streams
@@ -144,6 +145,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train until the plan's last iteration or a stop signal; evaluate and save."""
+        if self.cfg.train.skip_train:
+            return self.evaluate_only()
         stop_reason = None
         try:  # a refused checkpoint must also restore the SIGTERM handler (finally below)
             state = restore(self)
@@ -191,6 +194,21 @@ class Trainer:
             first_lrs=[scheduler.fn(s) * scheduler.lr for s in range(state.iteration, state.iteration + 3)],
             schedule_fingerprint=scheduler.fingerprint, plan=self.plan.summary(),
             world_size=self.plan.world_size)
+
+    def evaluate_only(self) -> TrainResult:
+        """``--skip-train``: the loaded weights' validation and test loss; nothing is saved."""
+        try:
+            state = restore(self)
+            if self.streams.valid is None and self.streams.test is None:
+                raise ConfigError("--skip-train: the data lists give no validation or test data; "
+                                  "set --split (e.g. 98,1,1) or the validation/test data lists")
+            self.evaluate(state, "valid")
+            self.test_loss = self.evaluate(state, "test")
+        finally:
+            self.reporter.close()
+            self.stop.close()
+        return TrainResult(iteration=state.iteration, train_loss=float("nan"), valid_loss=self.valid_loss,
+                           test_loss=self.test_loss, losses=(), stop_reason="--skip-train")
 
     def _due(self, iteration: int, interval: int | None) -> bool:
         return bool(interval) and iteration % interval == 0 and iteration < self.plan.train_iters

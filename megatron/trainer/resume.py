@@ -81,12 +81,15 @@ def restore(trainer: Any) -> TrainState:
             trainer.engine.engine,
             ckpt.load,
             tag,
-            weights_only=ckpt.finetune,
+            weights_only=ckpt.finetune or trainer.cfg.train.skip_train,
             load_optimizer=not ckpt.no_load_optim,
         )
     # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
     scheduler = trainer.engine.scheduler
     scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
+    if trainer.cfg.train.skip_train:  # weights only; the schedule and data position are unused
+        log.info("--skip-train: evaluating the weights of %s (iteration %s)", where, metadata.get("iteration"))
+        return TrainState(iteration=int(metadata.get("iteration") or 0))
     if trainer.regularizers is not None:
         trainer.regularizers.on_restore(where, metadata, stage_start(ckpt))
     if ckpt.finetune:
@@ -123,7 +126,7 @@ def _restore_universal(trainer: Any) -> tuple[dict, dict, str]:
              "ZeRO-%d; RNG states start from the seed (the rank layout changed)", uc.directory,
              source.get("tp"), source.get("pp"), source.get("dp"), source.get("zero_stage"),
              trainer.plan.tp, trainer.plan.pp, trainer.plan.dp, trainer.cfg.parallel.zero_stage)
-    if not (ckpt.finetune or ckpt.no_load_optim):
+    if not (ckpt.finetune or ckpt.no_load_optim or trainer.cfg.train.skip_train):
         trainer.engine.eval_mode()  # the saved weights are the eval-mode ones (schedule-free x)
         load_optimizer_states(trainer.engine, uc, trainer.engine.optimizer_spec.group_state_keys)
         trainer.engine.train_mode()

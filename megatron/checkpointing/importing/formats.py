@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import megatron.checkpointing.importing.hf  # noqa: F401  (format "hf")
+import megatron.checkpointing.importing.megatron_ds  # noqa: F401  (format "megatron-deepspeed")
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
 
 __all__ = ["SOURCE_FORMATS", "detect_format", "open_source"]
@@ -29,4 +30,9 @@ def open_source(path: str, fmt: str | None = None, **options: object):  # noqa: 
                                   "a Hugging Face directory needs config.json, name the format with --format")
     if fmt not in SOURCE_FORMATS:
         raise ConfigError(f"--format: unknown {fmt!r}; known: {sorted(SOURCE_FORMATS)}")
-    return SOURCE_FORMATS[fmt].open(path, **options)
+    known = SOURCE_FORMATS[fmt].options
+    for name, value in options.items():
+        if value is not None and name not in known:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: the {fmt} format does not take it ({path} carries what it needs)")
+    return SOURCE_FORMATS[fmt].open(path, **{k: v for k, v in options.items() if v is not None})

@@ -123,7 +123,8 @@ class _Writer:
         if tuple(value.shape) != self.shapes[name]:
             raise CheckpointError(f"--input: {name} ({key}) is {tuple(value.shape)}, the model in the "
                                   f"source's config needs {self.shapes[name]}")
-        value = value.to(self.dtype).contiguous()
+        # Weights in the import's dtype; optimizer moments stay fp32 (bf16 would round them).
+        value = value.to(self.dtype if key == "fp32" else torch.float32).contiguous()
         torch.save({"param": value, **_cat_dim(tp_layout(name, self.spec))}, path + ".partial")
         os.replace(path + ".partial", path)
         return value.numel() * value.element_size()
@@ -195,6 +196,12 @@ def import_checkpoint(source: ImportSource, output: str, *, dtype: str = "float3
                     if progress:
                         progress(done, total, name)
                 keys = sorted({k for _, k, f in states if f.result() is not None})
+                # Adam's step with its moments (bias correction), when the source records it.
+                step = getattr(source, "optimizer_step", lambda: None)() if keys else None
+                if step is not None:
+                    for name in sorted({n for n, _, _ in states}):
+                        write(name, "step", lambda step=step: torch.tensor(float(step)))
+                    keys.append("step")
             finally:  # on an error, tensors not started yet are not read
                 writers.shutdown(wait=True, cancel_futures=True)
             inputs = [{"file": f, "sha256": h, "bytes": b} for f, h, b in hashes.result()]

@@ -196,3 +196,12 @@ def test_two_spellings_of_one_variable_name_each_with_its_own_value(repo_root, t
                   LR_WARMUP_FRAC="0.01", LR_WARMUP_FRACTION="0.01")
     assert same.returncode == 2
     assert "(0.01 from LR_WARMUP_FRACTION and 0.5 from --lr-warmup-fraction)" in same.stderr
+
+
+def test_skip_train_variable_evaluates_only(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", SKIP_TRAIN="1",
+                 LOAD=str(tmp_path / "ckpt"), NLAYERS="2", HIDDEN="64", HEADS="4", NPROC="1")
+    assert out.returncode == 0, out.stderr
+    assert "SKIP_TRAIN=1 -> --skip-train" in out.stdout
+    printed = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])
+    assert printed["plan"]["train_iters"] == 0  # no run length needed
