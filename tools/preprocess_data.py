@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hf-dataset", default=None,
                    help="a dataset in the local Hugging Face cache (read offline)")
     p.add_argument("--hf-config", default=None, help="--hf-dataset: its configuration name")
+    p.add_argument("--hf-cache-dir", default=None,
+                   help="--hf-dataset: the datasets cache to look in (default: the library's)")
     p.add_argument("--split", default=None,
                    help="split of --hf-dataset (default train) or of a save_to_disk DatasetDict")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--input or --hf-dataset: name what to tokenize")
         inputs = resolve_inputs(args.input, args.split)
         if args.hf_dataset:
-            inputs += hf_dataset_files(args.hf_dataset, args.hf_config, args.split)
+            inputs += hf_dataset_files(args.hf_dataset, args.hf_config, args.split,
+                                      args.hf_cache_dir)
         stats = tokenize_to_indexed(
             inputs,
             args.output_prefix,

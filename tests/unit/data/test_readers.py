@@ -196,6 +196,28 @@ def test_uncached_hf_dataset_is_a_clear_error_offline(tmp_path):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_cached_hf_dataset_by_name_same_bytes(copies, tmp_path):
+    """A Hub dataset in the local cache (laid out as the library caches one), read offline."""
+    import glob
+    import shutil
+
+    import datasets
+
+    cache = tmp_path / "cache"
+    datasets.load_dataset("json", data_files=copies["jsonl"], split="train", cache_dir=str(cache))
+    built = glob.glob(str(cache / "json" / "*" / "*" / "*"))[0]
+    named = cache / "nobody___corpus" / "default" / "0.0.0" / os.path.basename(built)
+    shutil.copytree(built, named)
+    os.rename(named / "json-train.arrow", named / "corpus-train.arrow")
+    out = str(tmp_path / "hf")
+    argv = ["--hf-dataset", "nobody/corpus", "--hf-cache-dir", str(cache), "--output-prefix", out,
+            "--append-eod"]
+    assert preprocess_data.main(argv) == 0
+    reference = tokenize_to_indexed([copies["jsonl"]], str(tmp_path / "ref"), BYTE, **QUIET)
+    assert read_bytes(out + "_text_document") == read_bytes(reference.prefixes["text"])
+    assert read_sidecar(out)["inputs"][0]["format"] == "arrow"
+
+
 RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     sys.path.insert(0, sys.argv[3])
@@ -227,3 +249,15 @@ def test_peak_memory_does_not_grow_with_the_corpus(docs, tmp_path, fmt):
 
     small, large = peak_kib(200), peak_kib(1600)  # ~16 MB and ~130 MB of text
     assert large < small + 40 * 1024, (small, large)
+
+
+def test_progress_eta_and_bar(capsys, monkeypatch):
+    from megatron.data.preprocess import PreprocessProgress
+
+    progress = PreprocessProgress(100, 5000, 10.0, fraction=0.25)
+    assert progress.eta_seconds == pytest.approx(30.0)
+    assert progress.describe().endswith("in 10.0 s, ETA 0m30s")
+    assert PreprocessProgress(100, 5000, 10.0, done=True, fraction=1.0).eta_seconds is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    preprocess_data.StderrProgress()(progress)
+    assert capsys.readouterr().err.startswith("[#####...............]  25% 100 docs (10.0 docs/s)")
