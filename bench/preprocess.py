@@ -12,7 +12,8 @@ Measured, each in a fresh subprocess (so no run inherits another's thread pools 
 - ``ours``: ``tokenize_to_indexed`` end to end (read, tokenize, write .bin/.idx, sidecar) from
   the JSONL and the Parquet copies at 1 and 2 workers.
 
-Printed: tokens/s of each and the ratios ours/raw and Parquet/JSONL. The Rust BPE's batch encode
+Printed: tokens/s of each (best of ``--repeats`` interleaved rounds) and the ratios ours/raw
+and Parquet/JSONL. The Rust BPE's batch encode
 may use every core by itself (rayon), so ``raw`` is shown both with its default threads and with
 one (``RAYON_NUM_THREADS=1``); our workers tokenize single-threaded after the fork.
 
@@ -104,30 +105,34 @@ def measure(case: str, paths: dict[str, str], tokenizer_type: str, work: str) ->
     return {"seconds": time.perf_counter() - start, "tokens": stats.tokens}
 
 
-def run_case(case: str, args: argparse.Namespace, env: dict[str, str]) -> float:
-    """Best tokens/s over ``--repeats`` fresh subprocesses."""
-    best = 0.0
-    for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, __file__, "--case", case, "--work", args.work,
-                              "--tokenizer-type", args.tokenizer_type],
-                             env={**os.environ, **env}, capture_output=True, text=True, check=True)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        best = max(best, result["tokens"] / result["seconds"])
-    return best
+def run_once(case: str, args: argparse.Namespace, env: dict[str, str]) -> float:
+    """Tokens/s of one fresh subprocess."""
+    out = subprocess.run([sys.executable, __file__, "--case", case, "--work", args.work,
+                          "--tokenizer-type", args.tokenizer_type],
+                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["tokens"] / result["seconds"]
 
 
 def report(args: argparse.Namespace) -> None:
+    """Every case once per round, rounds repeated (so load drift on a shared machine hits all
+    cases alike); the best round of each case is reported."""
     cases = {"raw (default threads)": ("raw", {}),
              "raw (1 thread)": ("raw", {"RAYON_NUM_THREADS": "1"})}
     for fmt in ("jsonl", "parquet"):
         for workers in (1, 2):
             cases[f"ours {fmt}, {workers} worker(s)"] = (f"ours:{fmt}:{workers}", {})
-    rates = {name: run_case(case, args, env) for name, (case, env) in cases.items()}
-    raw = rates["raw (default threads)"]
-    print(f"tokenizer {args.tokenizer_type}; best of {args.repeats}; {os.cpu_count()} CPUs")
+    print(f"tokenizer {args.tokenizer_type}; best of {args.repeats} interleaved rounds; "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    rates: dict[str, float] = {}
+    for round_index in range(args.repeats):
+        for name, (case, env) in cases.items():
+            rates[name] = max(rates.get(name, 0.0), run_once(case, args, env))
+        print(f"  round {round_index + 1} done; load average {os.getloadavg()[0]:.1f}", flush=True)
+    raw, raw1 = rates["raw (default threads)"], rates["raw (1 thread)"]
     for name, rate in rates.items():
         print(f"  {name:28s} {rate:12,.0f} tokens/s  {rate / raw:5.2f}x raw  "
-              f"{rate / rates['raw (1 thread)']:5.2f}x raw-1-thread")
+              f"{rate / raw1:5.2f}x raw-1-thread")
     for workers in (1, 2):
         j, p = rates[f"ours jsonl, {workers} worker(s)"], rates[f"ours parquet, {workers} worker(s)"]
         print(f"  parquet / jsonl at {workers} worker(s): {p / j:.2f}")

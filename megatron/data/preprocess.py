@@ -103,11 +103,11 @@ def iter_documents(paths: Sequence[str], json_keys: Sequence[str]) -> Iterator[d
     Raises:
         InputError: A record that does not parse, lacks a key or holds no string there.
     """
-    inputs = resolve_inputs(paths)
-    if any(item.format == "text" for item in inputs):
-        json_keys = ("text",)
-    for _, _, record in read_records(inputs, json_keys):
-        yield record
+    for item in resolve_inputs(paths):
+        # A plain-text file is one document under "text"; records use ``json_keys``.
+        keys = ("text",) if item.format == "text" else json_keys
+        for _, _, record in read_records([item], keys):
+            yield record
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None
