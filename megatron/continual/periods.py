@@ -1,4 +1,5 @@
-"""TiC-LM's monthly folders as continual stages: ``periods_from: DIR`` (``--parent-dataset-manifest``).
+"""TiC-LM's monthly folders as continual stages: ``periods_from: DIR``
+(``tools/continual_run.py --parent-dataset-manifest DIR``).
 
 ``DIR`` holds one folder per period (``201305/``, ``201312/``, ... or any names that sort: names
 are compared as numbers where they are digits, so ``9`` < ``10``; names mixing numbers and words
@@ -131,7 +132,8 @@ def find_sources(folder: str, manifest: str, try_balanced: bool) -> Sources | No
     if indexed:
         return Sources("indexed", tuple(indexed))
     raw = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-           if os.path.isfile(os.path.join(folder, n)) and format_of(n) in ("jsonl", "parquet", "arrow")
+           if os.path.isfile(os.path.join(folder, n))
+           and format_of(n) in ("jsonl", "parquet", "arrow")
            and not n.startswith(os.path.splitext(manifest)[0])]
     return Sources("raw", tuple(raw)) if raw else None
 
@@ -143,12 +145,14 @@ def plan_tokenizer(raw: dict[str, Any]) -> DataConfig:
         import yaml
 
         with open(raw["config"]) as f:
-            values.update({k: v for k, v in (yaml.safe_load(f) or {}).items() if k in TOKENIZER_KEYS})
+            loaded = yaml.safe_load(f) or {}
+        values.update({k: v for k, v in loaded.items() if k in TOKENIZER_KEYS})
     values.update({k: v for k, v in (raw.get("args") or {}).items() if k in TOKENIZER_KEYS})
     return DataConfig(**values)
 
 
-def _fingerprint(sources: Sources, eval_sources: Sources | None, tokenizer: dict, every: int) -> dict:
+def _fingerprint(sources: Sources, eval_sources: Sources | None, tokenizer: dict,
+                 every: int) -> dict:
     def stat(path: str) -> list:
         files = [path + ext for ext in (".bin", ".idx")] if sources.kind == "indexed" else [path]
         return [[f, os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files if os.path.exists(f)]
@@ -173,7 +177,8 @@ def _build(sources: Sources, prefix: str, cfg: DataConfig, vocab_size: int) -> l
     return [stats.prefixes["text"]]
 
 
-def split_heldout(prefixes: list[str], train: str, heldout: str, every: int, vocab_size: int) -> None:
+def split_heldout(prefixes: list[str], train: str, heldout: str, every: int,
+                  vocab_size: int) -> None:
     """Copy the documents of ``prefixes`` into ``train`` and ``heldout`` (every ``every``-th)."""
     from megatron.data.indexed import IndexedWriter, open_indexed
 
@@ -207,7 +212,8 @@ def prepare_period(period: Period, cache: str, cfg: DataConfig, *, manifest: str
         raise ConfigError(f"periods_from: {period.path} holds no data: expected {manifest} with "
                           ".tar shards, indexed .bin/.idx pairs, or .jsonl/.parquet/.arrow files")
     eval_dir = os.path.join(period.path, "eval")
-    eval_sources = find_sources(eval_dir, manifest, try_balanced) if os.path.isdir(eval_dir) else None
+    eval_sources = (find_sources(eval_dir, manifest, try_balanced)
+                    if os.path.isdir(eval_dir) else None)
     vocab_size = build_tokenizer(cfg).vocab_size
     record = tokenizer_record(cfg, vocab_size)
     tag = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
@@ -253,8 +259,10 @@ def expand_periods(raw: dict[str, Any], selection: dict[str, Any], path: str) ->
     stages = []
     for period in periods:
         data, heldout = prepare_period(
-            period, os.path.abspath(cache), cfg, manifest=raw.get("periods_manifest", "manifest.jsonl"),
+            period, os.path.abspath(cache), cfg,
+            manifest=raw.get("periods_manifest", "manifest.jsonl"),
             try_balanced=bool(raw.get("try_balanced_manifest", False)), heldout_every=every)
         stages.append({"key": period.key, "data": data, "eval_data": heldout})
-    log.info("periods_from %s: %d stages %s", raw["periods_from"], len(stages), [p.key for p in periods])
+    log.info("periods_from %s: %d stages %s", raw["periods_from"], len(stages),
+             [p.key for p in periods])
     return {**raw, "stages": stages}

@@ -80,11 +80,12 @@ class PreprocessProgress:
         return self.seconds * (1.0 - min(self.fraction, 1.0)) / self.fraction
 
     def describe(self) -> str:
-        """One line: ``1,234 docs (56.1 docs/s), 7,890 tokens (345 tokens/s) in 22.0 s, ETA 0m05s``."""
+        """One line: ``12 docs (6.0 docs/s), 789 tokens (394 tokens/s) in 2.0 s, ETA 0m05s``."""
         seconds = max(self.seconds, 1e-9)
         line = (
             f"{self.documents:,} docs ({self.documents / seconds:,.1f} docs/s), "
-            f"{self.tokens:,} tokens ({self.tokens / seconds:,.0f} tokens/s) in {self.seconds:.1f} s"
+            f"{self.tokens:,} tokens ({self.tokens / seconds:,.0f} tokens/s) "
+            f"in {self.seconds:.1f} s"
         )
         eta = self.eta_seconds
         if eta is not None:

@@ -137,8 +137,9 @@ def _record_texts(record: Any, keys: Sequence[str], source: str, row: int, unit:
     texts = []
     for key in keys:
         if key not in record:
-            raise InputError(f"{where(source, row, unit)}: no field {key!r} (fields: "
-                             f"{', '.join(map(str, record))}); name the text fields with --json-keys")
+            fields = ", ".join(map(str, record))
+            raise InputError(f"{where(source, row, unit)}: no field {key!r} (fields: {fields}); "
+                             "name the text fields with --json-keys")
         texts.append(check_text(record[key], key, source, row, unit))
     return texts
 
@@ -149,8 +150,9 @@ def _json_lines(path: str, stream: BinaryIO) -> Iterator[tuple[int, Any]]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"{path}:{number}: not UTF-8 (byte {e.start} of the line: "
-                             f"{line[e.start:e.start + 1]!r}); re-encode the file as UTF-8") from None
+            bad = line[e.start : e.start + 1]
+            raise InputError(f"{path}:{number}: not UTF-8 (byte {e.start} of the line: {bad!r}); "
+                             "re-encode the file as UTF-8") from None
         if not text.strip():
             continue
         try:
@@ -174,7 +176,8 @@ def read_json(path: str, keys: Sequence[str], batch_rows: int) -> Iterator[Batch
         rows: list[int] = []
         columns: dict[str, list[str]] = {key: [] for key in keys}
         for number, record in records:
-            for key, text in zip(keys, _record_texts(record, keys, path, number, unit), strict=True):
+            texts = _record_texts(record, keys, path, number, unit)
+            for key, text in zip(keys, texts, strict=True):
                 columns[key].append(text)
             rows.append(number)
             if len(rows) == batch_rows:
@@ -361,8 +364,9 @@ def resolve_inputs(patterns: Sequence[str], split: str | None = None) -> list[In
     for pattern in patterns:
         found = _expand(pattern, split)
         if not found:
+            kinds = ", ".join(s for f in INPUT_FORMATS.values() for s in f.suffixes)
             raise FileNotFoundError(f"--input: {pattern!r} names no input file (known kinds: "
-                                    f"{', '.join(s for f in INPUT_FORMATS.values() for s in f.suffixes)})")
+                                    f"{kinds}, .txt)")
         out += found
     return out
 
