@@ -5,6 +5,13 @@
     CPT_PLAN=plan.yaml bash train_alcf.sh           # the same through the launcher
     python tools/continual_run.py --plan plan.yaml --dry-run   # check everything, run nothing
     python tools/continual_run.py --plan plan.yaml --lr 1e-4 --use-ar-schedule --time-range 201401:201412
+    python tools/continual_run.py --plan plan.yaml --parent-dataset-manifest tic_cc/ \
+        --try-balanced-manifest --suffixes manifest.jsonl --starting-timestep 201312
+
+With --parent-dataset-manifest DIR (plan key periods_from), every period folder of DIR
+(201305/, 201312/, ... in order) becomes a stage with its data and held-out lists; its data may
+be open_lm shards listed in manifest.jsonl, indexed datasets or raw JSONL/Parquet (see
+docs/data_formats.md).
 
 Flags override the plan in TiC-LM's spellings (--exp-name, --init-ckpt, --lr, --warmup,
 --warmup-usage, --lr-scheduler, --use-ar-schedule, --replay-ratio, --num-timesteps, ...; see
@@ -47,6 +54,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="TiC-LM's multi-node run without a scheduler: every stage starts torchrun across "
                         "NUM_NODES nodes (NODE_RANK, MASTER_ADDR, MASTER_PORT) through train_alcf.sh; run "
                         "the same command on every node")
+    tic = p.add_argument_group("TiC-LM period folders (docs/data_formats.md)")
+    tic.add_argument("--parent-dataset-manifest", default=None,
+                     help="folder of period folders (201305/ ...): one stage per period "
+                          "(the plan key periods_from)")
+    tic.add_argument("--suffixes", "--manifest-suffixes", default=None,
+                     help="name of the shard manifest in a period folder (default manifest.jsonl)")
+    tic.add_argument("--try-balanced-manifest", action="store_true",
+                     help="use a folder's manifest_balanced.jsonl when it has one")
     add_override_args(p)
     return p.parse_args(argv)
 
@@ -71,12 +86,20 @@ def check_multi_node(launcher: str | None, environ: dict[str, str] | None = None
         )
 
 
+def plan_values(args: argparse.Namespace) -> dict:
+    """Plan keys given as flags."""
+    suffix = args.suffixes.lstrip("/") if args.suffixes else None  # TiC-LM writes "/manifest.jsonl"
+    values = {"periods_from": args.parent_dataset_manifest, "periods_manifest": suffix,
+              "try_balanced_manifest": args.try_balanced_manifest or None}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] continual: %(message)s", datefmt="%H:%M:%S")
     try:
         refuse_foreign(args)
-        plan = load_plan(args.plan, given_overrides(args))
+        plan = load_plan(args.plan, given_overrides(args), plan_values(args))
         if args.multi_node:
             check_multi_node(args.launcher or plan.launcher)
         launch = Launch(launcher=args.launcher or plan.launcher, python=sys.executable)

@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Tokenize jsonl(.gz) or plain-text files into megatron-core indexed datasets.
+"""Tokenize text where users keep it into megatron-core indexed datasets.
 
     python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \
         --json-keys text --tokenizer-type byte --append-eod --workers 8
 
-writes ``data/corpus_text_document.bin/.idx`` (one dataset per JSON key). Outputs appear only
-when complete. Other tokenizers:
+writes ``data/corpus_text_document.bin/.idx`` (one dataset per JSON key) and
+``data/corpus_meta.json`` (inputs and their sha256 and row counts, tokenizer, command). Outputs
+appear only when complete, and are the same bytes whatever the input format and --workers.
+
+--input takes files, globs and directories of .jsonl, .jsonl.gz, .jsonl.zst, .json, .parquet,
+.arrow, a datasets ``save_to_disk`` directory (--split picks a DatasetDict's split), or plain
+text (one document per file). A dataset in the local Hugging Face cache, read offline:
+
+    --hf-dataset allenai/c4 --hf-config en --split train --json-keys text
+
+See docs/data_formats.md. Other tokenizers:
 
     --tokenizer-type hf --tokenizer-model tokenizer.json          (tools/train_tokenizer.py --type bpe)
     --tokenizer-type sentencepiece --tokenizer-model m.model      (tools/train_tokenizer.py --type sentencepiece)
@@ -39,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.config.data import DataConfig  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.data.preprocess import PreprocessProgress, tokenize_to_indexed  # noqa: E402
+from megatron.data.readers import hf_dataset_files, resolve_inputs  # noqa: E402
 from megatron.metadata.cli import add_metadata_args, describe, tokenize_from_args  # noqa: E402
 from megatron.metadata.local_cli import (  # noqa: E402
     add_local_args,
@@ -53,7 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--input", nargs="+", required=True, help="jsonl, jsonl.gz or .txt files")
+    p.add_argument("--input", nargs="+", default=[],
+                   help="files, globs or directories: jsonl(.gz/.zst), json, parquet, arrow, "
+                        "datasets save_to_disk directories, .txt")
+    p.add_argument("--hf-dataset", default=None,
+                   help="a dataset in the local Hugging Face cache (read offline)")
+    p.add_argument("--hf-config", default=None, help="--hf-dataset: its configuration name")
+    p.add_argument("--hf-cache-dir", default=None,
+                   help="--hf-dataset: the datasets cache to look in (default: the library's)")
+    p.add_argument("--split", default=None,
+                   help="split of --hf-dataset (default train) or of a save_to_disk DatasetDict")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="text fields of jsonl records")
     p.add_argument("--tokenizer-type", default=None,
@@ -93,6 +112,9 @@ class StderrProgress:
 
     def __call__(self, progress: PreprocessProgress) -> None:
         line = ("done: " if progress.done else "") + progress.describe()
+        if progress.fraction is not None and not progress.done:
+            filled = int(20 * min(progress.fraction, 1.0))
+            line = f"[{'#' * filled}{'.' * (20 - filled)}] {100 * progress.fraction:3.0f}% {line}"
         if self.interactive:
             end = "\n" if progress.done else ""
             sys.stderr.write(f"\r\033[K{line}{end}")
@@ -119,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.metadata_keys:
             print(describe(tokenize_from_args(args, tokenizer_cfg, progress)))
             return 0
+        if not args.input and not args.hf_dataset:
+            raise ConfigError("--input or --hf-dataset: name what to tokenize")
+        inputs = resolve_inputs(args.input, args.split)
+        if args.hf_dataset:
+            inputs += hf_dataset_files(args.hf_dataset, args.hf_config, args.split,
+                                      args.hf_cache_dir)
         stats = tokenize_to_indexed(
-            args.input,
+            inputs,
             args.output_prefix,
             tokenizer_cfg,
             json_keys=args.json_keys,
@@ -128,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             append_eod=args.append_eod,
             progress_every=progress.every_seconds,
             on_progress=progress,
+            command=["tools/preprocess_data.py", *(sys.argv[1:] if argv is None else argv)],
         )
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)

@@ -135,3 +135,22 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus ``extra``: what a launched sub-process (a continual stage
     started through the launcher) should see."""
     return {**os.environ, **(extra or {})}
+
+
+def force_hf_offline() -> None:
+    """Put the Hugging Face libraries in offline mode (cache only, never a download that hangs).
+
+    Sets ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` for this process and its children, and the
+    libraries' module constants too when they were imported before (they read the variables once).
+    """
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = True
+        datasets_config.HF_DATASETS_OFFLINE = True

@@ -56,8 +56,6 @@ REFUSED: dict[str, tuple[str, str]] = {
     "--remote-sync": ("URL", "checkpoints, logs and markers are written under the plan's output_dir (a "
                       "shared filesystem); there is no built-in S3 sync: sync that directory with your "
                       "own tool, or mount the bucket as output_dir"),
-    "--parent-dataset-manifest": ("PATH", "the stages and their data lists are in the plan (stages: "
-                                  "[{key, data}]): use --plan PLAN.yaml"),
 }
 """TiC-LM flags with no counterpart here: flag -> (metavar, the reason and what to use instead)."""
 SWITCHES = {

@@ -156,7 +156,8 @@ class Plan:
 PLAN_KEYS = ("name", "init_checkpoint", "config", "args", "stages", "tokens_per_stage",
              "train_iters_per_stage", "method", "output_dir", "base_data", "launcher",
              "eval_after_each_stage", "eval_max_sequences", "delete_previous_checkpoints",
-             "delete_previous_logs", "prepare")
+             "delete_previous_logs", "prepare", "periods_from", "periods_manifest",
+             "try_balanced_manifest", "periods_heldout_every", "periods_cache")
 STAGE_KEYS = ("key", "data", "eval_data", "tokens", "train_iters", "method", "args", "nproc")
 LAUNCHERS = ("train_alcf", "python")
 
@@ -198,13 +199,25 @@ def _check_yaml_keys(root: Any, path: str) -> None:
             _check_keys(_child(item, "method"), method_keys, path, "a stage's method")
 
 
-def load_plan(path: str, overrides: dict[str, Any] | None = None) -> Plan:
+def _merge_values(raw: dict[str, Any], values: dict[str, Any], path: str) -> dict[str, Any]:
+    """``raw`` with command-line plan ``values``; a key the file sets to another value is an error."""
+    for key, value in values.items():
+        if key in raw and raw[key] != value:
+            raise PlanError(f"{path}: {key}: {raw[key]!r} in the plan, {value!r} on the command "
+                            "line; give it once")
+    return {**raw, **values}
+
+
+def load_plan(path: str, overrides: dict[str, Any] | None = None,
+              values: dict[str, Any] | None = None) -> Plan:
     """Read, check and resolve a plan file.
 
     Args:
         path: The YAML file.
         overrides: Command-line values (``overrides.py``: flag dest -> value), applied before
             the plan is resolved.
+        values: Plan keys given on the command line (``--parent-dataset-manifest`` ->
+            ``periods_from``); the file may not disagree.
 
     Raises:
         PlanError: Unreadable file, unknown keys (file:line), missing or inconsistent fields,
@@ -215,10 +228,23 @@ def load_plan(path: str, overrides: dict[str, Any] | None = None) -> Plan:
     if not isinstance(raw, dict):
         raise PlanError(f"--plan: {path} must be a mapping of plan keys ({', '.join(PLAN_KEYS)})")
     _check_yaml_keys(node, path)
+    raw = _merge_values(raw, values or {}, path)
+    overrides, selection = dict(overrides or {}), {}
+    if raw.get("periods_from"):
+        from megatron.continual.overrides import OVERRIDES
+        from megatron.continual.periods import SELECTION_KEYS
+
+        # Periods are picked in period order (numbers compare as numbers), not stage-key order.
+        for flag in [f for f in overrides if f in OVERRIDES and OVERRIDES[f][0] in SELECTION_KEYS]:
+            selection[OVERRIDES[flag][0]] = overrides.pop(flag)
     if overrides:
         from megatron.continual.overrides import apply_overrides
 
         raw = apply_overrides(raw, overrides, path)
+    if raw.get("periods_from"):
+        from megatron.continual.periods import expand_periods
+
+        raw = expand_periods(raw, selection, path)
     return build_plan(raw, path)
 
 

@@ -42,7 +42,6 @@ def test_trainer_knobs_become_trainer_flags_of_every_stage(plan_file):
     ("--config", "3b_2x.yaml", "use --plan PLAN.yaml"),
     ("--scale", "3b_2x", "use --plan PLAN.yaml"),
     ("--remote-sync", "s3://bucket/x", "no built-in S3 sync"),
-    ("--parent-dataset-manifest", "s3://bucket/m", "use --plan PLAN.yaml"),
 ])
 def test_flags_without_a_counterpart_are_refused_naming_what_to_use(plan_file, capsys, flag, value, names):
     assert main(["--plan", plan_file, flag, value, "--dry-run"]) == 2
