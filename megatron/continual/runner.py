@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron.config.fields import ConfigError
-from megatron.config.paths import EVENTS_FILE
 from megatron.continual.launch import Launch, Runner, convert_to_universal, to_argv
 from megatron.continual.markers import (
     STARTED_FILE,
@@ -40,7 +39,8 @@ from megatron.continual.markers import (
 )
 from megatron.continual.plan import Plan, PlanError
 from megatron.continual.stages import StageSpec, build_stage_specs
-from megatron.trainer.events import EventLogError, last_launch, read_events
+from megatron.continual.lr_check import predicted_lrs, started_lrs
+from megatron.trainer.events import EventLogError
 
 log = logging.getLogger(__name__)
 
@@ -160,27 +160,6 @@ def stage_iterations(plan: Plan, launch: Launch) -> tuple[int, ...]:
         dry = launch.dry_run(flags, stage.nproc, f"{plan.path}: stage {stage.key!r}")
         iters.append(int(dry["plan"]["train_iters"]))
     return tuple(iters)
-
-
-def predicted_lrs(schedule: dict[str, Any], start: int) -> list[str]:
-    """The LRs of a stage's first three steps, formatted like the trainer's log line."""
-    from megatron.schedules.registry import schedule_from_state
-
-    fn, _ = schedule_from_state(schedule)
-    return [f"{fn(s) * schedule['lr']:.3e}" for s in range(start, start + 3)]
-
-
-def started_lrs(directory: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """The LRs of the first three steps the trainer's last launch in ``directory`` took (from its
-    event stream, ``<save>/events.jsonl``), formatted like ``predicted_lrs``; and that launch's
-    events.
-
-    Raises:
-        EventLogError: No event stream, or no ``run_start`` in it (the check fails closed).
-    """
-    path = os.path.join(directory, EVENTS_FILE)
-    launch = last_launch(read_events(path), path)
-    return [f"{lr:.3e}" for lr in launch[0]["first_lrs"]], launch
 
 
 class PlanRunner:

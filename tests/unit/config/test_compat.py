@@ -185,9 +185,11 @@ def test_a_row_says_implemented_only_when_a_test_runs_the_flag(repo_root):
     rows = {flag: status for flag, status, _ in compat_rows(claims)}
     working = sorted(f for f, s in rows.items() if s in ("implemented", "alias") and f in MEGATRON_FLAGS)
     assert [f for f in working if not claims.get(f)] == []
-    # Without the tests' claims nothing is implemented; sequence parallelism is refused today.
+    # Without the tests' claims nothing is implemented; sequence parallelism is claimed by
+    # tests/distributed/test_sequence_parallel.py (it was listed as implemented while refused).
     assert {s for f, s, _ in compat_rows({}) if f in MEGATRON_FLAGS} <= {"untested", "refused"}
-    assert rows["--sequence-parallel"] == "refused"
+    assert rows["--sequence-parallel"] == "implemented"
+    assert "tests/distributed/test_sequence_parallel.py" in " ".join(claims["--sequence-parallel"])
 
 
 def test_a_marker_without_the_flag_in_the_test_claims_nothing(tmp_path):

@@ -15,7 +15,8 @@ from megatron.continual.markers import (
     read_marker,
     write_marker,
 )
-from megatron.continual.runner import needs_universal, predicted_lrs, started_lrs
+from megatron.continual.lr_check import predicted_lrs, started_lrs
+from megatron.continual.runner import needs_universal
 from megatron.schedules.registry import schedule_state
 from megatron.trainer.events import EventLogError
 from tests.helpers import tiny_plan

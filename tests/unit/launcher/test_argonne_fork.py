@@ -33,7 +33,7 @@ MAPPED = {
     "TEST_SPLIT": ("2", "--split", "990,10,2"),
     "DATA_PATH": ("{prefix}", "--data-file-list", "inline:1 {prefix} {name}"),
 }
-REFUSED = ("NO_LLAMA", "ACT_CKPT_NUM_LAYERS", "ZERO_HPZ_PARTITION_SIZE", "MICS_SHARD_SIZE", "COMMS_LOGGER",
+REFUSED = ("NO_LLAMA", "ZERO_HPZ_PARTITION_SIZE", "MICS_SHARD_SIZE", "COMMS_LOGGER",
            "CKPT_DIR", "HOSTFILE", "LAUNCH_WITH", "LAUNCH_CMD", "EXEC", "GPUS_PER_NODE", "DATA_PARENT")
 # Read by the fork and mapped by the existing table (tests/unit/launcher/test_train_alcf.py), or by
 # the topology (NGPU_PER_HOST); the fork's SP (its Ulysses degree) is the sequence-parallel work's.
