@@ -18,7 +18,7 @@ from megatron.checkpointing.importing.megatron_ds import FORMAT, MegatronDeepSpe
 from megatron.checkpointing.importing.megatron_ds_files import flat_name
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
 from megatron.checkpointing.metadata import CheckpointError
-from megatron.config import DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args, resolve
 from megatron.model.gpt import GPTModel
 from megatron.model.spec import GPTSpec
 from tests.helpers import run_distributed, tiny_plan
@@ -187,7 +187,9 @@ def test_tokenizer_is_named_and_a_local_copy_is_used(llama, tmp_path):
     (local / "tokenizer.model").write_bytes(b"sp")
     source = SOURCE_FORMATS[FORMAT].open(root, tokenizer_model=str(local))
     assert source.tokenizer().files == (str(local / "tokenizer.model"),)
-    assert source.model_flags()["--tokenizer-model"] == str(local / "tokenizer.model")
+    # The flags read the local copy (its vocabulary must pad to the rows): this one is no model.
+    with pytest.raises(ConfigError, match=r"--tokenizer-model: cannot read .*llama2/tokenizer.model"):
+        source.model_flags()
     assert os.path.join(root, f"global_step{fx.STEP}", "mp_rank_00_model_states.pt") in source.input_files()
 
 

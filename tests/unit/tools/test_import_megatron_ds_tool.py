@@ -57,17 +57,35 @@ def test_tool_imports_a_pipeline_checkpoint_with_its_moments(dist_world1, llama,
     assert os.listdir(os.path.join(bare, "zero", name)) == ["fp32.pt"]
 
 
+def _word_level(path, size: int) -> None:
+    from tokenizers import Tokenizer, models
+
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(path))
+
+
+def test_a_local_tokenizer_is_bundled_with_its_vocabulary(llama, tmp_path):
+    root = fx.write_dense(str(tmp_path / "fork"), llama, 1, args=fx.fork_args(llama, 1, tokenizer_type="HFTokenizer"))
+    _word_level(tmp_path / "tokenizer.json", fx.VOCAB)
+    out = str(tmp_path / "ours")
+    assert import_checkpoint.main(["--input", root, "--output", out, "--tokenizer-model",
+                                   str(tmp_path / "tokenizer.json")]) == 0
+    with open(os.path.join(out, "run_metadata.json")) as f:
+        config = json.load(f)["config"]
+    assert config["--vocab-size"] == fx.VOCAB and config["--tokenizer-type"] == "hf"
+    assert config["--tokenizer-model"] == os.path.join(os.path.abspath(out), "tokenizer.json")
+    assert os.path.isfile(config["--tokenizer-model"])
+    assert UniversalCheckpoint(out).spec.vocab_size == fx.PADDED
+
+
 def test_a_tokenizer_that_does_not_pad_to_the_rows_is_refused(llama, tmp_path, capsys):
     root = fx.write_dense(str(tmp_path / "fork"), llama, 1, args=fx.fork_args(llama, 1, tokenizer_type="HFTokenizer"))
     out = str(tmp_path / "ours")
     # A word-level tokenizer with ten times the tiny Llama's rows: not the model's tokenizer.
     wrong = tmp_path / "tokenizer.json"
-    from tokenizers import Tokenizer, models
-
-    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, 10 * fx.VOCAB)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tokenizer.add_special_tokens(["<|endoftext|>"])
-    tokenizer.save(str(wrong))
+    _word_level(wrong, 10 * fx.VOCAB)
     assert import_checkpoint.main(["--input", root, "--output", out, "--tokenizer-model", str(wrong)]) == 2
     assert "not the tokenizer this model was trained with" in capsys.readouterr().err
     assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
