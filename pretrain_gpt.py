@@ -20,7 +20,8 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for configuration errors)."""
+    """Run the command line; returns the exit status: 0 done, 2 configuration error, 1 a
+    checkpoint or data error, 75 stopped early with work left (a job script requeues)."""
     from megatron.config import ConfigError, DistEnv, parse_args, resolve
     from megatron.data.data_list import check_data_inputs
 
@@ -41,14 +42,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if env.rank == 0:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
+    from megatron.checkpointing.lifecycle import EXIT_STOPPED
+    from megatron.checkpointing.metadata import CheckpointError
+    from megatron.data.integrity import DataError
     from megatron.trainer.loop import train
 
     try:
-        train(plan, env)
+        result = train(plan, env)
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except (CheckpointError, DataError) as e:  # a sentence, not a traceback
+        print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
+        return 1
+    # Stopped early (SIGTERM, kill switch, exit duration): 75 tells a job script "more to do".
+    return EXIT_STOPPED if result.stop_reason is not None else 0
 
 
 def write_run_record(plan, argv: list[str]) -> None:  # noqa: ANN001
