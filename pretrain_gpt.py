@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
     from megatron.checkpointing.lifecycle import EXIT_STOPPED
     from megatron.checkpointing.metadata import CheckpointError
-    from megatron.data.integrity import DataError
     from megatron.trainer.loop import train
+    from megatron.trainer.nonfinite import NonFiniteLoss
 
     try:
         result = train(plan, env)
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, DataError) as e:  # a sentence, not a traceback
+    except (CheckpointError, NonFiniteLoss) as e:  # a sentence, not a traceback
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 1
     # Stopped early (SIGTERM, kill switch, exit duration): 75 tells a job script "more to do".

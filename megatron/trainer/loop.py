@@ -43,6 +43,7 @@ from megatron.schedules.registry import cooldown_start
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
+from megatron.trainer.nonfinite import NonFiniteCounter
 from megatron.trainer.optimizer_states import optimizer_state_stats
 from megatron.trainer.resume import open_universal, restore
 from megatron.trainer.state import TrainState, data_state
@@ -118,6 +119,7 @@ class Trainer:
         self.reporter = Reporter(plan, ctx)
         self.compile_watch = CompileWatch(self.cfg.train.compile, ctx.device)
         self.stop = StopSignals(self.cfg.train, ctx.device)
+        self.nonfinite = NonFiniteCounter(self.cfg.train.max_nonfinite_steps)
         self.losses = StepValues()  # device tensors until a log line reads them
         self.valid_loss: float | None = None
         self.optimizer_states: dict[str, float] | None = None
@@ -158,10 +160,10 @@ class Trainer:
                 if self._due(state.iteration, self.cfg.train.eval_interval):
                     self.evaluate(state, "valid")
                 stop_reason = self.stop.check(state.iteration)
-                if (
-                    stop_reason
-                    or self._due(state.iteration, self.cfg.checkpoint.save_interval)
-                    or state.iteration == self.cooldown_start
+                if stop_reason or (
+                    self.nonfinite.consecutive == 0  # no routine save inside a non-finite streak
+                    and (self._due(state.iteration, self.cfg.checkpoint.save_interval)
+                         or state.iteration == self.cooldown_start)
                 ):
                     self.save(state)
                 if stop_reason:
@@ -205,6 +207,7 @@ class Trainer:
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        self.nonfinite.update(result.nonfinite, state.iteration)  # raises after N in a row
         if self.reporter.due(state.iteration):
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
             self.losses.flush()
