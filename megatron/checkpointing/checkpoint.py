@@ -250,6 +250,8 @@ def load_engine_states(
             load_lr_scheduler_states=False,
             load_module_only=weights_only,
         )
+    except CheckpointError as e:  # a file refused or unreadable: the message names it
+        raise CheckpointError(f"--load: cannot load {os.path.join(load_dir, tag)}: {e}") from None
     except (RuntimeError, OSError, KeyError, ValueError, EOFError) as e:
         raise CheckpointError(f"--load: cannot load {os.path.join(load_dir, tag)}: {e}") from e
     if path is None:

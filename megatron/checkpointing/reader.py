@@ -30,6 +30,7 @@ import torch
 
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, tp_layout
+from megatron.checkpointing.safe_load import load_file as safe_load_file
 from megatron.model.spec import GPTSpec
 from megatron.optimizer.owners import split_owned_key
 
@@ -38,11 +39,8 @@ WEIGHT = "fp32"
 
 
 def load_file(path: str) -> Any:
-    """``torch.load`` memory-mapped on CPU (our own files; DeepSpeed pickles its own types)."""
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e}); the checkpoint is truncated or corrupt") from None
+    """A checkpoint file memory-mapped on CPU, unpickled with the allow-list (``safe_load.py``)."""
+    return safe_load_file(path, mmap=True)
 
 
 @dataclass(frozen=True, slots=True)
