@@ -88,3 +88,17 @@ def test_disk_full_names_the_disk_and_leaves_no_partial_step(tmp_path, monkeypat
         run("--train-iters", "2", "--save", save, "--load", save, "--lr-decay-style", "constant")
     assert not os.path.exists(os.path.join(save, "global_step2"))
     assert (tmp_path / "ckpt" / "latest").read_text() == "global_step1"
+
+
+def test_convert_and_export_refuse_an_uncommitted_step(tmp_path):
+    from megatron.checkpointing.convert import convert
+    from megatron.checkpointing.hf_export import export_hf
+
+    save = str(tmp_path / "ckpt")
+    run("--train-iters", "1", "--save", save)
+    os.remove(os.path.join(save, "global_step1", "run_metadata.json"))  # as an interrupted save leaves it
+    with pytest.raises(CheckpointError, match=r"--input: .*global_step1 has no run_metadata.json"):
+        convert(os.path.join(save, "global_step1"))
+    with pytest.raises(CheckpointError, match=r"--input: .*global_step1 has no run_metadata.json"):
+        export_hf(save, str(tmp_path / "hf"))
+    assert not os.path.exists(os.path.join(save, "latest_universal"))

@@ -33,3 +33,12 @@ def test_a_space_in_a_header_value_is_refused(tmp_path, capsys):
             "--output", str(tmp_path / "j.sh"), "--account", "proj --exclusive"]
     assert main(argv) == 2
     assert "--account 'proj --exclusive'" in capsys.readouterr().err
+
+
+def test_a_plan_with_a_duplicate_key_is_refused(tmp_path):
+    from megatron.continual.plan import PlanError, load_plan
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: run\ntrain_iters_per_stage: 4\nstages: []\ntrain_iters_per_stage: 400\n")
+    with pytest.raises(PlanError, match=r"plan\.yaml:4: key 'train_iters_per_stage' is given twice \(first at line 2\)"):
+        load_plan(str(plan))
