@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
         from megatron.schedules.registry import schedule_state
+        from megatron.trainer.loop import check_data_files
+
+        try:
+            check_data_files(plan)  # headers, sizes, sampled ids, tokenizer sidecars
+        except ConfigError as e:
+            print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
+            return 2
 
         print(json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
                           "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str))
