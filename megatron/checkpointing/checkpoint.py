@@ -36,7 +36,7 @@ from megatron.checkpointing.metadata import (  # noqa: F401  (re-exported for ca
     CheckpointError,
     read_metadata,
 )
-from megatron.checkpointing.lifecycle import is_committed, prepare_step_dir, save_failed
+from megatron.checkpointing.lifecycle import prepare_step_dir, refuse_committed, save_failed
 from megatron.checkpointing.lock import DirectoryLock
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ def _write_atomic(path: str, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _latest_name(save_dir: str) -> str | None:
+    try:
+        with open(os.path.join(save_dir, LATEST_FILE)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def read_latest_tag(load_dir: str) -> str | None:
@@ -134,10 +142,11 @@ def save_checkpoint(
     """
     tag = checkpoint_tag(iteration)
     path = os.path.join(save_dir, tag)
-    if is_committed(path):  # every rank sees the same marker: all refuse together
-        prepare_step_dir(path)
+    latest = _latest_name(save_dir)
+    refuse_committed(path, latest)  # every rank sees the same files: all refuse together
+    dist.barrier()  # every rank has looked before rank 0 removes an interrupted save's leftover
     if dist.get_rank() == 0:
-        prepare_step_dir(path)  # an interrupted save's leftover goes
+        prepare_step_dir(path, latest)
     dist.barrier()
     try:
         engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)

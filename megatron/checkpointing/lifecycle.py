@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 
 from megatron.checkpointing.metadata import METADATA_FILE, CheckpointError
@@ -42,21 +43,49 @@ def require_committed(step_dir: str, flag: str) -> None:
         )
 
 
-def prepare_step_dir(step_dir: str) -> None:
+def prepare_step_dir(step_dir: str, latest: str | None) -> None:
     """Make ``step_dir`` ready for a new save (rank 0, before any rank writes).
 
+    Args:
+        step_dir: ``SAVE/global_stepN``.
+        latest: The tag ``SAVE/latest`` names (None: none yet).
+
     Raises:
-        CheckpointError: It is already committed (a checkpoint is never re-saved in place).
+        CheckpointError: It is a committed checkpoint at or before ``latest`` (a checkpoint is
+            never re-saved in place). A committed step *after* ``latest`` was never published: a
+            save killed between its marker and the pointer; the resumed run redoes that step
+            and replaces it.
     """
-    if is_committed(step_dir):
+    refuse_committed(step_dir, latest)
+    if os.path.isdir(step_dir):
+        log.warning("removing %s: an interrupted save left it (never named by `latest`)", step_dir)
+        shutil.rmtree(step_dir)
+
+
+def refuse_committed(step_dir: str, latest: str | None) -> None:
+    """The check half of ``prepare_step_dir`` (every rank; nothing is removed).
+
+    Raises:
+        CheckpointError: ``step_dir`` is committed at or before ``latest``.
+    """
+    if is_committed(step_dir) and not _after(step_dir, latest):
         raise CheckpointError(
             f"--save: {step_dir} is a committed checkpoint and is never overwritten; this run "
             "reached an iteration an earlier run already saved (a --finetune or restarted run "
             "needs its own --save directory)"
         )
-    if os.path.isdir(step_dir):
-        log.warning("removing %s: an interrupted save left it without %s", step_dir, METADATA_FILE)
-        shutil.rmtree(step_dir)
+
+
+def _after(step_dir: str, latest: str | None) -> bool:
+    """``step_dir``'s iteration is past the one ``latest`` names (or there is no ``latest``)."""
+    step = _STEP.fullmatch(os.path.basename(os.path.normpath(step_dir)))
+    if latest is None:
+        return True
+    last = _STEP.fullmatch(latest)
+    return step is not None and last is not None and int(step.group(1)) > int(last.group(1))
+
+
+_STEP = re.compile(r"global_step(\d+)")
 
 
 def save_failed(step_dir: str, error: OSError) -> CheckpointError:

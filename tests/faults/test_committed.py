@@ -102,3 +102,28 @@ def test_convert_and_export_refuse_an_uncommitted_step(tmp_path):
     with pytest.raises(CheckpointError, match=r"--input: .*global_step1 has no run_metadata.json"):
         export_hf(save, str(tmp_path / "hf"))
     assert not os.path.exists(os.path.join(save, "latest_universal"))
+
+
+def test_checkpoint_errors_reach_the_user_as_one_line(tmp_path, capsys):
+    import pretrain_gpt
+    from tests.helpers import tiny_args
+
+    save = str(tmp_path / "ckpt")
+    run("--train-iters", "1", "--save", save)
+    with open(os.path.join(save, "global_step1", "mp_rank_00_model_states.pt"), "r+b") as f:
+        f.truncate(100)
+    capsys.readouterr()
+    assert pretrain_gpt.main(tiny_args("--train-iters", "2", "--load", save)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pretrain_gpt.py: error: --load: cannot load ") and "mp_rank_00_model_states.pt" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_step_committed_but_never_published_is_redone(tmp_path):
+    """kill -9 between the completion marker and `latest`: the resumed run redoes that step."""
+    save = str(tmp_path / "ckpt")
+    flags = ("--save", save, "--load", save, "--save-interval", "1", "--lr-decay-style", "constant")
+    run("--train-iters", "2", *flags)
+    (tmp_path / "ckpt" / "latest").write_text("global_step1")
+    assert run("--train-iters", "3", *flags).iteration == 3
+    assert (tmp_path / "ckpt" / "latest").read_text() == "global_step3"
