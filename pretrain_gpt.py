@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
         from megatron.schedules.registry import schedule_state
-        from megatron.trainer.loop import check_data_files
+        from megatron.data.integrity import check_data_files
 
         try:
             check_data_files(plan)  # headers, sizes, sampled ids, tokenizer sidecars

@@ -34,7 +34,7 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.helpers import TINY  # noqa: E402
+from tests.helpers import TINY, tiny_args  # noqa: E402
 
 PY = sys.executable
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT}
@@ -42,13 +42,39 @@ Result = tuple[str, str]  # (grade, note)
 
 
 def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-W", "ignore", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run a script's ``main(argv)`` in this process (no interpreter start per case), capturing
+    its stdout, stderr and log lines; ``-c CODE`` runs in a fresh process."""
+    if argv[0] == "-c":
+        return subprocess.run([PY, "-W", "ignore", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=timeout)
+    import contextlib
+    import importlib
+    import io
+    import logging
+
+    module = importlib.import_module(argv[0].removesuffix(".py").replace("/", "."))
+    out, err, logs = io.StringIO(), io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logs)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(list(argv[1:]))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001  (an uncaught error is what the user would see)
+                import traceback
+
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return subprocess.CompletedProcess(argv, code, out.getvalue() + logs.getvalue(), err.getvalue())
 
 
 def train(*flags: str, data: str | None = None) -> subprocess.CompletedProcess:
-    source = ["--data-file-list", data, "--tokenizer-type", "byte"] if data else ["--mock-data", "--vocab-size", "64"]
-    return run("pretrain_gpt.py", *TINY, *source, *flags)
+    source = ["--data-file-list", data, "--tokenizer-type", "byte"] if data else []
+    return run("pretrain_gpt.py", *tiny_args(*source, *flags, mock=data is None))
 
 
 def refused(p: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> Result:
@@ -278,17 +304,23 @@ class Battery:
         return refused(self._dry(), "plays_meta.json", "gpt2", "byte")
 
     def disk_full(self) -> Result:
-        code = ("import errno, os, sys\n"
-                "import megatron.checkpointing.checkpoint as c\n"
-                "real = c._write_atomic\n"
-                "def full(path, text):\n"
-                "    if 'run_metadata' in path and 'global_step2' in path: raise OSError(errno.ENOSPC, 'No space left on device')\n"
-                "    real(path, text)\n"
-                "c._write_atomic = full\n"
-                "import pretrain_gpt\nsys.exit(pretrain_gpt.main(sys.argv[1:]))\n")
+        import errno
+
+        import megatron.checkpointing.checkpoint as checkpoint
+
+        real = checkpoint._write_atomic
+
+        def full(path: str, text: str) -> None:  # the disk fills while step 2 is saved
+            if "run_metadata" in path and "global_step2" in path:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            real(path, text)
+
         save = os.path.join(self.tmp, "ckpt")
-        p = run("-c", code, *TINY, "--mock-data", "--vocab-size", "64", "--train-iters", "2", "--save", save,
-                "--save-interval", "1")
+        checkpoint._write_atomic = full
+        try:
+            p = train("--train-iters", "2", "--save", save, "--save-interval", "1")
+        finally:
+            checkpoint._write_atomic = real
         if os.path.exists(os.path.join(save, "global_step2")):
             return "BAD", "a partial step directory stayed"
         return refused(p, "full", save)
@@ -358,6 +390,7 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=30, help="kill -9s in the save-every-step loop (0: skip it)")
     p.add_argument("--only", default=None, help="run only the cases whose name contains this")
     args = p.parse_args()
+    os.chdir(ROOT)
     root = tempfile.mkdtemp(prefix="faults-")
     battery = Battery(make_data(root))
     cases: list[tuple[str, Callable[[], Result]]] = [

@@ -167,3 +167,22 @@ def check_data_lists(lists: Iterable[tuple[str, str]], identity: dict[str, Any] 
                 seen.add(entry.prefix)
                 check_dataset(entry.prefix, identity, vocab_size, full=full)
     return len(seen)
+
+
+def check_data_files(plan: Any) -> int:
+    """Open-time integrity of every dataset a run (a ``RunPlan``) names; torch-free (``--dry-run``).
+
+    Returns:
+        The number of datasets checked (0 with mock data).
+    """
+    from megatron.checkpointing.metadata import tokenizer_identity  # torch-free; above data/
+
+    data = plan.config.data
+    if data.mock_data or data.data_file_list is None:
+        return 0
+    lists = [(flag, path) for flag, path in (("--data-file-list", data.data_file_list),
+                                              ("--valid-data-file-list", data.valid_data_file_list),
+                                              ("--test-data-file-list", data.test_data_file_list))
+             if path is not None]
+    return check_data_lists(lists, tokenizer_identity(plan), plan.model.original_vocab_size,
+                            full=data.check_data)

@@ -23,7 +23,6 @@ from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_u
 from megatron.checkpointing.metadata import (
     client_info,
     run_metadata,
-    tokenizer_identity,
 )
 from megatron.checkpointing.reader import CLIENT_KEY
 from megatron.checkpointing.universal import (
@@ -34,7 +33,7 @@ from megatron.config.env import DistEnv
 from megatron.config.plan import RunPlan
 from megatron.continual.regularizers import attach_regularizers
 from megatron.data.builder import DataStreams, Split, build_streams
-from megatron.data.integrity import check_data_lists
+from megatron.data.integrity import check_data_files
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
@@ -287,19 +286,6 @@ class Trainer:
         self.evaluate(state, "valid")
         self.test_loss = self.evaluate(state, "test")
 
-
-
-def check_data_files(plan: RunPlan) -> int:
-    """Open-time integrity of every dataset the run names (``megatron/data/integrity.py``)."""
-    data = plan.config.data
-    if data.mock_data or data.data_file_list is None:
-        return 0
-    lists = [(flag, path) for flag, path in (("--data-file-list", data.data_file_list),
-                                              ("--valid-data-file-list", data.valid_data_file_list),
-                                              ("--test-data-file-list", data.test_data_file_list))
-             if path is not None]
-    return check_data_lists(lists, tokenizer_identity(plan), plan.model.original_vocab_size,
-                            full=data.check_data)
 
 
 def _barrier() -> None:

@@ -28,7 +28,7 @@ def _snapshot(directory: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("relaunch_iters", ["3", "2"])
+@pytest.mark.parametrize("relaunch_iters", ["3", pytest.param("2", marks=pytest.mark.slow)])
 def test_relaunch_of_a_finished_run_touches_nothing(tmp_path, capsys, relaunch_iters):
     save = str(tmp_path / "ckpt")
     run("--train-iters", "3", "--save", save, "--lr-decay-style", "constant")
@@ -59,13 +59,15 @@ def test_final_save_happens_before_the_final_evaluation(tmp_path, monkeypatch):
     assert (tmp_path / "ckpt" / "latest").read_text() == "global_step2"
 
 
-@pytest.mark.parametrize("extra", [[], ["--finetune"], ["--save", "SAVE"]])
+@pytest.mark.parametrize("extra", [[], pytest.param(["--finetune"], marks=pytest.mark.slow),
+                                   pytest.param(["--save", "SAVE"], marks=pytest.mark.slow)])
 def test_load_of_a_missing_directory_is_an_error(tmp_path, extra):
     extra = [str(tmp_path / "other") if e == "SAVE" else e for e in extra]
     with pytest.raises(CheckpointError, match=r"--load: .*typo does not exist"):
         run("--train-iters", "1", "--load", str(tmp_path / "typo"), *extra)
 
 
+@pytest.mark.slow
 def test_empty_or_own_save_directory_starts_fresh(tmp_path):
     (tmp_path / "empty").mkdir()
     assert run("--train-iters", "1", "--load", str(tmp_path / "empty")).iteration == 1
@@ -119,6 +121,7 @@ def test_checkpoint_errors_reach_the_user_as_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_step_committed_but_never_published_is_redone(tmp_path):
     """kill -9 between the completion marker and `latest`: the resumed run redoes that step."""
     save = str(tmp_path / "ckpt")

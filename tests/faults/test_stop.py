@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 import pretrain_gpt
 from megatron.trainer.loop import Trainer
 from tests.helpers import tiny_args
@@ -32,6 +34,7 @@ def test_early_stop_exits_75_and_the_next_run_consumes_the_kill_switch(tmp_path,
     assert open(os.path.join(save, "latest")).read() == "global_step5"
 
 
+@pytest.mark.slow
 def test_exit_interval_is_a_stop_with_work_left(tmp_path):
     assert pretrain_gpt.main(tiny_args("--train-iters", "4", "--exit-interval", "2")) == 75
     assert pretrain_gpt.main(tiny_args("--train-iters", "2")) == 0
