@@ -330,14 +330,14 @@ class Battery:
         import torch
 
         rng = random.Random(seed)
-        iters = str(max(12, kills + 6))
+        iters = str(max(12, 3 * kills))
         flags = ["--train-iters", iters, "--save-interval", "1", "--lr-decay-style", "constant"]
         ref = os.path.join(self.tmp, "ref")
         assert train(*flags, "--save", ref).returncode == 0
         cut = os.path.join(self.tmp, "cut")
         args = [PY, "-W", "ignore", "pretrain_gpt.py", *TINY, "--mock-data", "--vocab-size", "64", *flags,
                 "--save", cut, "--load", cut]
-        done = 0
+        done = killed = 0
         for _ in range(kills):
             proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             started = None
@@ -349,6 +349,7 @@ class Battery:
             proc.kill()
             proc.communicate()
             done += 1
+            killed += proc.returncode == -signal.SIGKILL  # not when it had already finished
             latest = os.path.join(cut, "latest")
             if os.path.exists(latest):
                 with open(latest) as f:
@@ -361,7 +362,8 @@ class Battery:
         a = torch.load(os.path.join(ref, f"global_step{iters}", "mp_rank_00_model_states.pt"), weights_only=False)
         b = torch.load(os.path.join(cut, f"global_step{iters}", "mp_rank_00_model_states.pt"), weights_only=False)
         same = all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
-        return ("GOOD", f"{kills} kills, final weights bit-identical") if same else ("BAD", "weights differ")
+        note = f"{killed} of {kills} launches killed by -9 mid-run, {iters} steps"
+        return ("GOOD", f"{note}; final weights bit-identical") if same else ("BAD", f"{note}; weights differ")
 
 
 class _Payload:
