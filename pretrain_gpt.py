@@ -15,7 +15,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for configuration errors)."""
+    """Run the command line; returns the exit status: 0 done, 2 configuration error, 1 a
+    checkpoint or data error, 75 stopped early with work left (a job script requeues)."""
     from megatron.config import ConfigError, DistEnv, parse_args, resolve
     from megatron.data.data_list import check_data_inputs
 
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
         from megatron.schedules.registry import schedule_state
+        from megatron.data.integrity import check_data_files
+
+        try:
+            check_data_files(plan)  # headers, sizes, sampled ids, tokenizer sidecars
+        except ConfigError as e:
+            print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
+            return 2
 
         text = json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
                            "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str)
@@ -46,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         write_run_record(plan, sys.argv if argv is None else ["pretrain_gpt.py", *argv])
     import time
 
+    from megatron.checkpointing.lifecycle import EXIT_STOPPED
+    from megatron.checkpointing.metadata import CheckpointError
     from megatron.trainer.loop import train
+    from megatron.trainer.nonfinite import NonFiniteLoss
 
     started = time.perf_counter()
     try:
@@ -54,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
+    except (CheckpointError, NonFiniteLoss) as e:  # a sentence, not a traceback
+        print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
+        return 1
     if env.rank == 0:
         write_run_result(plan, result, time.perf_counter() - started)
-    return 0
+    # Stopped early (SIGTERM, kill switch, exit duration): 75 tells a job script "more to do".
+    return EXIT_STOPPED if result.stop_reason is not None else 0
 
 
 def write_run_result(plan, result, seconds: float) -> None:  # noqa: ANN001

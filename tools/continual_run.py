@@ -31,6 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.checkpointing.metadata import CheckpointError  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.continual.launch import Launch  # noqa: E402
 from megatron.continual.overrides import add_override_args, given_overrides, refuse_foreign  # noqa: E402
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # e.g. another runner holds the plan root
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ and a SIGTERM from the scheduler also saves at the next step.
 
 submits a whole continual-pretraining plan (``CPT_PLAN``) as one job: the runner stops
 ``--margin-minutes`` before the walltime (mid-stage, saving) and the job resubmits itself until
-every stage has finished (the runner's exit status 75 means "stopped, more to do").
+every stage has finished (the runner's exit status 75 means "stopped, more to do"). A single run's
+job resubmits itself on 75 too (the trainer stopped before the walltime with iterations left).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -37,6 +39,33 @@ def walltime_minutes(walltime: str) -> int:
         parts.insert(0, 0)
     h, m, s = parts
     return h * 60 + m + (s + 59) // 60
+
+
+_SCRIPT_VALUE = re.compile(r"[A-Za-z0-9_.:/@+=,%-]*")
+"""What a value written unquoted into a ``#PBS``/``#SBATCH`` line may contain."""
+
+
+def check_script_values(args: argparse.Namespace) -> None:
+    """Every value that enters the job script is one line of ordinary characters.
+
+    Header values are written unquoted (the scheduler parses them), so a newline would start a
+    new shell line and a space or quote would change the directive; exported values are quoted
+    but must not carry control characters either.
+
+    Raises:
+        ValueError: Naming the flag and the offending value.
+    """
+    for flag in ("name", "walltime", "queue", "account", "filesystems"):
+        value = getattr(args, flag)
+        if value is not None and not _SCRIPT_VALUE.fullmatch(value):
+            raise ValueError(f"--{flag} {value!r}: only letters, digits and _.:/@+=,%- are allowed "
+                             "(it is written into the job script's scheduler directives)")
+    for flag, values in (("save", [args.save]), ("plan", [args.plan]), ("output", [args.output]),
+                         ("env", args.env), ("--", args.extra)):
+        for value in values:
+            if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"{'--' if flag != '--' else 'after '}{flag} {value!r}: control "
+                                 "characters (a newline, tab, escape) are not allowed in a job script")
 
 
 def scheduler_header(args: argparse.Namespace, array: int | None = None) -> tuple[list[str], str]:
@@ -101,6 +130,7 @@ def submit(scheduler: str, path: str) -> None:
 
 def job_script(args: argparse.Namespace, extra: list[str]) -> str:
     """The job script's text."""
+    check_script_values(argparse.Namespace(**{**vars(args), "extra": extra}))
     minutes = walltime_minutes(args.walltime)
     if minutes <= args.margin_minutes:
         raise ValueError(f"--walltime {args.walltime} leaves no time after --margin-minutes {args.margin_minutes}")
@@ -112,13 +142,14 @@ def job_script(args: argparse.Namespace, extra: list[str]) -> str:
         env.update(SAVE=args.save, LOAD=args.save, EXIT_DURATION_MINS=str(minutes - args.margin_minutes))
     header, workdir = scheduler_header(args)
     exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    command = [" ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])]
-    if args.plan:
-        # 75: the plan stopped cleanly with stages left; queue the next job, which continues it.
-        again = "qsub" if args.scheduler == "pbs" else "sbatch"
-        me = shlex.quote(os.path.abspath(args.output or f"{args.name}.{args.scheduler}.sh"))
-        command = [f"status=0; {command[0]} || status=$?",
-                   f'if [[ "$status" == 75 ]]; then {again} {me}; exit 0; fi', 'exit "$status"']
+    run = " ".join(["bash", "train_alcf.sh", *map(shlex.quote, extra)])
+    # 75: the run (or plan) stopped cleanly with work left (time limit, SIGTERM, the kill switch);
+    # queue the next job, which continues it. A kill switch is still there for the next job: it
+    # removes it and exits 0 without training, so the chain ends.
+    again = "qsub" if args.scheduler == "pbs" else "sbatch"
+    me = shlex.quote(os.path.abspath(args.output or f"{args.name}.{args.scheduler}.sh"))
+    command = [f"status=0; {run} || status=$?",
+               f'if [[ "$status" == 75 ]]; then {again} {me}; exit 0; fi', 'exit "$status"']
     return "\n".join(["#!/bin/bash", *header, "set -euo pipefail", workdir, *exports, *command, ""])
 
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from megatron.checkpointing.metadata import (  # noqa: F401  (re-exported for ca
     CheckpointError,
     read_metadata,
 )
+from megatron.checkpointing.lifecycle import prepare_step_dir, refuse_committed, save_failed
+from megatron.checkpointing.lock import DirectoryLock
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,23 @@ def checkpoint_tag(iteration: int) -> str:
 
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _latest_name(save_dir: str) -> str | None:
+    try:
+        with open(os.path.join(save_dir, LATEST_FILE)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def read_latest_tag(load_dir: str) -> str | None:
@@ -106,8 +121,12 @@ def save_checkpoint(
     iteration: int,
     metadata: dict[str, Any],
     client_state: dict[str, Any],
+    side_files: Callable[[str], None] | None = None,
 ) -> str:
     """Save on every rank; move the ``latest`` pointers after all ranks are done.
+
+    A committed step directory is never written again; a leftover of an interrupted save is
+    replaced; a failed write (disk full) removes the partial directory.
 
     Args:
         engine: The DeepSpeed engine.
@@ -115,22 +134,61 @@ def save_checkpoint(
         iteration: Completed optimizer steps.
         metadata: JSON-able run metadata (rank 0 writes it).
         client_state: Per-rank extras stored in DeepSpeed's model-state files.
+        side_files: Writes extra files into the step directory (every rank, before the
+            completion marker).
 
     Returns:
         The checkpoint directory.
     """
     tag = checkpoint_tag(iteration)
     path = os.path.join(save_dir, tag)
-    engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
-    dist.barrier()
+    latest = _latest_name(save_dir)
+    refuse_committed(path, latest)  # every rank sees the same files: all refuse together
+    dist.barrier()  # every rank has looked before rank 0 removes an interrupted save's leftover
     if dist.get_rank() == 0:
-        # Written once every rank's files are complete: its presence marks a complete checkpoint.
-        _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
-        _write_atomic(os.path.join(save_dir, LATEST_FILE), tag)
-        _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
+        prepare_step_dir(path, latest)
+    dist.barrier()
+    try:
+        engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
+        if side_files is not None:
+            side_files(path)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            # Written once every rank's files are complete: its presence marks a complete checkpoint.
+            _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
+            _write_atomic(os.path.join(save_dir, LATEST_FILE), tag)
+            _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
+    except OSError as e:  # disk full, quota, I/O error: no partial step directory stays
+        raise save_failed(path, e) from None
     dist.barrier()
     log.info("saved checkpoint %s", path)
     return path
+
+
+def lock_save_dir(save_dir: str | None, device: torch.device) -> DirectoryLock | None:
+    """Rank 0 takes ``--save``'s lock; every rank raises if it could not (collectively).
+
+    Raises:
+        CheckpointError: Another live run holds it (rank 0's message names it).
+    """
+    if save_dir is None:
+        return None
+    lock, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            lock = DirectoryLock(save_dir, "--save").acquire()
+        except CheckpointError as e:
+            error = e
+    failed = error is not None
+    if dist.get_world_size() > 1:
+        flag = torch.tensor([float(failed)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        failed = bool(flag.item())
+    if error is not None:
+        raise error
+    if failed:
+        raise CheckpointError(f"--save: {save_dir} is locked by another run (see rank 0's message)")
+    return lock
 
 
 PRE_COOLDOWN_FILE = "pre_cooldown_checkpoint.txt"
@@ -201,6 +259,8 @@ def load_engine_states(
             load_lr_scheduler_states=False,
             load_module_only=weights_only,
         )
+    except CheckpointError as e:  # a file refused or unreadable: the message names it
+        raise CheckpointError(f"--load: cannot load {os.path.join(load_dir, tag)}: {e}") from None
     except (RuntimeError, OSError, KeyError, ValueError, EOFError) as e:
         raise CheckpointError(f"--load: cannot load {os.path.join(load_dir, tag)}: {e}") from e
     if path is None:

@@ -30,6 +30,8 @@ import torch
 
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, tp_layout
+from megatron.checkpointing.lifecycle import require_committed
+from megatron.checkpointing.safe_load import load_file as safe_load_file
 from megatron.model.spec import GPTSpec
 from megatron.optimizer.owners import split_owned_key
 
@@ -38,11 +40,8 @@ WEIGHT = "fp32"
 
 
 def load_file(path: str) -> Any:
-    """``torch.load`` memory-mapped on CPU (our own files; DeepSpeed pickles its own types)."""
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e}); the checkpoint is truncated or corrupt") from None
+    """A checkpoint file memory-mapped on CPU, unpickled with the allow-list (``safe_load.py``)."""
+    return safe_load_file(path, mmap=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +64,8 @@ class SavedCheckpoint:
         directory: The step directory.
 
     Raises:
-        CheckpointError: Not a checkpoint of ours, already universal, or incomplete.
+        CheckpointError: Not a checkpoint of ours, already universal, or incomplete (no
+            completion marker: an interrupted save).
     """
 
     def __init__(self, directory: str):
@@ -73,6 +73,7 @@ class SavedCheckpoint:
         if os.path.isdir(os.path.join(directory, "zero")):
             raise CheckpointError(f"{directory} is already a universal checkpoint (it has zero/); "
                                   "load it with --universal-checkpoint, no conversion needed")
+        require_committed(directory, "--input")  # an interrupted save is never converted or exported
         model_files = sorted(f for f in glob.glob(os.path.join(directory, "*model_states.pt"))
                              if not os.path.basename(f).startswith("layer_"))
         if not model_files:

@@ -25,6 +25,8 @@ class DataConfig:
     """Train on a fixed subset of this many unique tokens, repeated (data-constrained runs)."""
     mock_data: bool = False
     """Train on random tokens (no data files); for tests and benchmarks."""
+    check_data: bool = False
+    """At start, check every token id of every dataset against the vocabulary (default: a sample of each)."""
     tokenizer_type: str = knob("byte", names="megatron.data.tokenizers:tokenizer_names")
     """Tokenizer, from the tokenizer registry."""
     tokenizer_model: str | None = None

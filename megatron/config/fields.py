@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 from typing import Any
 
@@ -109,7 +110,9 @@ def require_positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None:
-            require(value > 0, flag_name(name), f"must be > 0, got {value}")
+            require(value > 0, flag_name(name), f"must be > 0, got {value}")  # NaN fails here too
+            # inf would pass `> 0` and turn the run into NaNs at the first step.
+            require(math.isfinite(value), flag_name(name), f"must be finite, got {value}")
 
 
 def require_ratio(obj: Any, *names: str, closed: bool = True) -> None:

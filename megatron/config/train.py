@@ -46,6 +46,8 @@ class TrainConfig:
     """Save and exit as soon as this file exists."""
     skip_train: bool = False
     """Evaluate only: load --load's weights, report the validation and test loss on the given data lists and exit; nothing is trained or saved."""
+    max_nonfinite_steps: int = 3
+    """A step whose loss or gradient norm is NaN/inf skips its update; this many in a row stop the run (exit 1, no checkpoint). 0 turns the check off (it reads one flag on the host per step)."""
     compile: bool = False
     """Compile each transformer layer with torch.compile (regional: DeepSpeed, TP and PP stay eager around the layers); the compiling step's time is logged apart from tokens/s."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
@@ -67,6 +69,8 @@ class TrainConfig:
             "exit_interval",
             "exit_duration_in_mins",
         )
+        if self.max_nonfinite_steps < 0:
+            raise ConfigError(f"--max-nonfinite-steps: must be >= 0, got {self.max_nonfinite_steps}")
         if self.eval_iters < 0:
             raise ConfigError(f"--eval-iters: must be >= 0, got {self.eval_iters}")
         if self.bf16 and self.fp16:

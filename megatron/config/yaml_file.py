@@ -29,7 +29,38 @@ def read_yaml(
         raise error(f"{flag}: cannot read {path}: {e.strerror}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        value = yaml.SafeLoader("").construct_document(node) if construct and node is not None else None
+    except yaml.YAMLError as e:
+        raise error(f"{flag}: {path} is not valid {kind}: {e}") from None
+    if not construct or node is None:
+        return node, None  # the caller walks the node itself (and refuses duplicates there)
+    refuse_duplicate_keys(node, path, flag, error)
+    try:
+        value = yaml.SafeLoader("").construct_document(node)
     except yaml.YAMLError as e:
         raise error(f"{flag}: {path} is not valid {kind}: {e}") from None
     return node, value
+
+
+def refuse_duplicate_keys(node: Any, path: str, flag: str, error: type[ConfigError]) -> None:
+    """A key given twice in one mapping is an error (YAML loaders keep the last one silently).
+
+    Raises:
+        error: Naming the key and both lines.
+    """
+    import yaml
+
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in seen:
+                        raise error(f"{flag}: {path}:{line}: key {key.value!r} is given twice (first "
+                                    f"at line {seen[key.value]}); keep one")
+                    seen[key.value] = line
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)

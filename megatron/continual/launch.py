@@ -2,12 +2,14 @@
 
 Every stage is an ordinary ``pretrain_gpt.py`` run, by default started through the launcher
 (``bash train_alcf.sh``: PBS / Slurm / local topology, the environment's flags), in its own
-process group so that a SIGTERM to the runner reaches every rank. Its output is copied to the
-console and to ``<stage>/stage.log``.
+process group so that a SIGTERM to the runner reaches every rank, and with a parent-death signal
+so that it saves and stops if the runner dies. It writes its output to ``<stage>/stage.log``,
+which the runner follows and copies to the console.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,23 +144,71 @@ class Runner:
             os.killpg(self.proc.pid, signal.SIGKILL if again else signal.SIGTERM)
 
     def run(self, argv: Sequence[str], env: dict[str, str], log_path: str) -> StageProcess:
-        """Run a stage to its end, copying its output to the console and ``log_path``."""
+        """Run a stage to its end, copying its output to the console and ``log_path``.
+
+        The stage writes straight into ``log_path`` (its output survives the runner) and the
+        runner follows the file; the stage gets SIGTERM (save and stop) if the runner dies.
+        """
         result = StageProcess(started_at=time.time())
         started = time.monotonic()
-        with open(log_path, "a") as log_file:
-            log_file.write(f"# {' '.join(argv)}\n")
-            self.proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         env=child_environment(env), start_new_session=True, bufsize=1)
-            if self.stop_requested:  # a signal that arrived while starting
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            for line in self.proc.stdout:
-                log_file.write(line)
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            result.returncode = self.proc.wait()
+        with open(log_path, "ab") as log_file:
+            log_file.write(f"# {' '.join(argv)}\n".encode())
+            log_file.flush()
+            offset = log_file.tell()
+            self.proc = subprocess.Popen(list(argv), stdout=log_file, stderr=subprocess.STDOUT,
+                                         env=child_environment(env), start_new_session=True,
+                                         preexec_fn=_die_with_parent(os.getpid()))
+        if self.stop_requested:  # a signal that arrived while starting
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        for line in _follow(log_path, offset, self.proc):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        result.returncode = self.proc.wait()
         self.proc = None
         result.wall_s = time.monotonic() - started
         return result
+
+
+def _follow(path: str, offset: int, proc: subprocess.Popen) -> Iterator[str]:
+    """The lines written to ``path`` after ``offset`` until ``proc`` exits (and its last ones)."""
+    pending = b""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                yield from (line.decode(errors="replace") + "\n" for line in lines)
+                continue
+            if proc.poll() is not None:
+                tail = f.read()
+                if not tail:
+                    break
+                pending += tail
+                continue
+            time.sleep(0.05)
+    if pending:
+        yield pending.decode(errors="replace") + "\n"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the stage gets SIGTERM (save and stop) when the runner dies, even by
+    ``kill -9`` (Linux ``prctl(PR_SET_PDEATHSIG)``; it survives the launcher's ``exec``)."""
+
+    def arm() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return  # not Linux: the stage outlives a killed runner
+        if os.getppid() != parent:  # the runner died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def convert_to_universal(launch: Launch, load_dir: str, tag: str) -> None:

@@ -12,7 +12,9 @@ A stage whose layout (TP/PP, or DP/ZeRO with partitioned optimizer states) diffe
 checkpoint it loads gets that checkpoint converted to universal first. After the final save the
 runner writes ``STAGE_DONE.json`` (``markers.py``). SIGTERM, the kill switch ``<root>/STOP`` and
 a time limit stop the running stage at its next step (it saves) and the runner exits with
-``EXIT_STOPPED``; rerunning the plan continues inside that stage. With ``eval_after_each_stage``
+``EXIT_STOPPED`` (the kill switch stays: the next run, e.g. a requeued job, finds it at start,
+removes it and exits ``EXIT_DONE`` without running, so a job chain ends); rerunning the plan
+continues inside that stage. One runner per plan root (``<root>/.lock``). With ``eval_after_each_stage``
 each finished stage's row of the forgetting matrix is evaluated before the next stage starts
 (``stage_eval.py``).
 """
@@ -28,6 +30,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from megatron.checkpointing.lifecycle import EXIT_STOPPED, consume_kill_switch
+from megatron.checkpointing.lock import DirectoryLock
 from megatron.config.fields import ConfigError
 from megatron.continual.launch import Launch, Runner, convert_to_universal, to_argv
 from megatron.continual.markers import (
@@ -45,7 +49,6 @@ from megatron.trainer.events import EventLogError
 log = logging.getLogger(__name__)
 
 EXIT_DONE = 0
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly; run the plan again to continue
 KILL_SWITCH = "STOP"
 
 
@@ -185,9 +188,6 @@ class PlanRunner:
             if subprocess.run([self.launch.python, plan.prepare], check=False).returncode != 0:
                 raise PlanError(f"{plan.path}: prepare: {plan.prepare} failed")
         os.makedirs(plan.root, exist_ok=True)
-        if os.path.exists(self.kill_switch):
-            log.info("removing the kill switch %s left by the last stop", self.kill_switch)
-            os.remove(self.kill_switch)
         init = resolve_init(plan)
         specs = build_stage_specs(plan, stage_iterations(plan, self.launch))
         markers = {s.key: m for s in specs if (m := read_marker(s.directory)) is not None}
@@ -217,7 +217,13 @@ class PlanRunner:
         return specs, markers, dry, init
 
     def run(self) -> int:
-        """Run every unfinished stage in order."""
+        """Run every unfinished stage in order (holding the plan root's lock)."""
+        with DirectoryLock(self.plan.root, f"{self.plan.path}: plan root"):
+            if consume_kill_switch(self.kill_switch):
+                return EXIT_DONE  # a stopped job chain ends here
+            return self._run()
+
+    def _run(self) -> int:
         began = time.monotonic()
         specs, markers, dry, prev = self.prepare()
         self.checks_s = time.monotonic() - began
@@ -304,7 +310,7 @@ class PlanRunner:
         before = time.monotonic() - began
         proc = runner.run(argv, env, os.path.join(spec.directory, "stage.log"))
         after_began = time.monotonic()
-        if proc.returncode != 0 and runner.stop_requested:
+        if proc.returncode == EXIT_STOPPED or (proc.returncode != 0 and runner.stop_requested):
             log.info("stage %s ended by the stop signal (status %d); rerun the plan to resume it from its "
                      "last checkpoint", spec.key, proc.returncode)
             return None

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from megatron.data.integrity import DataError
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -247,10 +249,18 @@ def cached_blend(
         except OSError:  # another job finished the same index first
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("blend index of %d samples saved to %s", size, path)
-    return (
-        np.load(os.path.join(path, "dataset_index.npy"), mmap_mode="r"),
-        np.load(os.path.join(path, "sample_index.npy"), mmap_mode="r"),
-    )
+    arrays = []
+    for name in ("dataset_index.npy", "sample_index.npy"):
+        file = os.path.join(path, name)
+        try:
+            arrays.append(np.load(file, mmap_mode="r"))
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"--data-cache-path: {file} is truncated or corrupt ({e}); delete "
+                            f"{path} and it is rebuilt") from None
+        if arrays[-1].ndim != 1 or len(arrays[-1]) < size:
+            raise DataError(f"--data-cache-path: {file} holds {arrays[-1].shape} entries, fewer "
+                            f"than {size}; delete {path} and it is rebuilt")
+    return arrays[0], arrays[1]
 
 
 class BlendedStream:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron.checkpointing.safe_load import safe_checkpoint_engine
 from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
@@ -29,6 +30,7 @@ from megatron.schedules.registry import schedule_from_state, schedule_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
+from megatron.trainer.nonfinite import NonFiniteGuard
 from megatron.trainer.timers import PhaseTimers
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,14 @@ class StepResult:
             tensor: read it on the host only when needed; each read waits for the device).
         grad_norm: Global gradient norm before clipping, as DeepSpeed keeps it (tensor or float;
             None if DeepSpeed skipped the step).
-        skipped: True when the update was skipped (fp16 overflow).
+        skipped: True when the update was skipped (fp16 overflow, or a non-finite step).
+        nonfinite: True when the non-finite guard skipped it (``nonfinite.py``).
     """
 
     loss: torch.Tensor | float
     grad_norm: torch.Tensor | float | None
     skipped: bool
+    nonfinite: bool = False
 
 
 def _record_grad_norm_at_zero0(engine: Any) -> None:
@@ -109,8 +113,13 @@ class TrainEngine:
             and not self.engine.fp16_enabled()
         ):
             _record_grad_norm_at_zero0(self.engine)
+        safe_checkpoint_engine(self.engine)  # --load unpickles with weights_only=True
         if self.optimizer_spec.after_initialize is not None:
             self.optimizer_spec.after_initialize(self)  # e.g. Muon binds to the TP/ZeRO layout
+        self.guard = (  # skips the update of a non-finite step (fp16: DeepSpeed's own skipping)
+            NonFiniteGuard(self.optimizer, self._fresh_grad_norm, ctx.device)
+            if cfg.train.max_nonfinite_steps and not cfg.train.fp16 else None
+        )
         state = schedule_state(plan)  # the schedule's arguments, computed once
         fn, fingerprint = schedule_from_state(state)
         self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, state)
@@ -150,6 +159,14 @@ class TrainEngine:
         if self.optimizer_spec.eval_mode is not None:
             self.optimizer_spec.eval_mode(self.optimizer)
 
+    def _fresh_grad_norm(self) -> torch.Tensor | float | None:
+        # Inside the optimizer step: DeepSpeed's ZeRO/bf16 wrappers hold this step's norm (the
+        # engine copies it after the step); plain ZeRO-0 has it from clip_and_record.
+        wrapper = self.engine.optimizer
+        if wrapper is not self.optimizer and hasattr(wrapper, "_global_grad_norm"):
+            return wrapper._global_grad_norm
+        return self.engine._global_grad_norm
+
     def _grad_norm(self) -> torch.Tensor | float | None:
         return self.engine.get_global_grad_norm()  # not float(): that would sync every step
 
@@ -175,6 +192,8 @@ class TrainEngine:
             with self.attention():
                 self.optimizer_spec.before_step(self, batches, iteration)
         skipped_before = self.engine.skipped_steps
+        if self.guard is not None:
+            self.guard.begin_step()
         timed = self.timers.phase
         if self.pipeline:
             self._set_pipeline_meter(meter)
@@ -190,6 +209,8 @@ class TrainEngine:
                             loss = reported = self._losses(batch, meter)
                         else:  # extra loss terms (continual/regularizers.py: EWC, LwF)
                             loss, reported = self.loss_hook(batch, meter)
+                    if self.guard is not None:
+                        self.guard.watch_loss(reported)
                     # DeepSpeed divides by the accumulation steps and steps at the boundary.
                     with timed("backward"):
                         self.engine.backward(loss)
@@ -198,8 +219,12 @@ class TrainEngine:
                 losses.append(reported.detach())
             mean = _dp_mean_tensor(torch.stack(losses).mean())
         self.timers.step_done()
-        skipped = self.engine.skipped_steps > skipped_before
-        return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped)
+        overflow = self.engine.skipped_steps > skipped_before
+        # ZeRO and bf16 skip a non-finite step themselves (fp16 also skips to calibrate its loss
+        # scale: that is not a non-finite step).
+        nonfinite = self.guard is not None and (self.guard.skipped or overflow)
+        skipped = overflow or nonfinite
+        return StepResult(loss=mean, grad_norm=self._grad_norm(), skipped=skipped, nonfinite=nonfinite)
 
     @torch.no_grad()
     def eval_loss(self, batches: list[Batch], meter: CorpusLoss | None = None) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -13,12 +12,13 @@ import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
-    checkpoint_tag,
+    lock_save_dir,
     mark_pre_cooldown,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
 )
+from megatron.checkpointing.lifecycle import check_load_dir, finished_message, same_directory
 from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_universal_info
 from megatron.checkpointing.metadata import (
     client_info,
@@ -34,6 +34,7 @@ from megatron.config.fields import ConfigError
 from megatron.config.plan import RunPlan
 from megatron.continual.regularizers import attach_regularizers
 from megatron.data.builder import DataStreams, Split, build_streams
+from megatron.data.integrity import check_data_files
 from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
@@ -44,11 +45,12 @@ from megatron.schedules.registry import cooldown_start
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import Reporter
+from megatron.trainer.nonfinite import NonFiniteCounter
 from megatron.trainer.optimizer_states import optimizer_state_stats
 from megatron.trainer.resume import open_universal, restore
 from megatron.trainer.state import TrainState, data_state
 from megatron.trainer.step_values import StepValues
-from megatron.trainer.stop import StopSignals
+from megatron.trainer.stop import StopSignals, kill_switch_at_start
 from megatron.trainer.token_counts import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class Trainer:
         self.plan = plan
         self.ctx = ctx
         self.cfg = plan.config
+        check_load_dir(self.cfg.checkpoint)  # a typo'd --load must not train from random weights
+        check_data_files(plan)  # corrupt, empty or foreign-tokenizer data: one line, before reading
         self.streams: DataStreams = build_streams(
             plan, is_builder=ctx.env.rank == 0, barrier=_barrier
         )
@@ -120,11 +124,13 @@ class Trainer:
         self.reporter = Reporter(plan, ctx)
         self.compile_watch = CompileWatch(self.cfg.train.compile, ctx.device)
         self.stop = StopSignals(self.cfg.train, ctx.device)
+        self.nonfinite = NonFiniteCounter(self.cfg.train.max_nonfinite_steps)
         self.losses = StepValues()  # device tensors until a log line reads them
         self.valid_loss: float | None = None
         self.valid_history: list[tuple[int, float]] = []
         self.optimizer_states: dict[str, float] | None = None
         self.test_loss: float | None = None
+        self.saved_iteration: int | None = None  # the iteration whose checkpoint exists
         self.coord_check = (  # --mup-coord-check: activation l1s of the first iterations
             CoordCheckLogger(self.engine.module) if self.cfg.scaling.mup_coord_check else None
         )
@@ -150,16 +156,23 @@ class Trainer:
         stop_reason = None
         try:  # a refused checkpoint must also restore the SIGTERM handler (finally below)
             state = restore(self)
+            if state.loaded_from is not None:
+                done = finished_message(state.loaded_from, state.iteration, self.plan.train_iters)
+                if done is not None:  # a requeued relaunch: the committed checkpoint stays as is
+                    log.info(done)
+                    return self._result(state, None)
+                if same_directory(self.cfg.checkpoint.load, self.cfg.checkpoint.save):
+                    self.saved_iteration = state.iteration  # that checkpoint is already in --save
             self._run_start_event(state)
             while state.iteration < self.plan.train_iters:
                 self.train_step(state)
                 if self._due(state.iteration, self.cfg.train.eval_interval):
                     self.evaluate(state, "valid")
                 stop_reason = self.stop.check(state.iteration)
-                if (
-                    stop_reason
-                    or self._due(state.iteration, self.cfg.checkpoint.save_interval)
-                    or state.iteration == self.cooldown_start
+                if stop_reason or (
+                    self.nonfinite.consecutive == 0  # no routine save inside a non-finite streak
+                    and (self._due(state.iteration, self.cfg.checkpoint.save_interval)
+                         or state.iteration == self.cooldown_start)
                 ):
                     self.save(state)
                 if stop_reason:
@@ -173,6 +186,9 @@ class Trainer:
         finally:
             self.reporter.close()
             self.stop.close()
+        return self._result(state, stop_reason)
+
+    def _result(self, state: TrainState, stop_reason: str | None) -> TrainResult:
         return TrainResult(
             iteration=state.iteration,
             train_loss=self.reporter.last_train_loss,
@@ -229,6 +245,7 @@ class Trainer:
         state.consumed_samples += self.plan.global_batch_size
         self.losses.append(result.loss)
         self.reporter.on_step(state.iteration, result.loss, lr, result.grad_norm, result.skipped)
+        self.nonfinite.update(result.nonfinite, state.iteration)  # raises after N in a row
         if self.reporter.due(state.iteration):
             self.reporter.on_timers(state.iteration, self.engine.timers.collect())
             self.losses.flush()
@@ -271,7 +288,7 @@ class Trainer:
 
     def save(self, state: TrainState) -> None:
         """Checkpoint (weights as the optimizer's eval mode defines them, e.g. schedule-free x)."""
-        if self.cfg.checkpoint.save is None:
+        if self.cfg.checkpoint.save is None or self.saved_iteration == state.iteration:
             return
         started = time.perf_counter()
         ckpt = self.cfg.checkpoint
@@ -286,9 +303,9 @@ class Trainer:
             UNIVERSAL_CHECKPOINT_INFO: deepspeed_universal_info(self.plan.model),
             CLIENT_KEY: client_info(self.engine, self.ctx, metadata),
         }
-        if self.regularizers is not None:  # before the checkpoint's files: `latest` moves last
-            self.regularizers.save(os.path.join(ckpt.save, checkpoint_tag(state.iteration)))
-        save_checkpoint(self.engine.engine, ckpt.save, state.iteration, metadata, client)
+        side_files = None if self.regularizers is None else self.regularizers.save
+        save_checkpoint(self.engine.engine, ckpt.save, state.iteration, metadata, client, side_files)
+        self.saved_iteration = state.iteration
         self.engine.train_mode()
         if state.iteration == self.cooldown_start:
             mark_pre_cooldown(ckpt.save, state.iteration)
@@ -300,10 +317,10 @@ class Trainer:
         self.reporter.exclude(seconds)
 
     def finish(self, state: TrainState) -> None:
-        """Final validation and test loss, final checkpoint."""
+        """Final checkpoint, then final validation and test loss (a crash there loses nothing)."""
+        self.save(state)
         self.evaluate(state, "valid")
         self.test_loss = self.evaluate(state, "test")
-        self.save(state)
 
 
 
@@ -323,7 +340,12 @@ def train(plan: RunPlan, env: DistEnv) -> TrainResult:
     """Start the process groups, run, and tear them down (also on error)."""
     ctx = init_distributed(plan, env)
     setup_logging(ctx.is_logging_rank)
+    lock = None
     try:
+        lock = lock_save_dir(plan.config.checkpoint.save, ctx.device)  # one writer per --save
+        if kill_switch_at_start(plan.config.train.kill_switch_file, ctx.device):
+            return TrainResult(iteration=0, train_loss=float("nan"), valid_loss=None, test_loss=None,
+                               losses=(), stop_reason=None)
         log_plan(plan)
         trainer = Trainer(plan, ctx)
         if plan.config.schedule.lr_finder:
@@ -332,4 +354,6 @@ def train(plan: RunPlan, env: DistEnv) -> TrainResult:
             return range_test(trainer)
         return trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
         destroy_distributed()

@@ -104,7 +104,8 @@ def restore(trainer: Any) -> TrainState:
     if not ckpt.no_load_rng and "rng" in client:
         set_rng_state(client["rng"])
     state = TrainState(
-        iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"])
+        iteration=int(metadata["iteration"]), consumed_samples=int(metadata["consumed_samples"]),
+        loaded_from=where,
     )
     if ckpt.reset_data_state:
         # A continual stage on a new list: optimizer and schedule go on, the stream restarts.

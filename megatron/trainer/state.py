@@ -15,10 +15,12 @@ class TrainState:
     Attributes:
         iteration: Completed optimizer steps.
         consumed_samples: Training samples consumed (the data position).
+        loaded_from: The checkpoint this state was resumed from (None: a fresh start).
     """
 
     iteration: int = 0
     consumed_samples: int = 0
+    loaded_from: str | None = None
 
 
 def data_state(stream: object, consumed_samples: int) -> dict[str, Any] | None:

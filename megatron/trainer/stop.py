@@ -15,6 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.lifecycle import consume_kill_switch
 from megatron.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -70,3 +71,23 @@ class StopSignals:
         """Restore the previous SIGTERM handler."""
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
+
+
+def kill_switch_at_start(path: str | None, device: torch.device) -> bool:
+    """True when the kill switch exists as the run starts (on any rank); rank 0 removes it.
+
+    The run then does not start and exits 0: a job chain whose previous job stopped on the kill
+    switch ends here (``megatron/checkpointing/lifecycle.py``).
+    """
+    if not path:
+        return False
+    present = os.path.exists(path)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([float(present)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank has looked before rank 0 removes
+        present = bool(flag.item())
+    if not present:
+        return False
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        consume_kill_switch(path)
+    return True

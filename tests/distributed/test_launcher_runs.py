@@ -19,6 +19,9 @@ def test_two_process_run_through_the_launcher(repo_root, tmp_path, shakespeare_p
     env.update(PYTHON_EXEC=sys.executable, NPROC="2", DATA_FILE_LIST=str(data), TRAIN_ITERS="4",
                NLAYERS="2", HIDDEN="32", HEADS="4", SEQ_LEN="32", MICRO_BATCH="2", LOG_INTERVAL="2",
                EVAL_ITERS="1", TOKENIZER_TYPE="byte", OMP_NUM_THREADS="1", **layout)
+    # Its own --save: a second run into the repository's checkpoints/ would meet the first run's
+    # committed global_step4, which is never overwritten.
+    env["SAVE"] = str(tmp_path / "ckpt")
     out = subprocess.run(["bash", "train_alcf.sh"], cwd=repo_root, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -23,7 +23,10 @@ def test_job_script_resumes_from_its_save_dir_and_exits_before_walltime(tmp_path
     text = out.read_text()
     assert "export SAVE='/ckpt/run 1'" in text and "export LOAD='/ckpt/run 1'" in text
     assert "export EXIT_DURATION_MINS=50" in text and "export OPT=muon" in text
-    assert text.rstrip().endswith("bash train_alcf.sh --finetune")
+    # Stopped before the walltime with iterations left (75): the job queues its successor.
+    again = "qsub" if scheduler == "pbs" else "sbatch"
+    assert "status=0; bash train_alcf.sh --finetune || status=$?" in text
+    assert f'if [[ "$status" == 75 ]]; then {again} {out}; exit 0; fi' in text
     if scheduler == "pbs":
         assert "#PBS -l select=4" in text and "#PBS -l walltime=01:00:00" in text and "#PBS -A proj" in text
     else:

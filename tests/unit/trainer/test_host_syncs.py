@@ -35,7 +35,8 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_only_log_steps_read_device_values(monkeypatch):
+@pytest.mark.parametrize("guard", [False, True])
+def test_only_log_steps_read_device_values(monkeypatch, guard):
     reads: dict[int, list[str]] = {}
     step = Trainer.train_step
 
@@ -46,8 +47,11 @@ def test_only_log_steps_read_device_values(monkeypatch):
         reads[iteration] = mode.sites
 
     monkeypatch.setattr(Trainer, "train_step", counted)
-    result = train(tiny_plan("--train-iters", "6", "--log-interval", "3"), DistEnv())
-    assert {i: reads[i] for i in (1, 2, 4, 5)} == {1: [], 2: [], 4: [], 5: []}
+    flags = [] if guard else ["--max-nonfinite-steps", "0"]
+    result = train(tiny_plan("--train-iters", "6", "--log-interval", "3", *flags), DistEnv())
+    quiet = {i: [site.split(" at ")[1].split(":")[0].rsplit("/", 1)[-1] for site in reads[i]] for i in (1, 2, 4, 5)}
+    # The non-finite guard's decision is the one read a quiet step makes (nonfinite.py).
+    assert quiet == {i: ["nonfinite.py"] if guard else [] for i in (1, 2, 4, 5)}
     assert reads[3] and reads[6]  # the log lines read loss, grad norm, token counts
     assert len(result.losses) == 6 and all(isinstance(x, float) for x in result.losses)
     # The log line's mean is the mean of the per-step floats (float64 sum, as before).

@@ -1,4 +1,5 @@
-"""A SIGTERM (what PBS and Slurm send before the wall-time kill) saves a checkpoint and exits 0."""
+"""A SIGTERM (what PBS and Slurm send before the wall-time kill) saves a checkpoint and exits 75
+(stopped early, more to do)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_cleanly(repo_root, tmp_path):
     finally:
         proc.kill()
     output = "".join(lines) + rest
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.returncode == 75, output[-3000:]  # stopped early: a job script requeues
     assert "SIGTERM received" in output
     steps = [int(name.removeprefix("global_step")) for name in os.listdir(save) if name.startswith("global_step")]
     assert len(steps) == 1 and 2 <= steps[0] < 100000

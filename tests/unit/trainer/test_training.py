@@ -105,10 +105,27 @@ def test_kill_switch_saves_and_stops(tmp_path):
     kill = tmp_path / "STOP"
     kill.write_text("")
     save = str(tmp_path / "ckpt")
+    # Present at start: honoured by not starting, and consumed (a requeued job ends its chain).
     result = run("--train-iters", "10", "--save", save, "--kill-switch-file", str(kill))
+    assert result.iteration == 0 and not kill.exists() and not os.path.exists(os.path.join(save, "latest"))
+    # Found while running: save at that step and stop (the file stays for the next job).
+    from megatron.trainer.stop import StopSignals
+
+    check = StopSignals.check
+
+    def appears_after_first_step(self, iteration):  # noqa: ANN001, ANN202
+        if iteration == 1:
+            kill.write_text("")
+        return check(self, iteration)
+
+    StopSignals.check = appears_after_first_step
+    try:
+        result = run("--train-iters", "10", "--save", save, "--kill-switch-file", str(kill))
+    finally:
+        StopSignals.check = check
     assert result.stop_reason == "kill-switch file found"
     assert result.iteration == 1
-    assert os.path.isdir(os.path.join(save, "global_step1"))
+    assert os.path.isdir(os.path.join(save, "global_step1")) and kill.exists()
 
 
 def test_tensorboard_scalars(tmp_path):
@@ -124,7 +141,10 @@ def test_tensorboard_scalars(tmp_path):
 
 
 def test_missing_load_directory_starts_fresh(tmp_path):
-    result = run("--train-iters", "2", "--load", str(tmp_path / "nothing-yet"))
+    # Only as a first launch that loads from its own --save; any other missing --load is a typo
+    # (an error: tests/faults/test_committed.py).
+    own = str(tmp_path / "nothing-yet")
+    result = run("--train-iters", "2", "--load", own, "--save", own)
     assert result.iteration == 2
 
 
