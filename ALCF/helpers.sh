@@ -248,17 +248,19 @@ _names_own_config() {
 # demo_flags: the no-argument demo (DATA_FILE_LIST, MODEL_ARCH, --config, --data-file-list and
 # --mock-data all absent) runs ALCF/presets/demo.yaml, preparing its corpus once.
 # Otherwise the launcher's only defaults are --save/--tensorboard-dir "auto" (checkpoints/<run
-# name>), passed as --launcher-default: pretrain_gpt.py applies them only to values that no
+# name>) and --load auto (the run's own --save), passed as --launcher-default: pretrain_gpt.py applies them only to values that no
 # file, variable or flag sets, and resolves the name after the merge.
 demo_flags() {
     DEMO_FLAGS=()
     if [[ -z "${DATA_FILE_LIST:-}${DATA_PATH:-}" && -z "${MODEL_ARCH:-}" ]] && ! _names_own_config "$@"; then
         "${PYTHON}" "${REPO_ROOT}/tools/prepare_default_corpus.py"
-        DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml")
+        DEMO_FLAGS=(--config "${REPO_ROOT}/ALCF/presets/demo.yaml" --launcher-default load=auto)
         FLAG_SOURCES+=("no DATA_FILE_LIST, MODEL_ARCH or --config -> the demo (--config ALCF/presets/demo.yaml)")
         return 0
     fi
-    DEMO_FLAGS=(--launcher-default save=auto)
+    # load=auto: a relaunch of the same command resumes from its own --save (a finished run says
+    # so and exits 0); LOAD or --load names another checkpoint.
+    DEMO_FLAGS=(--launcher-default save=auto --launcher-default load=auto)
     if [[ -n "${NO_TENSORBOARD:-}" ]]; then
         FLAG_SOURCES+=("NO_TENSORBOARD=${NO_TENSORBOARD} -> no TensorBoard directory unless TBDIR / --tensorboard-dir")
     else

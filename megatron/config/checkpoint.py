@@ -14,7 +14,7 @@ class CheckpointConfig:
     save: str | None = None
     """Directory to save checkpoints in."""
     load: str | None = None
-    """Directory to resume from (its ``latest`` checkpoint)."""
+    """Directory to resume from (its ``latest`` checkpoint); auto: the run's own --save (train_alcf.sh's default, so a relaunch resumes)."""
     save_interval: int | None = None
     """Save every this many iterations (a final checkpoint is always written with --save)."""
     keep_last_n_checkpoints: int | None = None

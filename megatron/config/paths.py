@@ -26,12 +26,14 @@ EVENTS_FILE = "events.jsonl"  # megatron.trainer.events reads and writes it
 
 
 def resolve_auto_paths(plan: RunPlan) -> RunPlan:
-    """``--save auto`` -> ``checkpoints/<run name>``, ``--tensorboard-dir auto`` ->
+    """``--save auto`` -> ``checkpoints/<run name>``, ``--load auto`` -> the (resolved) ``--save``
+    (a relaunch resumes the run), ``--tensorboard-dir auto`` ->
     ``outputs/<run name>/tensorboard``, ``--event-log auto`` -> ``<save>/events.jsonl`` (None
     without a save directory; with ``--skip-train`` beside TensorBoard's files; ``none`` -> None)."""
     ckpt, logs = plan.config.checkpoint, plan.config.logging
     name = run_name(plan) if AUTO in (ckpt.save, logs.tensorboard_dir) else None
     save = os.path.join("checkpoints", name) if ckpt.save == AUTO else ckpt.save
+    load = save if ckpt.load == AUTO else ckpt.load  # auto: resume from the run's own --save
     tensorboard_dir = (os.path.join("outputs", name, "tensorboard") if logs.tensorboard_dir == AUTO
                        else logs.tensorboard_dir)
     if logs.event_log == AUTO:
@@ -42,7 +44,7 @@ def resolve_auto_paths(plan: RunPlan) -> RunPlan:
         event_log = None if logs.event_log in (None, "none") else logs.event_log
     config = dataclasses.replace(
         plan.config,
-        checkpoint=dataclasses.replace(ckpt, save=save),
+        checkpoint=dataclasses.replace(ckpt, save=save, load=load),
         logging=dataclasses.replace(
             logs,
             tensorboard_dir=tensorboard_dir,

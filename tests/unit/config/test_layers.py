@@ -120,3 +120,14 @@ def test_a_load_directory_without_checkpoint_inherits_nothing(tmp_path):
     args = parse_args(["--load", str(tmp_path), "--num-layers", "2"])
     assert args.config.model.num_layers == 2
     assert "--hidden-size" not in args.sources()
+
+
+def test_load_auto_is_the_runs_own_save_directory():
+    # train_alcf.sh's launcher default: a relaunch of the same command resumes its own run.
+    from megatron.config import DistEnv, parse_args, resolve
+
+    flags = ["--mock-data", "--train-iters", "2", "--launcher-default", "load=auto"]
+    assert resolve(parse_args([*flags, "--save", "ckpt/run"]).config, DistEnv()).config.checkpoint.load == "ckpt/run"
+    named = resolve(parse_args([*flags, "--save", "ckpt/run", "--load", "base"]).config, DistEnv())
+    assert named.config.checkpoint.load == "base"  # LOAD / --load still name another checkpoint
+    assert resolve(parse_args(flags).config, DistEnv()).config.checkpoint.load is None  # nothing to resume

@@ -127,6 +127,9 @@ def test_layered_presets_keep_every_file_and_show_where_values_came_from(repo_ro
     assert sources["--hidden-size"]["source"].endswith("ALCF/presets/arch/7B.yaml:4")
     assert sources["--train-iters"] == {"value": 10, "source": "TRAIN_ITERS"}
     assert sources["--save"] == {"value": "auto", "source": "train_alcf.sh default"}
+    # A relaunch of the same command resumes from its own save directory (and a finished run says
+    # so), rather than training from scratch into a directory whose checkpoints are never rewritten.
+    assert sources["--load"] == {"value": "auto", "source": "train_alcf.sh default"}
     assert "--data-file-list" not in sources  # the demo's list is not inherited
 
 
