@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Metadata-conditioned training on the installed packages' metadata files, with and without
 # prefixes, and with prefixes plus a plain-text cooldown (MeCo), then the paired evaluation on
-# held-out packages (README "Metadata-conditioned training").
+# held-out packages (docs/metadata_usage.md).
 #   bash ALCF/metadata_demo.sh            # CPU, ~25 minutes on a 2-core machine
 # Variables: PYTHON_EXEC, OUT (outputs/metadata-demo), TRAIN_ITERS (preset: 200; warmup 10%),
 #   RUNS (default "meta plain cooldown"), COOLDOWN_FRACTION (0.1).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local (inline HTML) metadata on real HTML (README "Local (HTML) metadata"): pydoc's pages of
+# Local (inline HTML) metadata on real HTML (docs/metadata_local.md): pydoc's pages of
 # standard-library modules, trained at equal tokens on plain text, on text with its html tags
 # inline (masked, half the documents, 2 pre-drawn variants), and with html + title/url prefixes;
 # then per-type paired perplexities on held-out modules.

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("gpu_throughput.py: needs a CUDA GPU and none is visible; nothing measured "
-              "(see README 'GPU throughput' for the GPU-machine steps)")
+              "(see docs/gpu.md for the GPU-machine steps)")
         return 0
     if not torch.cuda.is_available():
         args.preset = "tiny"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Print (or, with --write, update README.md's) Megatron compatibility table, generated from
+"""Print (or, with --write, update docs/megatron_compat.md's) Megatron compatibility table, generated from
 ``megatron/config/compat.py`` and the config schema.
 
     python tools/compat_table.py            # print the table
-    python tools/compat_table.py --write    # replace the table between its markers in README.md
+    python tools/compat_table.py --write    # replace the table between its markers in docs/megatron_compat.md
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.config.compat_table import TABLE_BEGIN, TABLE_END, compat_table  # noqa: E402
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "megatron_compat.md")
 
 
 def replace_table(text: str, table: str) -> str:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--write", action="store_true", help="update README.md in place")
+    parser.add_argument("--write", action="store_true", help="update docs/megatron_compat.md in place")
     args = parser.parse_args(argv)
     table = compat_table()
     if not args.write:

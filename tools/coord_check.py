@@ -6,7 +6,7 @@ Shakespeare text, for each recipe, records the l1 of the embedding, every attent
 output, the last block and the logits, writes ``coord_check.csv`` and ``coord_check.png`` (log-log,
 one panel per recipe and activation, one line per step) and prints the fitted slope of log l1
 against log width (depth) per (activation, step). Under muP the slopes stay near 0; under the
-standard parametrization they grow (see README, "muP and CompleteP").
+standard parametrization they grow (see docs/mup_usage.md).
 
     python tools/coord_check.py --widths 32,64,128,256 --recipes none,mup --out outputs/coord
     python tools/coord_check.py --widths 64 --depths 2,4,8,16 --recipes completep,no_residual

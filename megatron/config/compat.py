@@ -11,7 +11,7 @@ Every such flag is one entry of a registry, and nothing is silently ignored:
 - **refused**: an error at start with the reason and the fix.
 
 ``translate_argv`` applies the registry to a command line (``megatron.config.cli.parse_args``
-calls it once, before argparse); ``compat_table.py`` renders the README's compatibility table
+calls it once, before argparse); ``compat_table.py`` renders the compatibility table (docs/megatron_compat.md)
 from the same registry, so the table cannot drift from the code.
 """
 

@@ -1,7 +1,7 @@
-"""The README's Megatron compatibility table, generated from the registry in ``compat.py``, the
+"""The Megatron compatibility table (docs/megatron_compat.md), generated from the registry in ``compat.py``, the
 config schema and the tests' claims (``compat_claims.py``): a knob flag is "implemented" (or an
 "alias") only when a test runs it, else "untested". ``tools/compat_table.py --write`` puts the
-table in README.md; a test compares."""
+table in docs/megatron_compat.md; a test compares."""
 
 from __future__ import annotations
 

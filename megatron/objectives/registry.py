@@ -47,7 +47,7 @@ class ObjectiveSpec:
         eval_metric: Name of the evaluation value (under ``<split>/``).
         ppl_metric: Name of exp(evaluation value).
         eval_label: Console description of the evaluation value.
-        attention_flops: Which attention work the FLOPs count (run plan, README).
+        attention_flops: Which attention work the FLOPs count (run plan, docs/design.md).
     """
 
     name: str

@@ -15,7 +15,7 @@ from megatron.config.root import Config
 from megatron.config.schema import OPTIONS_FIELD, iter_knobs
 from megatron.optimizer.registry import option_sections
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--hidden-size", "--num-attention-heads", "--rope-theta", "--normalization",
     "--swiglu", "--checkpoint-activations", "--tokenizer-type", "--train-tokens", "--optimizer", "--lr",
     "--lr-decay-style")

@@ -11,7 +11,7 @@ import pytest
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
 from megatron.config.deepspeed import OWNED_KEYS, deepspeed_agreements, to_deepspeed_config
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--mock-data",
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--bf16", "--clip-grad", "--zero-stage",
     "--cpu-optimizer", "--deepspeed-config")

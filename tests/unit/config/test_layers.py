@@ -10,7 +10,7 @@ import pytest
 from megatron.config import ConfigError, parse_args
 from megatron.config.env import FLAG_SOURCES_VAR
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",
     "--normalization", "--swiglu", "--disable-bias-linear", "--hidden-dropout", "--tokenizer-type", "--lr",
     "--save", "--load", "--finetune", "--universal-checkpoint")

@@ -6,7 +6,7 @@ import pytest
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",
     "--normalization", "--swiglu", "--disable-bias-linear", "--init-method-std", "--mock-data",
     "--data-file-list", "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples",

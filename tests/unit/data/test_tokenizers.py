@@ -14,7 +14,7 @@ from megatron.data.tokenizers import TOKENIZERS, build_tokenizer
 from megatron.data.train_tokenizer import TrainOptions, train_tokenizer
 from tools.prepare_default_corpus import play_files
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--tokenizer-type", "--tokenizer-model", "--vocab-file", "--merge-file",
     "--vocab-size")
 

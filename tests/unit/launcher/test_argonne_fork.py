@@ -12,7 +12,7 @@ import pytest
 from megatron.config import ConfigError, parse_args
 from tests.unit.launcher.test_train_alcf import launch, plan_of
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--use-flash-attn", "--split", "--data-file-list", "--train-iters", "--bf16",
     "--fp16", "--accumulate-allreduce-grads-in-fp32", "--optimizer", "--zero-stage", "--deepspeed-config",
     "--distributed-backend", "--override-opt-param-scheduler")

@@ -13,7 +13,7 @@ from megatron.model.attention_kernel import attention_context, sdpa_choice
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--attention-dropout", "--use-flash-attn", "--train-iters")
 
 CPU = torch.device("cpu")

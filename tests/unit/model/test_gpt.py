@@ -11,7 +11,7 @@ from megatron.model.gpt import GPTModel, masked_mean
 from megatron.model.rope import apply_rope, rope_tables
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--hidden-size", "--normalization", "--swiglu", "--disable-bias-linear",
     "--untie-embeddings-and-output-weights", "--init-method-std", "--recompute-activations", "--train-iters",
     "--seed")

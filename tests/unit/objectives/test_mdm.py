@@ -16,7 +16,7 @@ from megatron.objectives.registry import eval_batches, get_objective
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--hidden-size", "--seq-length", "--init-method-std",
     "--make-vocab-size-divisible-by", "--split", "--vocab-size", "--data-file-list", "--micro-batch-size",
     "--train-iters", "--lr", "--save", "--load", "--exit-interval", "--eval-iters", "--tensorboard-dir")

@@ -15,7 +15,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.schedules.registry import build_schedule_fn, cooldown_start
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--train-iters", "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters",
     "--lr-warmup-iters", "--lr-warmup-fraction", "--lr-constant-plus-cooldown", "--num-layers",
     "--hidden-size", "--num-attention-heads", "--seq-length", "--mock-data", "--vocab-size",

@@ -16,7 +16,7 @@ from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 from tools import convert_checkpoint
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--hidden-size", "--train-iters", "--optimizer", "--lr-decay-style",
     "--lr-constant-plus-cooldown", "--save", "--load", "--save-interval", "--finetune", "--no-load-optim",
     "--universal-checkpoint", "--override-opt-param-scheduler", "--exit-interval")

@@ -15,7 +15,7 @@ from megatron.optimizer import OPTIMIZERS
 from megatron.trainer.loop import Trainer
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--train-iters", "--optimizer", "--zero-stage", "--tensorboard-dir",
     "--log-optimizer-states-to-tensorboard")
 

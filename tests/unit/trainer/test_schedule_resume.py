@@ -11,7 +11,7 @@ from megatron.config import ConfigError, DistEnv
 from megatron.trainer.loop import train
 from tests.helpers import tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--train-iters", "--lr", "--min-lr", "--lr-decay-style", "--lr-warmup-iters",
     "--lr-constant-plus-cooldown", "--save", "--load", "--override-opt-param-scheduler",
     "--use-checkpoint-opt-param-scheduler", "--exit-interval", "--log-interval")

@@ -18,7 +18,7 @@ from megatron.data.train_tokenizer import TrainOptions, train_tokenizer
 from tests.unit.trainer.test_wandb import read_wandb_run
 from tools.prepare_default_corpus import play_files
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--kv-channels",
     "--seq-length", "--max-position-embeddings", "--use-rotary-position-embeddings", "--normalization",
     "--swiglu", "--disable-bias-linear", "--split", "--tokenizer-type", "--vocab-file", "--merge-file",

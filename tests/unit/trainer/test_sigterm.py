@@ -11,7 +11,7 @@ import sys
 from tests.helpers import tiny_args
 import pytest
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--train-iters", "--save", "--save-interval")
 
 

@@ -15,7 +15,7 @@ from megatron.config import ConfigError, DistEnv, parse_args, resolve
 from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
 
-# The Megatron flags these tests run (the README compatibility table; see megatron/config/compat_claims.py).
+# The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--hidden-size", "--seq-length", "--split", "--data-cache-path",
     "--tokenizer-type", "--data-file-list", "--micro-batch-size", "--train-iters", "--lr",
     "--lr-decay-style", "--save", "--load", "--finetune", "--exit-interval", "--kill-switch-file",
