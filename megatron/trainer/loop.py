@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.checkpoint import (
+    checkpoint_tag,
     lock_save_dir,
     mark_pre_cooldown,
     prune_checkpoints,
@@ -224,7 +225,7 @@ class Trainer:
             self.reporter.close()
             self.stop.close()
         return TrainResult(iteration=state.iteration, train_loss=float("nan"), valid_loss=self.valid_loss,
-                           test_loss=self.test_loss, losses=(), stop_reason="--skip-train")
+                           test_loss=self.test_loss, losses=(), stop_reason=None)
 
     def _due(self, iteration: int, interval: int | None) -> bool:
         return bool(interval) and iteration % interval == 0 and iteration < self.plan.train_iters

@@ -93,6 +93,6 @@ def test_stage_output_survives_and_the_stage_dies_with_its_runner(tmp_path):
 
 def test_runner_copies_the_stage_output(tmp_path, capsys):
     result = Runner().run([sys.executable, "-c", "print('a'); print('b', end='')"], {}, str(tmp_path / "log"))
-    assert result.returncode == 0 and result.lines == ["a\n", "b\n"]
+    assert result.returncode == 0  # (the runner keeps no console lines: it reads the event stream)
     assert "a\nb\n" in capsys.readouterr().out
     assert (tmp_path / "log").read_text().endswith("a\nb")
