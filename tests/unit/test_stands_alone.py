@@ -8,7 +8,9 @@ import re
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OUTSIDE = re.compile(r"shared/(specs|seeds|SPEC|STYLE|PLATFORM)|SPEC section|SPEC §|STYLE\.md|SPEC\.md")
+# Built from pieces so that this file does not match itself.
+SPEC, STYLE = "SP" + "EC", "ST" + "YLE"
+OUTSIDE = re.compile(rf"shared/(specs|seeds|{SPEC}|{STYLE}|PLATFORM)|{SPEC} section|{SPEC} §|{STYLE}\.md|{SPEC}\.md")
 DOC_LINK = re.compile(r"docs/([\w-]+\.md)")
 
 
@@ -20,8 +22,6 @@ def _tracked() -> list[str]:
 def test_nothing_points_outside_the_repository():
     hits = []
     for name in _tracked():
-        if name == "tests/unit/test_stands_alone.py":
-            continue
         with open(os.path.join(ROOT, name), encoding="utf-8", errors="replace") as f:
             for number, line in enumerate(f, 1):
                 if OUTSIDE.search(line):
