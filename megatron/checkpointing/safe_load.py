@@ -1,8 +1,8 @@
 """Every checkpoint file is read with ``torch.load(weights_only=True)`` and an explicit allow-list.
 
 A ``.pt`` file is a pickle: loaded with ``weights_only=False`` it can run any code its author
-chose. Our files hold tensors, numbers, strings and containers; DeepSpeed's add the few
-classes below. Anything else is refused, naming the file and the global it asked for, and is
+chose. Our files hold tensors, numbers, strings, containers and NumPy's RNG state; DeepSpeed's
+add the few classes below. Anything else is refused, naming the file and the global it asked for, and is
 never constructed or called.
 
 Two doors, both here: ``load_file`` (our reader, conversion, export, universal checkpoints) and
@@ -30,11 +30,25 @@ DEEPSPEED_GLOBALS = (
 )
 
 
+def _numpy_globals() -> list[Any]:
+    """What NumPy's legacy RNG state (``np.random.get_state()``, saved with every checkpoint of
+    ours) needs: its uint32 key array. Listed here rather than relied upon from whoever imported
+    first (megatron-core registers them process-wide on some imports, so without this list a
+    resume worked or failed depending on import order)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy 2
+    except ImportError:  # NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def allowed_globals() -> list[Any]:
     """The allow-list as objects (importing DeepSpeed's modules that define them)."""
     import importlib
 
-    found = []
+    found = _numpy_globals()
     for name in DEEPSPEED_GLOBALS:
         module, attr = name.rsplit(".", 1)
         found.append(getattr(importlib.import_module(module), attr))

@@ -63,3 +63,25 @@ def test_our_checkpoints_load_under_the_allow_list(trained):
         for name in files:
             if name.endswith(".pt"):
                 assert isinstance(load_file(os.path.join(root, name)), dict)
+
+
+def test_our_checkpoint_loads_in_a_fresh_process_whatever_was_imported_before(tmp_path, repo_root):
+    # NumPy's RNG state is in every checkpoint; its globals are on our list, not borrowed from
+    # megatron-core's process-wide registration (which depends on what was imported first).
+    import subprocess
+    import sys
+
+    from megatron.config import DistEnv
+    from megatron.trainer.loop import train
+    from tests.helpers import tiny_plan
+
+    save = str(tmp_path / "ckpt")
+    train(tiny_plan("--train-iters", "1", "--save", save), DistEnv())
+    code = ("import sys, torch\n"
+            "assert not [g for g in torch.serialization.get_safe_globals() if 'numpy' in str(g)]\n"
+            "from megatron.checkpointing.safe_load import load_file\n"
+            f"state = load_file({save + '/global_step1/mp_rank_00_model_states.pt'!r})\n"
+            "print(type(state['rng']['numpy'][1]).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "ndarray"
