@@ -14,6 +14,7 @@ import torch.distributed as dist
 from megatron.checkpointing.checkpoint import (
     checkpoint_tag,
     lock_save_dir,
+    read_latest_tag,
     mark_pre_cooldown,
     prune_checkpoints,
     rng_state,
@@ -215,6 +216,10 @@ class Trainer:
     def evaluate_only(self) -> TrainResult:
         """``--skip-train``: the loaded weights' validation and test loss; nothing is saved."""
         try:
+            load = self.cfg.checkpoint.load
+            if self.universal is None and (load is None or read_latest_tag(load) is None):
+                raise ConfigError(f"--skip-train: --load {load} holds no checkpoint to evaluate "
+                                  "(random weights are not a result); give a trained run's directory (LOAD=DIR)")
             state = restore(self)
             if self.streams.valid is None and self.streams.test is None:
                 raise ConfigError("--skip-train: the data lists give no validation or test data; "

@@ -49,9 +49,15 @@ def test_pretrain_gpt_skip_train_exits_zero(trained, capsys):
     assert _tree(save) == before
 
 
-def test_skip_train_needs_a_checkpoint():
+def test_skip_train_needs_a_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="--skip-train: needs --load"):
         tiny_plan("--skip-train")
+    # An empty directory (train_alcf.sh's default --load is the run's own --save) evaluates
+    # nothing: random weights are not a result.
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="--skip-train: --load .*fresh holds no checkpoint"):
+        train(tiny_plan("--skip-train", "--load", str(empty), "--split", "80,10,10"), DistEnv())
 
 
 def test_skip_train_on_a_universal_checkpoint(trained, tmp_path):
