@@ -82,6 +82,8 @@ def write_run_result(plan, result, seconds: float) -> None:  # noqa: ANN001
     where = run_result.result_dir(save, plan.config.logging.tensorboard_dir)
     if where is None or plan.config.schedule.lr_finder:
         return
+    if not result.losses and not plan.config.train.skip_train:
+        return  # a relaunch of a finished run trained nothing: its directory stays untouched
     record = run_result.build_result(
         plan.summary(), iteration=result.iteration, stop_reason=result.stop_reason,
         train_loss=result.train_loss, test_loss=result.test_loss,

@@ -130,3 +130,19 @@ def test_a_step_committed_but_never_published_is_redone(tmp_path):
     (tmp_path / "ckpt" / "latest").write_text("global_step1")
     assert run("--train-iters", "3", *flags).iteration == 3
     assert (tmp_path / "ckpt" / "latest").read_text() == "global_step3"
+
+
+def test_relaunch_through_the_entry_point_touches_nothing(tmp_path):
+    # pretrain_gpt.py also writes run_result.json after train(): a relaunch that trained nothing
+    # must not rewrite it either.
+    import pretrain_gpt
+    from tests.helpers import tiny_args
+
+    save = str(tmp_path / "ckpt")
+    argv = tiny_args("--train-iters", "2", "--save", save, "--load", save, "--lr-decay-style", "constant")
+    assert pretrain_gpt.main(argv) == 0
+    assert os.path.isfile(os.path.join(save, "run_result.json"))
+    before = {k: v for k, v in _snapshot(save).items() if not os.path.basename(k).startswith("run-")}
+    assert pretrain_gpt.main(argv) == 0
+    after = {k: v for k, v in _snapshot(save).items() if not os.path.basename(k).startswith("run-")}
+    assert after == before
