@@ -76,15 +76,13 @@ class Battery:
     # ---- committed checkpoints ---------------------------------------------------------------
 
     def relaunch_finished_run(self) -> Result:
-        save = self._saved()
-        before = snapshot(save)
-        p = train("--train-iters", "2", "--save", save, "--load", save, "--lr-decay-style", "constant")
-        if snapshot(save) != before:
-            return "BAD", "the committed checkpoint was rewritten"
-        return ("GOOD", "exit 0, untouched") if p.returncode == 0 else ("POOR", f"exit {p.returncode}")
+        return self._relaunch_leaves_it_untouched(self._saved())
 
     def relaunch_with_fewer_iters(self) -> Result:
-        save = self._saved(3)
+        return self._relaunch_leaves_it_untouched(self._saved(3))
+
+    def _relaunch_leaves_it_untouched(self, save: str) -> Result:
+        """A 2-iteration relaunch onto ``save`` (finished at 2 or more): exit 0, nothing rewritten."""
         before = snapshot(save)
         p = train("--train-iters", "2", "--save", save, "--load", save, "--lr-decay-style", "constant")
         if snapshot(save) != before:
