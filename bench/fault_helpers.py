@@ -65,9 +65,14 @@ def refused(p: subprocess.CompletedProcess, *needles: str, code: int | None = No
     return "POOR", f"message does not name {needles}: {p.stderr.strip()[-160:]}"
 
 
+# Not checkpoint contents: the lock, and the append-only event log of every launch (a refused
+# launch still records that it started).
+SKIPPED = (".lock", "events.jsonl")
+
+
 def snapshot(directory: str) -> dict[str, tuple[int, int]]:
     return {os.path.join(r, f): (os.stat(os.path.join(r, f)).st_size, os.stat(os.path.join(r, f)).st_mtime_ns)
-            for r, _, fs in os.walk(directory) for f in fs if f != ".lock" and not f.startswith("run-")}
+            for r, _, fs in os.walk(directory) for f in fs if f not in SKIPPED and not f.startswith("run-")}
 
 
 class _Payload:
