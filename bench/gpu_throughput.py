@@ -38,6 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron.registry import Registry  # noqa: E402
+
 PRESETS: dict[str, dict[str, int]] = {
     # Llama-style 1.3B of issue 17's table.
     "1.3b": dict(layers=24, hidden=2048, heads=16, ffn=5632, vocab=32000, seq=2048, micro_batch=8),
@@ -59,17 +61,16 @@ class Variant:
     compiled: bool = False
 
 
-VARIANTS = {
-    v.name: v
-    for v in (
-        # Cheap ones first; with --max-seconds a long compile skips what comes after it.
-        Variant("plain-eager", "plain"),
-        Variant("ours", "ours"),
-        Variant("plain-compiled", "plain", compiled=True),
-        Variant("ours-compile", "ours", ("--compile",)),
-        Variant("ours-compile-fused", "ours", ("--compile", "--fused-linear-cross-entropy")),
-    )
-}
+VARIANTS: Registry[Variant] = Registry("throughput variant", "--variants")
+for _variant in (
+    # Cheap ones first; with --max-seconds a long compile skips what comes after it.
+    Variant("plain-eager", "plain"),
+    Variant("ours", "ours"),
+    Variant("plain-compiled", "plain", compiled=True),
+    Variant("ours-compile", "ours", ("--compile",)),
+    Variant("ours-compile-fused", "ours", ("--compile", "--fused-linear-cross-entropy")),
+):
+    VARIANTS.add(_variant.name, _variant)
 
 
 @dataclass

@@ -39,6 +39,7 @@ import torch
 
 from megatron.config.fields import ConfigError
 from megatron.model.spec import GPTSpec
+from megatron.registry import Registry
 
 Getter = Callable[[str], torch.Tensor]
 """Full fp32 tensor of one of our canonical parameter names."""
@@ -72,7 +73,10 @@ class ExporterSpec:
     config: Callable[[GPTSpec], dict[str, Any]]
 
 
-EXPORTERS: dict[str, ExporterSpec] = {}
+EXPORTERS: Registry[ExporterSpec] = Registry(
+    "export target", "--architecture", loader="megatron.checkpointing.hf_targets"
+)
+"""``--architecture`` value -> target, in registration order (``hf_targets`` registers them)."""
 
 
 def register_exporter(name: str, hf_class: str, *, problems: Callable[[GPTSpec], list[str]],
@@ -80,8 +84,8 @@ def register_exporter(name: str, hf_class: str, *, problems: Callable[[GPTSpec],
     """Decorator registering a tensor generator as export target ``name``."""
 
     def decorate(tensors: Callable[[Getter, GPTSpec], Iterator[HFTensor]]) -> Callable:
-        EXPORTERS[name] = ExporterSpec(name=name, hf_class=hf_class, problems=problems,
-                                       tensors=tensors, config=config)
+        EXPORTERS.add(name, ExporterSpec(name=name, hf_class=hf_class, problems=problems,
+                                         tensors=tensors, config=config))
         return tensors
 
     return decorate
@@ -95,13 +99,12 @@ def select_exporter(spec: GPTSpec, name: str | None = None) -> ExporterSpec:
             message names the flags each target needs.
     """
     if name is not None:
-        if name not in EXPORTERS:
-            raise ConfigError(f"--architecture: unknown {name!r}; known: {sorted(EXPORTERS)}")
-        problems = EXPORTERS[name].problems(spec)
+        exporter = EXPORTERS.get(name)
+        problems = exporter.problems(spec)
         if problems:
-            raise ConfigError(f"--architecture {name}: {EXPORTERS[name].hf_class} cannot represent "
+            raise ConfigError(f"--architecture {name}: {exporter.hf_class} cannot represent "
                               f"this model; it needs {', '.join(problems)}")
-        return EXPORTERS[name]
+        return exporter
     reasons = []
     for exporter in EXPORTERS.values():
         problems = exporter.problems(spec)

@@ -31,13 +31,15 @@ from collections.abc import Callable
 from typing import Any
 
 from megatron.data.tokenizers import GPT2_EOD_TOKEN, file_sha256
+from megatron.registry import Registry
 
 log = logging.getLogger(__name__)
 
 TokenizerWriter = Callable[[list[str], str], tuple[Any, str | None]]
 """``(files, out_dir) -> (tokenizers.Tokenizer, eod token)``; may copy extra files to out_dir."""
 
-TOKENIZER_WRITERS: dict[str, TokenizerWriter] = {}
+TOKENIZER_WRITERS: Registry[TokenizerWriter] = Registry("tokenizer export", "--tokenizer-type")
+"""The run's ``--tokenizer-type`` -> writer (every entry is registered in this module)."""
 
 BYTE_SPECIALS = ("<|endoftext|>", "<|mask|>")
 """Our byte tokenizer's ids 256 (end of document) and 257 (mask)."""
@@ -46,11 +48,7 @@ BYTE_SPECIALS = ("<|endoftext|>", "<|mask|>")
 def register_tokenizer_writer(name: str) -> Callable[[TokenizerWriter], TokenizerWriter]:
     """Decorator registering the writer for ``--tokenizer-type name``."""
 
-    def decorate(fn: TokenizerWriter) -> TokenizerWriter:
-        TOKENIZER_WRITERS[name] = fn
-        return fn
-
-    return decorate
+    return TOKENIZER_WRITERS.register(name)
 
 
 def _checked_files(info: dict[str, Any]) -> list[str] | None:

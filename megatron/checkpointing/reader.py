@@ -263,10 +263,10 @@ class SavedCheckpoint:
 
 def _matrix_state_keys(metadata: dict[str, Any]) -> re.Pattern | None:
     """``OptimizerSpec.matrix_state_keys`` of the checkpoint's optimizer, compiled (or None)."""
-    from megatron.optimizer.registry import OPTIMIZERS, optimizer_names
+    from megatron.optimizer.registry import OPTIMIZERS
 
     name = (metadata.get("config") or {}).get("--optimizer")
-    if name not in optimizer_names() or OPTIMIZERS[name].matrix_state_keys is None:
+    if name not in OPTIMIZERS or OPTIMIZERS[name].matrix_state_keys is None:
         return None
     return re.compile(OPTIMIZERS[name].matrix_state_keys)
 

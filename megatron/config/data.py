@@ -27,7 +27,7 @@ class DataConfig:
     """Train on random tokens (no data files); for tests and benchmarks."""
     check_data: bool = False
     """At start, check every token id of every dataset against the vocabulary (default: a sample of each)."""
-    tokenizer_type: str = knob("byte", names="megatron.data.tokenizers:tokenizer_names")
+    tokenizer_type: str = knob("byte", names="megatron.data.tokenizers:TOKENIZERS")
     """Tokenizer, from the tokenizer registry."""
     tokenizer_model: str | None = None
     """Tokenizer model file (sentencepiece .model or Hugging Face tokenizer.json)."""

@@ -46,11 +46,13 @@ def knob(
 
 
 def registered_names(ref: str) -> tuple[str, ...]:
-    """Call the ``"module:function"`` of a ``knob(names=...)`` field."""
+    """The names of the ``"module:REGISTRY"`` (a ``megatron.registry.Registry``) or the
+    ``"module:function"`` of a ``knob(names=...)`` field."""
     import importlib
 
-    module, _, function = ref.partition(":")
-    return tuple(getattr(importlib.import_module(module), function)())
+    module, _, attr = ref.partition(":")
+    target = getattr(importlib.import_module(module), attr)
+    return tuple(getattr(target, "names", target)())
 
 
 def require_registered(obj: Any, name: str, what: str = "value") -> None:

@@ -26,7 +26,7 @@ AUTO = "auto"
 class ObjectiveConfig:
     """What the model is trained to predict."""
 
-    objective: str = knob("ar", names="megatron.objectives.registry:objective_names")
+    objective: str = knob("ar", names="megatron.objectives.registry:OBJECTIVES")
     """Training objective: ar (next-token prediction, causal attention) or mdm (masked diffusion:
     predict masked tokens from the rest, bidirectional attention; its loss is an upper bound on
     the per-token NLL)."""

@@ -18,7 +18,7 @@ def _default_options() -> dict[str, Any]:
 class OptimConfig:
     """Optimizer (docs/design.md §4). Per-optimizer flags are namespaced: --muon-momentum, ..."""
 
-    optimizer: str = knob("adamw", aliases=("--opt",), names="megatron.optimizer.registry:optimizer_names")
+    optimizer: str = knob("adamw", aliases=("--opt",), names="megatron.optimizer.registry:OPTIMIZERS")
     """Optimizer name, from the optimizer registry."""
     lr: float = 3e-4
     """Peak learning rate eta_max."""

@@ -239,10 +239,7 @@ def objective_spec(cfg: Config):  # noqa: ANN201  (an ObjectiveSpec)
     """The registered ``--objective`` entry (torch-free)."""
     from megatron.objectives.registry import get_objective
 
-    try:
-        return get_objective(cfg.objective.objective)
-    except KeyError as e:
-        raise ConfigError(f"--objective: {e.args[0]}") from None
+    return get_objective(cfg.objective.objective)
 
 
 def build_model_spec(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 if TYPE_CHECKING:
     from megatron.continual.plan import Method
@@ -116,30 +117,29 @@ class MetaScheduleSpec:
     flags: Callable[[StageContext], dict[str, Any]]
 
 
-META_SCHEDULES: dict[str, MetaScheduleSpec] = {}
+META_SCHEDULES: Registry[MetaScheduleSpec] = Registry(
+    "meta-schedule (the plan's method.schedule)", "--lr-scheduler"
+)
+"""The plan's ``method.schedule`` (runner flag ``--lr-scheduler``) -> spec."""
 
 
 def register_meta_schedule(name: str, *, continues: bool):
     """Decorator: register ``fn(ctx) -> flags`` as meta-schedule ``name``."""
 
     def wrap(fn: Callable[[StageContext], dict[str, Any]]) -> Callable[[StageContext], dict[str, Any]]:
-        if name in META_SCHEDULES:
-            raise ValueError(f"meta-schedule {name!r} registered twice")
-        META_SCHEDULES[name] = MetaScheduleSpec(name=name, continues=continues, flags=fn)
+        META_SCHEDULES.add(name, MetaScheduleSpec(name=name, continues=continues, flags=fn))
         return fn
 
     return wrap
 
 
 def get_meta_schedule(name: str) -> MetaScheduleSpec:
-    """The registered meta-schedule ``name``.
+    """``META_SCHEDULES.get(name)``.
 
     Raises:
         ConfigError: Unknown name (lists the known ones).
     """
-    if name not in META_SCHEDULES:
-        raise ConfigError(f"method.schedule: unknown schedule {name!r}; known: {sorted(META_SCHEDULES)}")
-    return META_SCHEDULES[name]
+    return META_SCHEDULES.get(name)
 
 
 def _restart(ctx: StageContext, style: str, lr: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 POOLS = ("uniform-stages", "tokens")
 
@@ -85,19 +86,13 @@ def parse_replay(raw: object, where: str) -> ReplayConfig:
 
 
 Policy = Callable[[ReplayConfig, int, Sequence[float]], list[float]]
-REPLAY_POLICIES: dict[str, Policy] = {}
+REPLAY_POLICIES: Registry[Policy] = Registry("replay policy (the plan's method.replay)", "--replay-ratio")
+"""Policy name (``parse_replay`` picks it from the plan's ``method.replay``) -> weights function."""
 
 
 def register_replay_policy(name: str) -> Callable[[Policy], Policy]:
     """Decorator: ``fn(cfg, t, tokens) -> weights of sources 0..t`` becomes policy ``name``."""
-
-    def wrap(fn: Policy) -> Policy:
-        if name in REPLAY_POLICIES:
-            raise ValueError(f"replay policy {name!r} registered twice")
-        REPLAY_POLICIES[name] = fn
-        return fn
-
-    return wrap
+    return REPLAY_POLICIES.register(name)
 
 
 def _split(share: float, sources: range, tokens: Sequence[float], pool: str) -> dict[int, float]:
@@ -156,7 +151,7 @@ def replay_weights(cfg: ReplayConfig, t: int, tokens: Sequence[float] | None = N
     """
     if cfg.pool == "tokens" and cfg.policy != "none" and tokens is None:
         raise ConfigError("replay.pool: tokens needs the token counts of the sources")
-    return REPLAY_POLICIES[cfg.policy](cfg, t, tokens or [1.0] * (t + 1))
+    return REPLAY_POLICIES.get(cfg.policy)(cfg, t, tokens or [1.0] * (t + 1))
 
 
 def list_tokens(path: str) -> float:

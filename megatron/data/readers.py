@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 
 class InputError(ValueError):
@@ -88,14 +89,15 @@ class InputFormatSpec:
     read: Reader
 
 
-INPUT_FORMATS: dict[str, InputFormatSpec] = {}
+INPUT_FORMATS: Registry[InputFormatSpec] = Registry("input format", "--input")
+"""Format name (``format_of`` picks it by an ``--input`` file's suffix) -> reader."""
 
 
 def register_input_format(name: str, suffixes: tuple[str, ...]) -> Callable[[Reader], Reader]:
     """Decorator registering ``read(path, keys, batch_rows) -> Iterator[Batch]`` as ``name``."""
 
     def decorate(read: Reader) -> Reader:
-        INPUT_FORMATS[name] = InputFormatSpec(name=name, suffixes=suffixes, read=read)
+        INPUT_FORMATS.add(name, InputFormatSpec(name=name, suffixes=suffixes, read=read))
         return read
 
     return decorate
@@ -292,7 +294,7 @@ def read_batches(inputs: Sequence[InputFile], keys: Sequence[str],
                  batch_rows: int = 512) -> Iterator[Batch]:
     """Batches of every input, in order."""
     for item in inputs:
-        yield from INPUT_FORMATS[item.format].read(item.path, keys, batch_rows)
+        yield from INPUT_FORMATS.get(item.format).read(item.path, keys, batch_rows)
 
 
 def read_records(inputs: Sequence[InputFile], keys: Sequence[str],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 EOD_TOKEN_NAMES: tuple[str, ...] = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 """End-of-document token spellings looked up in a tokenizer.json, in order of preference."""
@@ -94,34 +95,27 @@ class TokenizerSpec:
     load: Callable[[TokenizerSettings], Tokenizer]
 
 
-TOKENIZERS: dict[str, TokenizerSpec] = {}
+TOKENIZERS: Registry[TokenizerSpec] = Registry("tokenizer", "--tokenizer-type")
+"""``--tokenizer-type`` value -> loader (every entry is registered in this module)."""
 
 
 def register_tokenizer(name: str) -> Callable[[Callable[[TokenizerSettings], Tokenizer]], Callable]:
     """Decorator registering a loader under ``name``."""
 
     def decorate(load: Callable[[TokenizerSettings], Tokenizer]) -> Callable[[TokenizerSettings], Tokenizer]:
-        TOKENIZERS[name] = TokenizerSpec(name=name, load=load)
+        TOKENIZERS.add(name, TokenizerSpec(name=name, load=load))
         return load
 
     return decorate
-
-
-def tokenizer_names() -> list[str]:
-    """Every registered ``--tokenizer-type`` value, sorted."""
-    return sorted(TOKENIZERS)
 
 
 def build_tokenizer(cfg: TokenizerSettings) -> Tokenizer:
     """Load the tokenizer named by ``--tokenizer-type``.
 
     Raises:
-        KeyError: Unknown name; the message lists the known ones.
-        ConfigError: A model file is missing, unreadable or lacks an end-of-document token.
+        ConfigError: Unknown name (``--tokenizer-type``, with the known ones); a model file is missing, unreadable or lacks an end-of-document token.
     """
-    if cfg.tokenizer_type not in TOKENIZERS:
-        raise KeyError(f"unknown tokenizer {cfg.tokenizer_type!r}; known: {sorted(TOKENIZERS)}")
-    return TOKENIZERS[cfg.tokenizer_type].load(cfg)
+    return TOKENIZERS.get(cfg.tokenizer_type).load(cfg)
 
 
 TRAIN_HINT = "train one with tools/train_tokenizer.py or fix the path"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 from megatron.data.preprocess import iter_documents
 from megatron.data.tokenizers import GPT2_EOD_TOKEN
 
@@ -90,7 +91,8 @@ class TrainerSpec:
     train: TrainFn
 
 
-TRAINERS: dict[str, TrainerSpec] = {}
+TRAINERS: Registry[TrainerSpec] = Registry("tokenizer kind", "--type")
+"""``tools/train_tokenizer.py --type`` value -> spec."""
 
 
 def register_trainer(
@@ -99,9 +101,9 @@ def register_trainer(
     """Decorator registering a training function under ``name``."""
 
     def decorate(train: TrainFn) -> TrainFn:
-        TRAINERS[name] = TrainerSpec(
+        TRAINERS.add(name, TrainerSpec(
             name=name, tokenizer_type=tokenizer_type, model_path=model_path, train=train
-        )
+        ))
         return train
 
     return decorate
@@ -297,12 +299,10 @@ def train_tokenizer(
         ConfigError: Unknown kind, missing inputs, no text, or an unusable ``--vocab-size``.
         ValueError: A malformed jsonl line (the message names file:line).
     """
-    if kind not in TRAINERS:
-        raise ConfigError(f"--type: unknown tokenizer kind {kind!r}; known: {sorted(TRAINERS)}")
+    spec = TRAINERS.get(kind)
     missing = [p for p in inputs if not os.path.isfile(p)]
     if missing:
         raise ConfigError(f"--input: no such file(s) {missing}")
-    spec = TRAINERS[kind]
     path = spec.model_path(output)
     started = time.perf_counter()
     stream = (text for document in iter_documents(inputs, json_keys) for text in document.values())

@@ -68,7 +68,7 @@ class CooldownRequest:
     launcher: str = "train_alcf"
 
     def __post_init__(self) -> None:
-        from megatron.continual.meta_schedules import get_meta_schedule
+        from megatron.continual.meta_schedules import META_SCHEDULES
 
         if not 0.0 < self.cooldown_fraction < 1.0:
             raise ConfigError(
@@ -91,7 +91,10 @@ class CooldownRequest:
                 f"--lr-warmup-iters: {self.warmup_iters} does not fit in stage 1 ({stage1} "
                 "iterations); the warmup belongs to the metadata stage only"
             )
-        if not get_meta_schedule(self.schedule).continues:
+        if self.schedule not in META_SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r}: unknown meta-schedule; known: "
+                              f"{', '.join(META_SCHEDULES.names())}")
+        if not META_SCHEDULES[self.schedule].continues:
             raise ConfigError(
                 f"--schedule: {self.schedule} restarts its LR schedule (and rewarms) every stage; "
                 "the cooldown continues one schedule: use cosine-continued, wsd, inf-cosine or "

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from megatron.metadata.records import Document, MetaRecord, RecordError
 from megatron.metadata.render import PrefixFormat, render_piece
+from megatron.registry import Registry
 
 TABLE_PARTS = ("table", "tr", "th", "td", "colgroup", "thead", "tfoot", "tbody")
 
@@ -60,14 +61,15 @@ class LocalFormat:
 
 
 LocalRenderer = Callable[[MetaRecord, PrefixFormat, LocalFormat], "tuple[str, str] | None"]
-LOCAL_RENDERERS: dict[str, LocalRenderer] = {}
+LOCAL_RENDERERS: Registry[LocalRenderer] = Registry("local metadata key renderer", "--metadata-keys")
+"""Local record key -> renderer; keys without one render as ``[key: value]...[/key: value]``."""
 
 
 def register_local(key: str) -> Callable[[LocalRenderer], LocalRenderer]:
     """Register the local renderer of ``key`` (None from it: the record is not written)."""
 
     def wrap(fn: LocalRenderer) -> LocalRenderer:
-        LOCAL_RENDERERS[key] = fn
+        LOCAL_RENDERERS.add(key, fn)
         return fn
 
     return wrap
@@ -96,9 +98,8 @@ def _entity_paragraph(r: MetaRecord, fmt: PrefixFormat, lf: LocalFormat) -> tupl
 
 def render_local_record(r: MetaRecord, fmt: PrefixFormat, lf: LocalFormat) -> tuple[str, str] | None:
     """``(start text, end text)`` of one local record (None: not written)."""
-    renderer = LOCAL_RENDERERS.get(r.key)
-    if renderer is not None:
-        return renderer(r, fmt, lf)
+    if r.key in LOCAL_RENDERERS:
+        return LOCAL_RENDERERS[r.key](r, fmt, lf)
     pair = f"{r.key}{fmt.key_value_sep}{r.value}"
     return f"[{pair}]", f"[/{pair}]"
 

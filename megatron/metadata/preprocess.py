@@ -83,11 +83,7 @@ class MetadataOptions:
             )
         if len(set(self.keys)) != len(self.keys):
             raise ConfigError(f"--metadata-keys: a key is repeated in {list(self.keys)}")
-        if self.template not in TEMPLATES:
-            raise ConfigError(
-                f"--metadata-template: unknown {self.template!r}; known: {sorted(TEMPLATES)}"
-            )
-        allowed = TEMPLATES[self.template].keys
+        allowed = TEMPLATES.get(self.template).keys
         if allowed is not None and set(self.keys) - set(allowed):
             raise ConfigError(
                 f"--metadata-keys: the {self.template} template renders only {list(allowed)}, "

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlsplit
 
+from megatron.registry import Registry
+
 MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
@@ -54,7 +56,7 @@ class Piece:
 
 
 Renderer = Callable[[str, PrefixFormat], Piece]
-RENDERERS: dict[str, Renderer] = {}
+RENDERERS: Registry[Renderer] = Registry("metadata key renderer", "--metadata-keys")
 """Key name -> renderer; keys without one render as ``key: value``."""
 
 
@@ -63,7 +65,7 @@ def register_renderer(*keys: str) -> Callable[[Renderer], Renderer]:
 
     def wrap(fn: Renderer) -> Renderer:
         for key in keys:
-            RENDERERS[key] = fn
+            RENDERERS.add(key, fn)
         return fn
 
     return wrap
@@ -116,10 +118,9 @@ register_renderer("length", "generation_length_text")(_labelled("Text Length"))
 
 def render_piece(key: str, value: str, fmt: PrefixFormat) -> Piece:
     """Render one key by its renderer, or as ``key: value``."""
-    renderer = RENDERERS.get(key)
-    if renderer is None:
+    if key not in RENDERERS:
         return Piece(f"{key}{fmt.key_value_sep}{value}")
-    return renderer(value, fmt)
+    return RENDERERS[key](value, fmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +151,15 @@ class TemplateSpec:
     keys: tuple[str, ...] | None = None
 
 
-TEMPLATES: dict[str, TemplateSpec] = {}
+TEMPLATES: Registry[TemplateSpec] = Registry("metadata template", "--metadata-template")
+"""``--metadata-template`` value -> template (every entry is registered in this module)."""
 
 
 def register_template(name: str, keys: tuple[str, ...] | None = None):  # noqa: ANN201
     """Register a prefix template under ``name`` (``--metadata-template``)."""
 
     def wrap(fn):  # noqa: ANN001, ANN202
-        TEMPLATES[name] = TemplateSpec(render=fn, keys=keys)
+        TEMPLATES.add(name, TemplateSpec(render=fn, keys=keys))
         return fn
 
     return wrap
@@ -186,14 +188,12 @@ def _meco(text: str, values: Sequence[tuple[str, str]], fmt: PrefixFormat) -> Re
 
 
 def get_template(name: str) -> TemplateSpec:
-    """The template registered as ``name``.
+    """``TEMPLATES.get(name)``.
 
     Raises:
-        KeyError: Unknown name; the message lists the known ones.
+        ConfigError: Unknown name (``--metadata-template``, with the known ones).
     """
-    if name not in TEMPLATES:
-        raise KeyError(f"unknown metadata template {name!r}; known: {sorted(TEMPLATES)}")
-    return TEMPLATES[name]
+    return TEMPLATES.get(name)
 
 
 def render_document(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ def draw_keys(keys: Sequence[str], opts: SamplingOptions, epoch: int, index: int
 
 
 TokenSpans = Callable[[object, str], "tuple[list[int], list[tuple[int, int]]]"]
-TOKEN_SPANS: dict[str, TokenSpans] = {}
+TOKEN_SPANS: Registry[TokenSpans] = Registry("tokenizer with character offsets", "--tokenizer-type")
 """Tokenizer name -> ``(tokenizer, text) -> (ids, character span of each token)``."""
 
 
@@ -130,7 +131,9 @@ def _hf_spans(tok: object, text: str) -> tuple[list[int], list[tuple[int, int]]]
     return list(encoding.ids), [tuple(o) for o in encoding.offsets]
 
 
-TOKEN_SPANS.update(byte=_byte_spans, hf=_hf_spans, gpt2bpe=_hf_spans)
+TOKEN_SPANS.add("byte", _byte_spans)
+TOKEN_SPANS.add("hf", _hf_spans)
+TOKEN_SPANS.add("gpt2bpe", _hf_spans)
 
 
 def encode_with_mask(tok, text: str, char_mask: Sequence[bool]) -> tuple[list[int], np.ndarray]:  # noqa: ANN001
@@ -139,13 +142,12 @@ def encode_with_mask(tok, text: str, char_mask: Sequence[bool]) -> tuple[list[in
     Raises:
         ConfigError: The tokenizer cannot map tokens to characters.
     """
-    spans_of = TOKEN_SPANS.get(tok.name)
-    if spans_of is None:
+    if tok.name not in TOKEN_SPANS:
         raise ConfigError(
             f"--tokenizer-type {tok.name}: local metadata masks need token character offsets "
-            f"(supported: {sorted(TOKEN_SPANS)}); or add --treat-local-metadata-as-regular-text"
+            f"(supported: {TOKEN_SPANS.names()}); or add --treat-local-metadata-as-regular-text"
         )
-    ids, spans = spans_of(tok, text)
+    ids, spans = TOKEN_SPANS[tok.name](tok, text)
     marked = np.concatenate([[0], np.cumsum(np.asarray(char_mask, dtype=np.int64))])
     mask = np.array([marked[e] - marked[s] > 0 for s, e in spans], dtype=bool)
     return ids, mask

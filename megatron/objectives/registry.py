@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from megatron.registry import Registry
+
 if TYPE_CHECKING:
     from megatron.config.plan import RunPlan
     from megatron.config.root import Config
@@ -65,7 +67,8 @@ class ObjectiveSpec:
     attention_flops: str = ""
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {}
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objective", "--objective", loader="megatron.objectives")
+"""``--objective`` value -> spec (the package ``__init__`` imports every entry module)."""
 
 
 def register_objective(name: str, **spec_fields: Any) -> Callable[[BatchesFn], BatchesFn]:
@@ -80,32 +83,19 @@ def register_objective(name: str, **spec_fields: Any) -> Callable[[BatchesFn], B
     """
 
     def decorate(batches: BatchesFn) -> BatchesFn:
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} registered twice")
-        OBJECTIVES[name] = ObjectiveSpec(name=name, batches=batches, **spec_fields)
+        OBJECTIVES.add(name, ObjectiveSpec(name=name, batches=batches, **spec_fields))
         return batches
 
     return decorate
 
 
-def objective_names() -> list[str]:
-    """Every registered ``--objective`` value, sorted (``--help`` lists them)."""
-    import megatron.objectives  # noqa: F401  (the package imports every entry module)
-
-    return sorted(OBJECTIVES)
-
-
 def get_objective(name: str) -> ObjectiveSpec:
-    """Look up a registered objective.
+    """``OBJECTIVES.get(name)``.
 
     Raises:
-        KeyError: Unknown name; the message lists the known ones.
+        ConfigError: Unknown name (``--objective``, with the known ones).
     """
-    import megatron.objectives  # noqa: F401  (the package imports every entry module)
-
-    if name not in OBJECTIVES:
-        raise KeyError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return OBJECTIVES.get(name)
 
 
 def plan_objective(plan: RunPlan) -> ObjectiveSpec:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from megatron.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -88,7 +90,8 @@ class OptimizerSpec:
     matrix_state_keys: str | None = None
 
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {}
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "--optimizer", loader="megatron.optimizer")
+"""``--optimizer`` value -> spec (the package ``__init__`` imports every optimizer module)."""
 
 
 def register_optimizer(name: str, **spec_fields: Any) -> Callable[[BuildFn], BuildFn]:
@@ -103,42 +106,26 @@ def register_optimizer(name: str, **spec_fields: Any) -> Callable[[BuildFn], Bui
     """
 
     def decorate(build: BuildFn) -> BuildFn:
-        if name in OPTIMIZERS:
-            raise ValueError(f"optimizer {name!r} registered twice")
-        OPTIMIZERS[name] = OptimizerSpec(name=name, build=build, **spec_fields)
+        OPTIMIZERS.add(name, OptimizerSpec(name=name, build=build, **spec_fields))
         return build
 
     return decorate
 
 
 def get_optimizer_spec(name: str) -> OptimizerSpec:
-    """Look up a registered optimizer.
+    """``OPTIMIZERS.get(name)``.
 
     Raises:
-        KeyError: Unknown name; the message lists the known ones.
+        ConfigError: Unknown name (``--optimizer``, with the known ones).
     """
-    if name not in OPTIMIZERS:
-        raise KeyError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
-
-
-def optimizer_names() -> list[str]:
-    """Every registered ``--optimizer`` value, sorted."""
-    _ensure_loaded()
-    return sorted(OPTIMIZERS)
+    return OPTIMIZERS.get(name)
 
 
 def option_sections() -> dict[str, type]:
     """Flag prefix -> options dataclass, for every optimizer that has options."""
-    _ensure_loaded()
     return {name: spec.options for name, spec in OPTIMIZERS.items() if spec.options is not None}
 
 
 def default_options() -> dict[str, Any]:
     """Default instance of every optimizer's options dataclass, keyed by optimizer name."""
     return {name: cls() for name, cls in option_sections().items()}
-
-
-def _ensure_loaded() -> None:
-    # The package __init__ imports every optimizer module, which fills OPTIMIZERS.
-    import megatron.optimizer  # noqa: F401

@@ -28,6 +28,7 @@ from typing import Any
 
 from megatron.config.fields import ConfigError
 from megatron.config.scaling import ScalingConfig
+from megatron.registry import Registry
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,19 +49,13 @@ class RecipeRules:
 
 
 RecipeFn = Callable[[ScalingConfig], RecipeRules]
-SCALING_RECIPES: dict[str, RecipeFn] = {}
+SCALING_RECIPES: Registry[RecipeFn] = Registry("scaling recipe", "--scaling-recipe")
+"""``--scaling-recipe`` value -> rules (every entry is registered in this module)."""
 
 
 def register_recipe(name: str) -> Callable[[RecipeFn], RecipeFn]:
     """Decorator registering ``fn(scaling_cfg) -> RecipeRules`` as ``--scaling-recipe name``."""
-
-    def decorate(fn: RecipeFn) -> RecipeFn:
-        if name in SCALING_RECIPES:
-            raise ValueError(f"scaling recipe {name!r} registered twice")
-        SCALING_RECIPES[name] = fn
-        return fn
-
-    return decorate
+    return SCALING_RECIPES.register(name)
 
 
 @register_recipe("none")
@@ -165,7 +160,7 @@ def derive_scaling(s: ScalingConfig, hidden_size: int, num_layers: int) -> Scali
             the derived one (the message names both values).
     """
     recipe = s.recipe
-    rules = SCALING_RECIPES[recipe](s)
+    rules = SCALING_RECIPES.get(recipe)(s)
     if recipe == "none":
         return Scaling()
     _check_base(s.mup_base_hidden_size, hidden_size, "--mup-base-hidden-size", "--hidden-size")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 from megatron.schedules import functions as F
 
 ScheduleFn = Callable[..., float]
@@ -49,15 +50,13 @@ class ScheduleSpec:
     user_facing: bool = True
 
 
-SCHEDULES: dict[str, ScheduleSpec] = {}
+SCHEDULES: Registry[ScheduleSpec] = Registry("LR schedule", "--lr-decay-style")
+"""``--lr-decay-style`` value -> spec (every entry is registered in this module)."""
 
 
 def register_schedule(spec: ScheduleSpec) -> ScheduleSpec:
-    """Add ``spec`` to the registry (names are unique)."""
-    if spec.name in SCHEDULES:
-        raise ValueError(f"schedule {spec.name!r} registered twice")
-    SCHEDULES[spec.name] = spec
-    return spec
+    """Add ``spec`` to the registry (a name registered twice is a ``ValueError``)."""
+    return SCHEDULES.add(spec.name, spec)
 
 
 def _decay_kwargs(plan: SchedulePlan) -> dict[str, Any]:
@@ -205,13 +204,13 @@ def schedule_name(s: Any) -> str:
 
 def _bind(name: str, kwargs: dict[str, Any], lr: float) -> tuple[Callable[[int], float], str]:
     args = ",".join(f"{k}={kwargs[k]!r}" for k in sorted(kwargs))
-    return functools.partial(SCHEDULES[name].fn, **kwargs), f"{name}({args})@lr={lr!r}"
+    return functools.partial(SCHEDULES.get(name).fn, **kwargs), f"{name}({args})@lr={lr!r}"
 
 
 def schedule_state(plan: SchedulePlan) -> dict[str, Any]:
     """The plan's schedule as data: ``{"name", "kwargs", "lr"}`` (stored in checkpoints)."""
     name = schedule_name(plan.config.schedule)
-    return {"name": name, "kwargs": SCHEDULES[name].kwargs(plan), "lr": plan.config.optim.lr}
+    return {"name": name, "kwargs": SCHEDULES.get(name).kwargs(plan), "lr": plan.config.optim.lr}
 
 
 def schedule_from_state(state: dict[str, Any]) -> tuple[Callable[[int], float], str]:

@@ -26,13 +26,12 @@ def open_source(path: str, fmt: str | None = None, **options: object):  # noqa: 
     if fmt is None:
         fmt = detect_format(path)
         if fmt is None:
-            raise CheckpointError(f"--input: {path} is no format we import ({sorted(SOURCE_FORMATS)}); "
+            raise CheckpointError(f"--input: {path} is no format we import ({SOURCE_FORMATS.names()}); "
                                   "a Hugging Face directory needs config.json, name the format with --format")
-    if fmt not in SOURCE_FORMATS:
-        raise ConfigError(f"--format: unknown {fmt!r}; known: {sorted(SOURCE_FORMATS)}")
-    known = SOURCE_FORMATS[fmt].options
+    source_format = SOURCE_FORMATS.get(fmt)
+    known = source_format.options
     for name, value in options.items():
         if value is not None and name not in known:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}: the {fmt} format does not take it ({path} carries what it needs)")
-    return SOURCE_FORMATS[fmt].open(path, **{k: v for k, v in options.items() if v is not None})
+    return source_format.open(path, **{k: v for k, v in options.items() if v is not None})

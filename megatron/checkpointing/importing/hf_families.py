@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megatron.config.fields import ConfigError
+from megatron.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -59,13 +60,15 @@ class HFFamily:
     prefixes: tuple[str, ...] = ("",)
 
 
-HF_FAMILIES: dict[str, HFFamily] = {}
+HF_FAMILIES: Registry[HFFamily] = Registry(
+    "Hugging Face model_type (config.json)", "--input", loader="megatron.checkpointing.importing.hf_models"
+)
+"""``config.json``'s ``model_type`` of an ``--input`` directory -> family (``hf_models`` registers them)."""
 
 
 def register_family(family: HFFamily) -> HFFamily:
-    """Add ``family`` to the registry."""
-    HF_FAMILIES[family.model_type] = family
-    return family
+    """Add ``family`` to the registry (a model_type registered twice is a ``ValueError``)."""
+    return HF_FAMILIES.add(family.model_type, family)
 
 
 class Config:

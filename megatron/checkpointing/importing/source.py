@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from megatron.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -73,15 +75,15 @@ class SourceFormat:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-SOURCE_FORMATS: dict[str, SourceFormat] = {}
+SOURCE_FORMATS: Registry[SourceFormat] = Registry(
+    "import format", "--format", loader="megatron.checkpointing.importing.formats"
+)
+"""``--format`` value -> format (``formats`` imports every format's module)."""
 
 
 def register_source_format(fmt: SourceFormat) -> SourceFormat:
-    """Add ``fmt`` to the registry (a name registered twice is a programming error)."""
-    if fmt.name in SOURCE_FORMATS:
-        raise ValueError(f"import format {fmt.name!r} registered twice")
-    SOURCE_FORMATS[fmt.name] = fmt
-    return fmt
+    """Add ``fmt`` to the registry (a name registered twice is a ``ValueError``)."""
+    return SOURCE_FORMATS.add(fmt.name, fmt)
 
 
 def detect_format(path: str) -> str | None:

@@ -171,13 +171,13 @@ def test_muon_accepts_tensor_parallel_zero_1_2_and_bf16_pipelines(optimizer):
         (["--pipeline-model-parallel-size", "2", "--bf16"], "with --pipeline-model-parallel-size > 1 needs fp32"),
     ],
 )
-def test_a_matrix_optimizer_that_does_not_reassemble_matrices_is_refused(monkeypatch, flags, message):
+def test_a_matrix_optimizer_that_does_not_reassemble_matrices_is_refused(flags, message):
     # Every matrix optimizer we ship reassembles matrices; the refusal stays for one that does not.
     import dataclasses
 
     from megatron.optimizer import OPTIMIZERS
     from tests.helpers import tiny_plan
 
-    monkeypatch.setitem(OPTIMIZERS, "dshampoo", dataclasses.replace(OPTIMIZERS["dshampoo"], reassembles_matrices=False))
-    with pytest.raises(ConfigError, match=message):
+    unassembled = dataclasses.replace(OPTIMIZERS["dshampoo"], reassembles_matrices=False)
+    with OPTIMIZERS.override("dshampoo", unassembled), pytest.raises(ConfigError, match=message):
         tiny_plan("--train-iters", "1", "--optimizer", "dshampoo", *flags, env=DistEnv(world_size=2))

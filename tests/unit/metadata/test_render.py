@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from megatron.config.fields import ConfigError
 from megatron.metadata.render import (
     PrefixFormat,
     document_uniform,
@@ -73,7 +74,8 @@ def test_meco_malformed_and_long_url():
 
 
 def test_unknown_template_lists_known():
-    with pytest.raises(KeyError, match="known: \\['bigscience', 'meco'\\]"):
+    with pytest.raises(ConfigError, match="^--metadata-template 'gpt': unknown metadata template; "
+                                          "known: bigscience, meco$"):
         get_template("gpt")
 
 

@@ -125,9 +125,7 @@ def test_saved_weights_are_the_averaged_x(tmp_path, monkeypatch):
         return opt
 
     # OptimizerSpec is frozen: swap the registry entry for one with the recording build.
-    monkeypatch.setitem(
-        OPTIMIZERS, "schedulefree", dataclasses.replace(OPTIMIZERS["schedulefree"], build=recording_build)
-    )
+    recording = dataclasses.replace(OPTIMIZERS["schedulefree"], build=recording_build)
     modules = []
     save_checkpoint = loop.save_checkpoint
 
@@ -137,7 +135,8 @@ def test_saved_weights_are_the_averaged_x(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "save_checkpoint", capturing_save)
     save = str(tmp_path / "ckpt")
-    loop.train(tiny_plan(*CONSTANT, "--train-iters", "5", "--lr", "1e-2", "--save", save), DistEnv())
+    with OPTIMIZERS.override("schedulefree", recording):
+        loop.train(tiny_plan(*CONSTANT, "--train-iters", "5", "--lr", "1e-2", "--save", save), DistEnv())
 
     # Constant LR, r=0: every step has the same averaging weight, so x_T = mean(z_1 .. z_T).
     assert len(zs) == 5
