@@ -134,7 +134,9 @@ def test_rsqrt_without_warmup_is_refused():
 
 
 def test_unknown_schedule_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"^--lr-scheduler 'cosin': unknown meta-schedule \(the plan's method.schedule\); known: ar-cosine, "):
+    message = (r"^--lr-scheduler 'cosin': unknown meta-schedule \(the plan's method.schedule\); "
+               r"known: ar-cosine, ")
+    with pytest.raises(ConfigError, match=message):
         get_meta_schedule("cosin")
     assert {"cosine", "ar-cosine", "rsqrt", "constant", "schedule-free", "wsd", "inf-cosine",
             "inf-rsqrt", "cosine-continued"} <= set(META_SCHEDULES)
