@@ -61,7 +61,7 @@ COMPAT: dict[str, CompatEntry] = {}
 def register_compat(entry: CompatEntry) -> CompatEntry:
     """Add ``entry`` to ``COMPAT`` (a flag registered twice is a programming error)."""
     if entry.flag in COMPAT:
-        raise TypeError(f"compat flag {entry.flag} registered twice")
+        raise ValueError(f"compat flag {entry.flag} registered twice")
     COMPAT[entry.flag] = entry
     return entry
 

@@ -45,22 +45,30 @@ def knob(
     return dataclasses.field(default=default, metadata={"aliases": aliases, "names": names}, **kw)
 
 
-def registered_names(ref: str) -> tuple[str, ...]:
-    """The names of the ``"module:REGISTRY"`` (a ``megatron.registry.Registry``) or the
-    ``"module:function"`` of a ``knob(names=...)`` field."""
+def _names_target(ref: str) -> Any:
+    """The ``"module:REGISTRY"`` (a ``megatron.registry.Registry``) or ``"module:function"`` of a
+    ``knob(names=...)`` field."""
     import importlib
 
     module, _, attr = ref.partition(":")
-    target = getattr(importlib.import_module(module), attr)
+    return getattr(importlib.import_module(module), attr)
+
+
+def registered_names(ref: str) -> tuple[str, ...]:
+    """The names a ``knob(names=...)`` field accepts."""
+    target = _names_target(ref)
     return tuple(getattr(target, "names", target)())
 
 
 def require_registered(obj: Any, name: str, what: str = "value") -> None:
     """Check that field ``name`` of ``obj`` is one of its registry's names (``knob(names=...)``);
-    the error says "unknown <what>"."""
+    a registry raises its own flag-named error, a names function's error says "unknown <what>"."""
     ref = next(f for f in dataclasses.fields(obj) if f.name == name).metadata["names"]
-    known = registered_names(ref)
-    value = getattr(obj, name)
+    target, value = _names_target(ref), getattr(obj, name)
+    if hasattr(target, "names"):
+        target.get(value)  # ConfigError: "--flag 'value': unknown <kind>; known: ..."
+        return
+    known = tuple(target())
     if value not in known:
         raise ConfigError(f"{flag_name(name)}: unknown {what} {value!r}; known: {list(known)}")
 

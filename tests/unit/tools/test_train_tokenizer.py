@@ -113,5 +113,5 @@ def test_input_errors(inputs, tmp_path, capsys):
         assert cli.main(argv) == 2
         assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
-    with pytest.raises(ConfigError, match="--type: unknown tokenizer kind 'wordpiece'"):
+    with pytest.raises(ConfigError, match="^--type 'wordpiece': unknown tokenizer kind; known: bpe, sentencepiece$"):
         train_tokenizer([inputs[0]], out, kind="wordpiece", options=TrainOptions(vocab_size=300))
