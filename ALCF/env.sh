@@ -3,11 +3,17 @@
 #
 # setup_python sets PYTHON to an interpreter that has torch, deepspeed and megatron-core:
 #   1. PYTHON_EXEC, if set: used as is, nothing is installed (a managed env, e.g. ALCF's modules).
+#      The checkout is put first on PYTHONPATH instead (exported), so the scripts this launch
+#      runs (pretrain_gpt.py, tools/*.py, their subprocesses) import this checkout.
 #   2. the repo's .venv, if it was completed for the current requirements.txt.
 #   3. otherwise .venv is (re)built. If the active interpreter already has torch (a conda or
 #      module environment on a cluster), the venv sees its site-packages and keeps that torch.
 #      Else torch is installed first: the CPU build when there is no NVIDIA GPU, because
 #      deepspeed and megatron-core would otherwise pull a multi-GB CUDA build.
+# In cases 2 and 3 the checkout itself is installed into .venv, editable and without
+# dependencies (`pip install --no-deps -e .`: a path entry, so edits need no reinstall, and the
+# entry points of pyproject.toml). It is checked on every call, not stamped: a .venv completed
+# before this step existed, or a checkout that moved, is (re)installed (docs/install.md).
 
 TORCH_VERSION_PIN="${TORCH_VERSION_PIN:-2.13.0}"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
@@ -64,12 +70,26 @@ _build_venv() {
     _requirements_stamp "${root}" >"${venv}/.ready"
 }
 
+# _install_checkout PY ROOT: unless PY already imports ROOT's `megatron` (tools/_checkout.py
+# says which checkout it imports, isolated from PYTHONPATH and the working directory), installs
+# ROOT into PY's environment: editable, no dependencies.
+_install_checkout() {
+    local py="$1" root="$2"
+    if (cd / && "${py}" -I "${root}/tools/_checkout.py" 2>/dev/null); then
+        return 0
+    fi
+    _log_env "installing ${root} into ${py%/bin/python} (pip install --no-deps -e)"
+    (cd / && "${py}" -m pip install -q --no-deps -e "${root}") || return
+    (cd / && "${py}" -I "${root}/tools/_checkout.py")
+}
+
 # setup_python ROOT: sets PYTHON (read by the caller).
 # shellcheck disable=SC2034
 setup_python() {
     local root="$1"
     if [[ -n "${PYTHON_EXEC:-}" ]]; then
         PYTHON="${PYTHON_EXEC}"
+        export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
         return 0
     fi
     local venv="${root}/.venv"
@@ -77,5 +97,6 @@ setup_python() {
         _log_env "setting up ${venv} (first run; about 3 minutes)"
         _build_venv "${root}"
     fi
+    _install_checkout "${venv}/bin/python" "${root}" || return 1
     PYTHON="${venv}/bin/python"
 }
