@@ -12,8 +12,9 @@
 #      deepspeed and megatron-core would otherwise pull a multi-GB CUDA build.
 # In cases 2 and 3 the checkout itself is installed into .venv, editable and without
 # dependencies (`pip install --no-deps -e .`: a path entry, so edits need no reinstall, and the
-# entry points of pyproject.toml). It is checked on every call, not stamped: a .venv completed
-# before this step existed, or a checkout that moved, is (re)installed (docs/install.md).
+# entry points of pyproject.toml). Every call checks which checkout .venv imports (and a stamp
+# of pyproject.toml): a .venv completed before this step existed, a checkout that moved or a
+# changed pyproject.toml is (re)installed, without rebuilding .venv (docs/install.md).
 
 TORCH_VERSION_PIN="${TORCH_VERSION_PIN:-2.13.0}"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
@@ -70,17 +71,21 @@ _build_venv() {
     _requirements_stamp "${root}" >"${venv}/.ready"
 }
 
-# _install_checkout PY ROOT: unless PY already imports ROOT's `megatron` (tools/_checkout.py
-# says which checkout it imports, isolated from PYTHONPATH and the working directory), installs
-# ROOT into PY's environment: editable, no dependencies.
+# _install_checkout ROOT: installs ROOT into ROOT/.venv, editable and without dependencies,
+# unless .venv already imports ROOT's `megatron` (tools/_checkout.py says which checkout it
+# imports, isolated from PYTHONPATH and the working directory) and was installed from the current
+# pyproject.toml (its entry points; stamp .venv/.installed).
 _install_checkout() {
-    local py="$1" root="$2"
-    if (cd / && "${py}" -I "${root}/tools/_checkout.py" 2>/dev/null); then
+    local root="$1" venv="$1/.venv" py="$1/.venv/bin/python" stamp
+    stamp="$(cksum <"${root}/pyproject.toml" | cut -d' ' -f1) ${root}"
+    if [[ "$(cat "${venv}/.installed" 2>/dev/null)" == "${stamp}" ]] \
+        && (cd / && "${py}" -I "${root}/tools/_checkout.py" 2>/dev/null); then
         return 0
     fi
-    _log_env "installing ${root} into ${py%/bin/python} (pip install --no-deps -e)"
+    _log_env "installing ${root} into ${venv} (pip install --no-deps -e)"
     (cd / && "${py}" -m pip install -q --no-deps -e "${root}") || return
-    (cd / && "${py}" -I "${root}/tools/_checkout.py")
+    (cd / && "${py}" -I "${root}/tools/_checkout.py") || return
+    printf '%s\n' "${stamp}" >"${venv}/.installed"
 }
 
 # setup_python ROOT: sets PYTHON (read by the caller).
@@ -97,6 +102,6 @@ setup_python() {
         _log_env "setting up ${venv} (first run; about 3 minutes)"
         _build_venv "${root}"
     fi
-    _install_checkout "${venv}/bin/python" "${root}" || return 1
+    _install_checkout "${root}" || return 1
     PYTHON="${venv}/bin/python"
 }
