@@ -115,3 +115,20 @@ def test_a_tool_runs_from_another_directory(tmp_path):
         assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
         assert f"pip install --no-deps -e {ROOT}" in done.stderr
         assert f"PYTHONPATH={ROOT}" in done.stderr
+
+
+def test_another_checkout_on_the_path_is_not_mixed_in(tmp_path):
+    """One environment installed from one checkout, another first on PYTHONPATH: ``megatron``
+    spans this checkout and megatron-core's namespace directory, never the other checkout."""
+    other = tmp_path / "other" / "megatron"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (other / "only_there.py").write_text("")
+    code = ("import json, megatron, importlib.util as u; print(json.dumps([megatron.__path__, "
+            "u.find_spec('megatron.only_there') is None, u.find_spec('megatron.core') is not None]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(other.parent)])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=True, timeout=120)
+    path, absent, core = json.loads(done.stdout.splitlines()[-1])
+    assert path[0] == str(ROOT / "megatron") and str(other) not in path and absent
+    assert core and any(Path(p, "core").is_dir() for p in path[1:])  # megatron-core's portion
