@@ -3,11 +3,18 @@
 #
 # setup_python sets PYTHON to an interpreter that has torch, deepspeed and megatron-core:
 #   1. PYTHON_EXEC, if set: used as is, nothing is installed (a managed env, e.g. ALCF's modules).
+#      The checkout is put first on PYTHONPATH instead (exported), so the scripts this launch
+#      runs (pretrain_gpt.py, tools/*.py, their subprocesses) import this checkout.
 #   2. the repo's .venv, if it was completed for the current requirements.txt.
 #   3. otherwise .venv is (re)built. If the active interpreter already has torch (a conda or
 #      module environment on a cluster), the venv sees its site-packages and keeps that torch.
 #      Else torch is installed first: the CPU build when there is no NVIDIA GPU, because
 #      deepspeed and megatron-core would otherwise pull a multi-GB CUDA build.
+# In cases 2 and 3 the checkout itself is installed into .venv, editable and without
+# dependencies (`pip install --no-deps -e .`: a path entry, so edits need no reinstall, and the
+# entry points of pyproject.toml). Every call checks which checkout .venv imports (and a stamp
+# of pyproject.toml): a .venv completed before this step existed, a checkout that moved or a
+# changed pyproject.toml is (re)installed, without rebuilding .venv (docs/install.md).
 
 TORCH_VERSION_PIN="${TORCH_VERSION_PIN:-2.13.0}"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
@@ -64,12 +71,30 @@ _build_venv() {
     _requirements_stamp "${root}" >"${venv}/.ready"
 }
 
+# _install_checkout ROOT: installs ROOT into ROOT/.venv, editable and without dependencies,
+# unless .venv already imports ROOT's `megatron` (tools/_checkout.py says which checkout it
+# imports, isolated from PYTHONPATH and the working directory) and was installed from the current
+# pyproject.toml (its entry points; stamp .venv/.installed).
+_install_checkout() {
+    local root="$1" venv="$1/.venv" py="$1/.venv/bin/python" stamp
+    stamp="$(cksum <"${root}/pyproject.toml" | cut -d' ' -f1) ${root}"
+    if [[ "$(cat "${venv}/.installed" 2>/dev/null)" == "${stamp}" ]] \
+        && (cd / && "${py}" -I "${root}/tools/_checkout.py" 2>/dev/null); then
+        return 0
+    fi
+    _log_env "installing ${root} into ${venv} (pip install --no-deps -e)"
+    (cd / && "${py}" -m pip install -q --no-deps -e "${root}") || return
+    (cd / && "${py}" -I "${root}/tools/_checkout.py") || return
+    printf '%s\n' "${stamp}" >"${venv}/.installed"
+}
+
 # setup_python ROOT: sets PYTHON (read by the caller).
 # shellcheck disable=SC2034
 setup_python() {
     local root="$1"
     if [[ -n "${PYTHON_EXEC:-}" ]]; then
         PYTHON="${PYTHON_EXEC}"
+        export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
         return 0
     fi
     local venv="${root}/.venv"
@@ -77,5 +102,6 @@ setup_python() {
         _log_env "setting up ${venv} (first run; about 3 minutes)"
         _build_venv "${root}"
     fi
+    _install_checkout "${root}" || return 1
     PYTHON="${venv}/bin/python"
 }

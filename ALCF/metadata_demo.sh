@@ -11,7 +11,10 @@
 # carried, data position reset.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON_EXEC:-.venv/bin/python}"
+# shellcheck source=ALCF/env.sh
+source ALCF/env.sh
+setup_python "${PWD}"
+PY="${PYTHON}"
 OUT="${OUT:-outputs/metadata-demo}"
 RUNS="${RUNS:-meta plain cooldown}"
 KEYS="url,title,website_description"

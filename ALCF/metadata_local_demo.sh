@@ -8,7 +8,10 @@
 #   MAX_DOCS (evaluation documents, 300).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON_EXEC:-.venv/bin/python}"
+# shellcheck source=ALCF/env.sh
+source ALCF/env.sh
+setup_python "${PWD}"
+PY="${PYTHON}"
 OUT="${OUT:-outputs/metadata-local-demo}"
 RUNS="${RUNS:-plain html html_global}"
 DATA=data/pydoc_html

@@ -28,12 +28,11 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 MEASURE = """
 import resource, sys, time
-sys.path.insert(0, {root!r})
 t = time.perf_counter()
 {body}
 print("RESULT", time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -126,7 +125,7 @@ def _measure(body: str, watch: str) -> tuple[float, int, int, str]:
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
-    proc = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, body=body)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", MEASURE.format(body=body)], capture_output=True,
                           text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, check=False)
     done.set()
     thread.join()

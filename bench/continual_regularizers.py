@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
 from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402

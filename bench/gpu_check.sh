@@ -25,6 +25,8 @@ if ! "${python}" -c "import deepspeed, megatron.core" >/dev/null 2>&1; then
     setup="$(bash bench/gpu_setup.sh install "${WHEELS:-${root}/.gpu-wheels}")" || exit 1
     eval "${setup}"  # export PYTHONPATH=/tmp/gpu-site...
 fi
+# The image's python has not installed this checkout: it goes on PYTHONPATH (docs/install.md).
+export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
 "${python}" -c "import torch, deepspeed, megatron.core; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'deepspeed', deepspeed.__version__)" \
     2>&1 | tail -1 | tee -a "${out}/nvidia-smi.txt"
 

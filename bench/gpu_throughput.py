@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.registry import Registry  # noqa: E402
 

@@ -10,6 +10,19 @@ import pytest
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Subprocesses (``python tools/X.py``, ``pretrain_gpt.py``, train_alcf.sh) run this checkout.
+
+    pytest's ``pythonpath = ["."]`` puts the checkout first for this process only. An interpreter
+    with the project installed from another checkout (one venv, several worktrees) would run that
+    one's code in a subprocess; tools/_checkout.py stops such scripts. The checkout goes first on
+    the inherited PYTHONPATH, as ALCF/env.sh does for PYTHON_EXEC.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *rest])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

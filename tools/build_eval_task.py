@@ -16,7 +16,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.evaluation.next_line_task import next_line_items  # noqa: E402
 from tools.prepare_default_corpus import play_files  # noqa: E402

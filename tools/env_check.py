@@ -11,12 +11,12 @@ all-reduce of the ranks gives sum(0..world-1) and prints its time.
 from __future__ import annotations
 
 import datetime
-import os
 import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config.env import DistEnv  # noqa: E402
 

@@ -20,7 +20,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402

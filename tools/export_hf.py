@@ -23,10 +23,10 @@ when complete. Errors exit with status 2 and one line naming the argument.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
 from megatron.checkpointing.hf_export import (  # noqa: E402

@@ -15,11 +15,11 @@ guidance against the prompt-masked input), ``--eps``. Errors exit with status 2 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.checkpointing.checkpoint import CheckpointError  # noqa: E402
 from megatron.config.fields import ConfigError  # noqa: E402

@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.checkpointing.importing.formats import SOURCE_FORMATS, open_source  # noqa: E402
 from megatron.checkpointing.importing.writer import DTYPES, import_checkpoint  # noqa: E402

@@ -23,8 +23,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 PRESETS = {
     name: os.path.join("ALCF", "presets", "lr-transfer", f"{name}.yaml") for name in ("sp", "mup")

@@ -17,10 +17,10 @@ warmup), stage ``cooldown`` on the plain lists for the rest, carrying optimizer 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 import yaml  # noqa: E402
 

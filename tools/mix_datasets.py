@@ -15,11 +15,11 @@ them before it starts. Errors exit with status 2 and one line naming the argumen
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.data.mixing import (  # noqa: E402

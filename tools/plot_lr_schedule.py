@@ -11,10 +11,10 @@ Everything after ``--`` is pretrain_gpt.py's flags (``--config`` files included)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config import ConfigError, DistEnv, parse_args, resolve  # noqa: E402
 from megatron.schedules.registry import build_schedule_fn  # noqa: E402

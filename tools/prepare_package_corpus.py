@@ -10,10 +10,10 @@ description; url, title, website_description, topics, classifiers = its metadata
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.metadata.package_corpus import write_package_corpus  # noqa: E402
 

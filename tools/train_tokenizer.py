@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config.fields import ConfigError  # noqa: E402
 from megatron.data.train_tokenizer import TRAINERS, TrainOptions, train_tokenizer  # noqa: E402

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: one clear line unless this checkout is installed
+    import _checkout  # noqa: F401
 
 from megatron.config.plan import epoch_iterations as _plan_epoch_iterations  # noqa: E402
 from megatron.model.spec import approx_parameters, swiglu_ffn_size  # noqa: E402

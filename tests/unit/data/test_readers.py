@@ -220,7 +220,6 @@ def test_cached_hf_dataset_by_name_same_bytes(copies, tmp_path):
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
-    sys.path.insert(0, sys.argv[3])
     from megatron.config.data import DataConfig
     from megatron.data.preprocess import tokenize_to_indexed
     tokenize_to_indexed([sys.argv[1]], sys.argv[2], DataConfig(tokenizer_type="byte"),
@@ -243,8 +242,8 @@ def test_peak_memory_does_not_grow_with_the_corpus(docs, tmp_path, fmt):
             write_jsonl(path, [block] * copies)
         else:
             pq.write_table(pa.table({"text": [block] * copies}), path, row_group_size=64)
-        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path), str(tmp_path / "o"),
-                              os.getcwd()], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path), str(tmp_path / "o")],
+                             capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])
 
     small, large = peak_kib(200), peak_kib(1600)  # ~16 MB and ~130 MB of text
