@@ -16,7 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import ConfigError, DistEnv, parse_args  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from megatron.schedules.registry import build_schedule_fn  # noqa: E402
 
 

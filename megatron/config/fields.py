@@ -45,12 +45,18 @@ def knob(
     return dataclasses.field(default=default, metadata={"aliases": aliases, "names": names}, **kw)
 
 
-def registered_names(ref: str) -> tuple[str, ...]:
-    """Call the ``"module:function"`` of a ``knob(names=...)`` field."""
+def call_ref(ref: str) -> Any:
+    """Call the ``"module:function"`` ``ref`` names. Config refers to a registry only this way
+    (imported when the value is needed), so ``megatron.config`` imports no registry module."""
     import importlib
 
     module, _, function = ref.partition(":")
-    return tuple(getattr(importlib.import_module(module), function)())
+    return getattr(importlib.import_module(module), function)()
+
+
+def registered_names(ref: str) -> tuple[str, ...]:
+    """Call the ``"module:function"`` of a ``knob(names=...)`` field."""
+    return tuple(call_ref(ref))
 
 
 def require_registered(obj: Any, name: str, what: str = "value") -> None:

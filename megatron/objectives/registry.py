@@ -12,16 +12,24 @@ not import torch); hooks import torch when they run.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from megatron.config.plan import RunPlan
     from megatron.config.root import Config
     from megatron.model.spec import GPTSpec
 
 BatchesFn = Callable[..., list]
+
+
+class ObjectivePlan(Protocol):
+    """What the objective hooks read of the run plan (``megatron.plan.run.RunPlan`` satisfies it;
+    registries sit below the plan and never import it)."""
+
+    config: Config
+    global_batch_size: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -90,7 +98,7 @@ def register_objective(name: str, **spec_fields: Any) -> Callable[[BatchesFn], B
 
 def objective_names() -> list[str]:
     """Every registered ``--objective`` value, sorted (``--help`` lists them)."""
-    import megatron.objectives  # noqa: F401  (the package imports every entry module)
+    importlib.import_module("megatron.objectives")  # the package imports every entry module
 
     return sorted(OBJECTIVES)
 
@@ -101,19 +109,14 @@ def get_objective(name: str) -> ObjectiveSpec:
     Raises:
         KeyError: Unknown name; the message lists the known ones.
     """
-    import megatron.objectives  # noqa: F401  (the package imports every entry module)
+    importlib.import_module("megatron.objectives")  # the package imports every entry module
 
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
-def plan_objective(plan: RunPlan) -> ObjectiveSpec:
-    """The objective of a resolved run."""
-    return get_objective(plan.config.objective.objective)
-
-
-def eval_batches(objective: ObjectiveSpec, plan: RunPlan, reader: Any, *, split: str, iteration: int):  # noqa: ANN201
+def eval_batches(objective: ObjectiveSpec, plan: ObjectivePlan, reader: Any, *, split: str, iteration: int):  # noqa: ANN201
     """Yield every evaluation step's micro-batches: ``--eval-iters`` global batches of ``split``
     (the same samples each evaluation), repeated for each of the objective's draws, so K draws
     really are K maskings of the same samples."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from megatron.distributed import ParallelContext
+    from megatron.distributed.context import ParallelContext
 
 
 @runtime_checkable

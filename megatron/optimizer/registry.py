@@ -9,6 +9,7 @@ import torch when they run.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -141,4 +142,4 @@ def default_options() -> dict[str, Any]:
 
 def _ensure_loaded() -> None:
     # The package __init__ imports every optimizer module, which fills OPTIMIZERS.
-    import megatron.optimizer  # noqa: F401
+    importlib.import_module("megatron.optimizer")

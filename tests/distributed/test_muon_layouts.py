@@ -41,7 +41,8 @@ LAYOUTS = {
 
 def _probe(env: DistEnv, flags: list[str]) -> dict:
     """Losses (+ validation), Newton-Schulz multiply-adds and optimizer-state bytes of a run."""
-    from megatron.optimizer import OPTIMIZERS, muon, muon_torch
+    from megatron.optimizer import OPTIMIZERS, muon_torch
+    from megatron.optimizer import muon_options as muon
 
     built, flops, real = [], [0], muon_torch.orthogonalize
     spec = OPTIMIZERS["muon"]
