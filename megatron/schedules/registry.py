@@ -20,7 +20,7 @@ ScheduleFn = Callable[..., float]
 
 class SchedulePlan(Protocol):
     """What schedule arguments are computed from: the run plan (``megatron.plan.run.RunPlan``
-    satisfies it; registries never import config classes)."""
+    satisfies it; registries sit below the plan and never import it)."""
 
     train_iters: int
     warmup_steps: int | float
