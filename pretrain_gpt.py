@@ -17,8 +17,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status: 0 done, 2 configuration error, 1 a
     checkpoint or data error, 75 stopped early with work left (a job script requeues)."""
-    from megatron.config import ConfigError, DistEnv, parse_args, resolve
+    from megatron.config import ConfigError, DistEnv, parse_args
     from megatron.data.data_list import check_data_inputs
+    from megatron.plan import resolve
 
     try:
         args = parse_args(argv)
@@ -30,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = {"save": plan.config.checkpoint.save, "tensorboard_dir": plan.config.logging.tensorboard_dir}
     if args.dry_run:
-        from megatron.schedules.registry import schedule_state
         from megatron.data.integrity import check_data_files
 
         try:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
             return 2
 
-        text = json.dumps({"plan": plan.summary(), "paths": paths, "schedule": schedule_state(plan),
+        text = json.dumps({"plan": plan.summary(), "paths": paths, "schedule": plan.schedule_state,
                            "sources": plan.sources, "deepspeed": plan.deepspeed}, indent=2, default=str)
         print(text)
         if args.dry_run_file is not None:  # complete or absent: written aside, then renamed

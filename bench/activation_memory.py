@@ -32,9 +32,10 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from megatron.core import parallel_state  # noqa: E402
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
 from megatron.model.gpt import GPTModel, masked_mean  # noqa: E402
 from megatron.model.memory_meter import PeakTensorMemory  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 
 
 def model_flags(a: argparse.Namespace) -> list[str]:

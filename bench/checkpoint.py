@@ -75,8 +75,9 @@ def _flags(args: argparse.Namespace, save: str) -> list[str]:
 
 
 def _save_and_load(env, flags: list[str]) -> tuple[float, float]:  # noqa: ANN001
-    from megatron.config import parse_args, resolve
+    from megatron.config import parse_args
     from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.plan import resolve
     from megatron.trainer.loop import Trainer
     from megatron.trainer.state import TrainState
 

@@ -22,9 +22,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
 from megatron.data.loader import Batch  # noqa: E402
 from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from megatron.trainer.engine import TrainEngine  # noqa: E402
 
 

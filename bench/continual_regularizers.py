@@ -21,8 +21,9 @@ import time
 if not __package__:  # run as a file: one clear line unless this checkout is installed
     import _checkout  # noqa: F401
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
 from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from megatron.trainer.loop import Trainer, train  # noqa: E402
 
 

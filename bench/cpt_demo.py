@@ -26,9 +26,10 @@ if not __package__:  # run as a file: one clear line unless this checkout is ins
 
 def held_out_loss(plan, ckpt_spec, eval_spec, eval_iters: int) -> float:
     """Mean loss of ``ckpt_spec``'s final checkpoint on ``eval_spec``'s held-out list."""
-    from megatron.config import DistEnv, parse_args, resolve
+    from megatron.config import DistEnv, parse_args
     from megatron.continual.launch import to_argv
     from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.plan import resolve
     from megatron.trainer.loop import Trainer
 
     # Evaluation only: the stage's LR schedule does not apply (and would not fit one step).

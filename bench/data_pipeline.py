@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
 from megatron.config.data import DataConfig  # noqa: E402
 from megatron.data.blend import BlendedStream  # noqa: E402
 from megatron.data.builder import build_streams  # noqa: E402
@@ -36,6 +36,7 @@ from megatron.data.indexed import IndexedWriter  # noqa: E402
 from megatron.data.loader import BatchReader  # noqa: E402
 from megatron.data.preprocess import iter_documents, tokenize_to_indexed  # noqa: E402
 from megatron.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from tools.prepare_default_corpus import play_files  # noqa: E402
 
 

@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace) -> int:
     import torch
 
-    from megatron.config import DistEnv, parse_args, resolve
+    from megatron.config import DistEnv, parse_args
     from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.plan import resolve
 
     preset = PRESETS[args.preset]
     base_flags = model_flags(preset, args.warmup + args.steps)
@@ -345,7 +346,8 @@ def one_variant(variant: Variant, base_flags: list[str], ctx: Any, batches: list
     """Run one variant, or say why not (flags this CLI lacks, a refused config, an error)."""
     import torch
 
-    from megatron.config import ConfigError, DistEnv, parse_args, resolve
+    from megatron.config import ConfigError, DistEnv, parse_args
+    from megatron.plan import resolve
 
     missing = missing_flags(variant.flags)
     if missing:

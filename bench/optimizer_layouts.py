@@ -27,7 +27,8 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from tests.helpers import run_distributed  # noqa: E402
 
 LAYOUTS = {

@@ -31,11 +31,12 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from megatron.config import DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import DistEnv, parse_args  # noqa: E402
 from megatron.distributed import destroy_distributed, init_distributed  # noqa: E402
 from megatron.model.gpt import GPTModel  # noqa: E402
 from megatron.optimizer import OPTIMIZERS, get_optimizer_spec  # noqa: E402
 from megatron.optimizer.param_groups import split_param_groups  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 
 # Peak LRs for the quality run (tuned coarsely on the demo corpus; schedule-free uses a constant LR).
 QUALITY_LR = {"adamw": 2e-3, "adam": 2e-3, "muon": 2e-2, "schedulefree": 2e-3, "dshampoo": 2e-3,

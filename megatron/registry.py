@@ -21,6 +21,8 @@ import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from megatron.config.fields import ConfigError
+
 T = TypeVar("T")
 
 
@@ -73,10 +75,6 @@ class Registry(Mapping[str, T], Generic[T]):
             return self._entries[name]
         if default is not None:
             return default  # type: ignore[return-value]
-        # Imported here: importing megatron.config first would run its package __init__, which
-        # (through the run plan) imports the registry modules that import this one.
-        from megatron.config.fields import ConfigError
-
         raise ConfigError(
             f"{self.flag} {name!r}: unknown {self.kind}; known: {', '.join(self.names()) or '(none)'}"
         )

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from megatron.config import DistEnv, RunPlan, parse_args, resolve
+from megatron.config import DistEnv, parse_args
+from megatron.plan import RunPlan, resolve
 
 TINY = [
     "--num-layers", "2",

@@ -50,7 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def base_shape(base: str, rung: str) -> tuple[int, int]:
     """(tokens per step, vocabulary) of the base config with one rung, as the trainer resolves it."""
-    from megatron.config import DistEnv, parse_args as trainer_args, resolve
+    from megatron.config import DistEnv
+    from megatron.config import parse_args as trainer_args
+    from megatron.plan import resolve
 
     argv = [*launcher.env_flags(os.environ), "--config", base, "--config", rung, "--train-iters", "1"]
     plan = resolve(trainer_args(argv).config, DistEnv())

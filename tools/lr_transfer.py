@@ -39,7 +39,8 @@ def run_one(
     preset: str, width: int, lr: float, seed: int, head_dim: int, extra: list[str]
 ) -> float:
     """Final validation loss of one run (in this process); NaN when the run stopped early."""
-    from megatron.config import DistEnv, parse_args, resolve
+    from megatron.config import DistEnv, parse_args
+    from megatron.plan import resolve
     from megatron.trainer.loop import train
 
     flags = ["--config", preset, "--hidden-size", str(width), "--seed", str(seed),

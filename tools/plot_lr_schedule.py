@@ -16,7 +16,8 @@ import sys
 if not __package__:  # run as a file: one clear line unless this checkout is installed
     import _checkout  # noqa: F401
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve  # noqa: E402
+from megatron.config import ConfigError, DistEnv, parse_args  # noqa: E402
+from megatron.plan import resolve  # noqa: E402
 from megatron.schedules.registry import build_schedule_fn  # noqa: E402
 
 

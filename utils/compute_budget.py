@@ -16,7 +16,7 @@ Muennighoff et al. 2023, https://arxiv.org/abs/2305.16264):
 The run length is printed as the flags our trainer takes (``--train-tokens``, ``--train-iters``, or
 ``--unique-tokens U --epochs E``) with the iterations the trainer derives from them. Counts accept
 ``1e21``, ``7B``, ``2.5T``, ``1_000`` (K, M, B or G, T suffixes). The formulas themselves live in
-``megatron/model/spec.py`` and ``megatron/config/plan.py`` (one copy each); this tool is torch-free.
+``megatron/model/spec.py`` and ``megatron/plan/resolve.py`` (one copy each); this tool is torch-free.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 if not __package__:  # run as a file: one clear line unless this checkout is installed
     import _checkout  # noqa: F401
 
-from megatron.config.plan import epoch_iterations as _plan_epoch_iterations  # noqa: E402
-from megatron.model.spec import approx_parameters, swiglu_ffn_size  # noqa: E402
+from megatron.config.model import swiglu_ffn_size  # noqa: E402
+from megatron.model.spec import approx_parameters  # noqa: E402
 from megatron.model.spec import training_flops as _training_flops  # noqa: E402
+from megatron.plan.resolve import epoch_iterations as _plan_epoch_iterations  # noqa: E402
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 """Multipliers accepted after a count on the command line (case-insensitive)."""
@@ -100,7 +101,7 @@ def epoch_iterations(
     """Iterations the trainer derives from ``--unique-tokens U --epochs E``.
 
     The trainer's subset holds ``floor(U / seq)`` whole samples and trains
-    ``ceil(ceil(E * subset) / batch)`` iterations (``megatron/config/plan.py``).
+    ``ceil(ceil(E * subset) / batch)`` iterations (``megatron/plan/resolve.py``).
 
     Raises:
         ValueError: U holds no whole sample of ``seq_length`` tokens.

@@ -29,15 +29,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron.checkpointing.metadata import (  # noqa: F401  (re-exported for callers)
+from megatron.checkpointing.lifecycle import prepare_step_dir, refuse_committed, save_failed
+from megatron.checkpointing.lock import DirectoryLock
+from megatron.checkpointing.metadata import CheckpointError, read_metadata  # noqa: F401  (re-exported for callers)
+from megatron.config.checkpoint_files import (  # noqa: F401  (re-exported for callers)
     LATEST_FILE,
     LATEST_ITERATION_FILE,
     METADATA_FILE,
-    CheckpointError,
-    read_metadata,
 )
-from megatron.checkpointing.lifecycle import prepare_step_dir, refuse_committed, save_failed
-from megatron.checkpointing.lock import DirectoryLock
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ import os
 import re
 import shutil
 
-from megatron.checkpointing.metadata import METADATA_FILE, CheckpointError
+from megatron.checkpointing.metadata import CheckpointError
 from megatron.config.checkpoint import CheckpointConfig
+from megatron.config.checkpoint_files import METADATA_FILE
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,14 @@ import os
 import subprocess
 from typing import Any, Protocol
 
+from megatron.config.checkpoint_files import METADATA_FILE
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
 from megatron.config.schema import config_values, iter_knobs
 from megatron.data.tokenizers import file_sha256
+from megatron.plan.run import RunPlan
 
 log = logging.getLogger(__name__)
 
-LATEST_FILE = "latest"
-LATEST_ITERATION_FILE = "latest_checkpointed_iteration.txt"
-LATEST_UNIVERSAL_FILE = "latest_universal"
-METADATA_FILE = "run_metadata.json"
 METADATA_VERSION = 1
 
 
@@ -38,28 +35,6 @@ class Progress(Protocol):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
-
-
-def locate_metadata(load: str, universal: bool) -> str | None:
-    """The ``run_metadata.json`` of the checkpoint ``--load`` names, or None when there is none
-    (no checkpoint yet, or a universal one converted by DeepSpeed's own tool)."""
-    if universal:
-        candidates = [load]
-        pointer = os.path.join(load, LATEST_UNIVERSAL_FILE)
-        if os.path.isfile(pointer):
-            with open(pointer) as f:
-                candidates.insert(0, os.path.join(load, f.read().strip()))
-    else:
-        pointer = os.path.join(load, LATEST_FILE)
-        if not os.path.isfile(pointer):
-            return None
-        with open(pointer) as f:
-            candidates = [os.path.join(load, f.read().strip())]
-    for directory in candidates:
-        path = os.path.join(directory, METADATA_FILE)
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def read_metadata(load_dir: str, tag: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from megatron.checkpointing.lifecycle import require_committed
 from megatron.checkpointing.safe_load import load_file as safe_load_file
 from megatron.model.spec import GPTSpec
 from megatron.optimizer.owners import split_owned_key
+from megatron.optimizer.registry import OPTIMIZERS
 
 CLIENT_KEY = "megatron_checkpoint"
 WEIGHT = "fp32"
@@ -263,8 +264,6 @@ class SavedCheckpoint:
 
 def _matrix_state_keys(metadata: dict[str, Any]) -> re.Pattern | None:
     """``OptimizerSpec.matrix_state_keys`` of the checkpoint's optimizer, compiled (or None)."""
-    from megatron.optimizer.registry import OPTIMIZERS
-
     name = (metadata.get("config") or {}).get("--optimizer")
     if name not in OPTIMIZERS or OPTIMIZERS[name].matrix_state_keys is None:
         return None

@@ -29,8 +29,9 @@ import torch
 
 from megatron.checkpointing.importing.safe_pickle import load_pt
 from megatron.checkpointing.layout import canonical_name, full_shapes, split, tp_layout
-from megatron.checkpointing.metadata import LATEST_UNIVERSAL_FILE, METADATA_FILE, CheckpointError
+from megatron.checkpointing.metadata import CheckpointError
 from megatron.checkpointing.reader import CLIENT_KEY, WEIGHT, load_file
+from megatron.config.checkpoint_files import LATEST_UNIVERSAL_FILE, METADATA_FILE
 from megatron.model.spec import GPTSpec
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
-"""Configuration: dataclass schema, the generated CLI, the environment reader, the run plan and
-the generated DeepSpeed config. Torch-free: ``--help`` and ``--dry-run`` never import torch."""
+"""Configuration: the dataclass knobs, the generated CLI and the environment reader. Imports no
+other ``megatron`` package (the run plan built from a config is ``megatron.plan``). Torch-free:
+``--help`` and ``--dry-run`` never import torch."""
 
 from megatron.config.cli import ParsedArgs, parse_args
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan, resolve
 from megatron.config.root import Config
 
-__all__ = ["Config", "ConfigError", "DistEnv", "ParsedArgs", "RunPlan", "parse_args", "resolve"]
+__all__ = ["Config", "ConfigError", "DistEnv", "ParsedArgs", "parse_args"]

@@ -12,7 +12,6 @@ a suggestion.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from megatron.config.schema import (
     iter_knobs,
     knob_by_flag,
     normalize_flag,
+    suggest_flag,
 )
 
 _UNSET = object()
@@ -164,12 +164,6 @@ def build_parser(prog: str = "pretrain_gpt.py") -> argparse.ArgumentParser:
                 help=help_text + f" (default: {knob.default})",
             )
     return parser
-
-
-def suggest_flag(flag: str) -> str:
-    """'; did you mean --x?' for a near miss of a known flag, else ''."""
-    close = difflib.get_close_matches(normalize_flag(flag), list(knob_by_flag()), n=1, cutoff=0.75)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _explicit_bools(argv: list[str]) -> list[str]:

@@ -1,13 +1,13 @@
 """The argonne fork's and TiC-LM's spellings of our flags and values (docs/compatibility.md).
 
-Registered into ``compat.py``'s tables when it is imported: the fork's optimizer names (aliases
+Registered into the tables of ``compat_registry.py`` when ``compat.py`` imports it: the fork's optimizer names (aliases
 of the same update, or refused with the reason), the flags its launcher passes, and TiC-LM's
 continual-run flags given to the trainer.
 """
 
 from __future__ import annotations
 
-from megatron.config.compat import REFUSED_VALUES, VALUE_ALIASES, mapped, no_op, refuse
+from megatron.config.compat_registry import REFUSED_VALUES, VALUE_ALIASES, mapped, no_op, refuse
 
 VALUE_ALIASES["--optimizer"] = {
     # The argonne fork's names for updates we have (docs/compatibility.md says which).

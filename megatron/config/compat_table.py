@@ -10,6 +10,7 @@ from collections import Counter
 
 from megatron.config.compat import COMPAT, REFUSED_VALUES, VALUE_ALIASES
 from megatron.config.compat_claims import scan_claims
+from megatron.config.schema import knob_by_flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,8 +66,6 @@ def compat_rows(claims: dict[str, list[str]] | None = None) -> list[tuple[str, s
     when a test claims to run them (``claims``, default: scanned from ``tests/``), else untested;
     the rest from ``COMPAT``, ``VALUE_ALIASES`` and ``REFUSED_VALUES``.
     """
-    from megatron.config.schema import knob_by_flag
-
     table = knob_by_flag()
     claims = scan_claims(ROOT) if claims is None else claims
     rows = []

@@ -47,11 +47,17 @@ def knob(
 
 def _names_target(ref: str) -> Any:
     """The ``"module:REGISTRY"`` (a ``megatron.registry.Registry``) or ``"module:function"`` of a
-    ``knob(names=...)`` field."""
+    ``knob(names=...)`` field. Config refers to a registry only this way (imported when the value
+    is needed), so ``megatron.config`` imports no registry module."""
     import importlib
 
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def call_ref(ref: str) -> Any:
+    """Call the ``"module:function"`` ``ref`` names (imported when the value is needed)."""
+    return _names_target(ref)()
 
 
 def registered_names(ref: str) -> tuple[str, ...]:

@@ -21,8 +21,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from megatron.config.checkpoint_files import locate_metadata
 from megatron.config.fields import ConfigError
-from megatron.config.schema import Knob, Path, convert, knob_by_flag, normalize_flag
+from megatron.config.schema import Knob, Path, convert, knob_by_flag, normalize_flag, suggest_flag
 from megatron.config.yaml_file import read_yaml
 
 LAUNCHER_SOURCE = "train_alcf.sh default"
@@ -48,8 +49,6 @@ def merge(*layers: Settings) -> Settings:
 
 
 def _lookup(key: str, where: str) -> Knob:
-    from megatron.config.cli import suggest_flag
-
     knob = knob_by_flag().get(normalize_flag("--" + key))
     if knob is None:
         raise ConfigError(f"--config: unknown key {key!r} at {where}{suggest_flag('--' + key)}")
@@ -142,8 +141,6 @@ def checkpoint_config(load: str, universal: bool) -> tuple[dict[str, Any], str] 
         (config, the metadata file), or None when there is no checkpoint (yet) or it carries no
         readable metadata (the trainer's own checks then report what is wrong).
     """
-    from megatron.checkpointing.metadata import locate_metadata
-
     path = locate_metadata(load, universal)
     if path is None:
         return None

@@ -233,8 +233,6 @@ class ModelConfig:
         if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
         if self.swiglu:
-            from megatron.model.spec import swiglu_ffn_size
-
             return swiglu_ffn_size(self.hidden_size)
         return 4 * self.hidden_size
 
@@ -242,3 +240,11 @@ class ModelConfig:
     def positions(self) -> int:
         """Length of the position table / RoPE cache after defaults."""
         return self.max_position_embeddings or self.seq_length
+
+
+def swiglu_ffn_size(hidden: int) -> int:
+    """Default SwiGLU MLP width (docs/design.md §6): ``floor((8d/3)/64)*64``, at least 64.
+
+    Integer arithmetic (``8d // 192``) avoids float rounding at exact multiples.
+    """
+    return max(64, (8 * hidden) // (3 * 64) * 64)

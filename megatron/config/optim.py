@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from megatron.config.fields import SECTION, ConfigError, knob, require_positive, require_registered
+from megatron.config.fields import (
+    SECTION,
+    ConfigError,
+    call_ref,
+    knob,
+    require_positive,
+    require_registered,
+)
 
 
 def _default_options() -> dict[str, Any]:
-    from megatron.optimizer.registry import default_options
-
-    return default_options()
+    return call_ref("megatron.optimizer.registry:default_options")
 
 
 @dataclass(**SECTION)

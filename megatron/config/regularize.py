@@ -57,24 +57,3 @@ class RegularizeConfig:
     def fisher_batches(self) -> int:
         """Global batches the Fisher sums over (N, or N + 1 with --ewc-anchor-compat)."""
         return self.ewc_num_iterations + int(self.ewc_anchor_compat)
-
-
-def check_regularizers(cfg, pp: int) -> None:  # noqa: ANN001  (megatron.config.Config; no import cycle)
-    """Cross-section checks of EWC/LwF, before any work (called by ``resolve``).
-
-    Raises:
-        ConfigError: No checkpoint to anchor on, pipeline parallelism, or ZeRO-3.
-    """
-    reg = cfg.regularize
-    for on, flag, what in ((reg.ewc, "--ewc-weight", "EWC"), (reg.lwf, "--lwf-weight", "LwF")):
-        if not on:
-            continue
-        if cfg.checkpoint.load is None:
-            raise ConfigError(f"{flag}: {what} anchors on the weights a stage starts from; give --load "
-                              "(the previous stage's checkpoint, usually with --finetune)")
-        if pp > 1:
-            raise ConfigError(f"{flag}: {what} is not supported with --pipeline-model-parallel-size "
-                              f"{pp} (its extra loss term needs the dense forward); use PP=1")
-        if cfg.parallel.zero_stage == 3:
-            raise ConfigError(f"{flag}: {what} is not supported at --zero-stage 3 (partitioned "
-                              "parameters have no full local copy to anchor on); use ZeRO-0/1/2")

@@ -8,17 +8,25 @@ one walk, so the CLI cannot drift from the dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from megatron.config.fields import ConfigError, attribute_docs, flag_name, registered_names
+from megatron.config.fields import (
+    ConfigError,
+    attribute_docs,
+    call_ref,
+    flag_name,
+    registered_names,
+)
 from megatron.config.root import Config
 
 Path = tuple[str, ...]
 OPTIONS_FIELD = ("optim", "options")
+OPTION_SECTIONS = "megatron.optimizer.registry:option_sections"  # {optimizer: options dataclass}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +104,10 @@ def _section_knobs(cls: type, path: Path, prefix: str = "") -> list[Knob]:
 @functools.cache
 def iter_knobs() -> tuple[Knob, ...]:
     """Every knob of ``Config``, sections first, then per-optimizer option sections."""
-    from megatron.optimizer.registry import option_sections
-
     knobs: list[Knob] = []
     for section in dataclasses.fields(Config):
         knobs += _section_knobs(typing.get_type_hints(Config)[section.name], (section.name,))
-    for name, cls in sorted(option_sections().items()):
+    for name, cls in sorted(call_ref(OPTION_SECTIONS).items()):
         knobs += _section_knobs(cls, OPTIONS_FIELD + (name,), prefix=name)
     flags = [k.flag for k in knobs] + [a for k in knobs for a in k.aliases]
     duplicates = {f for f in flags if flags.count(f) > 1}
@@ -118,6 +124,12 @@ def knob_by_flag() -> dict[str, Knob]:
         for alias in k.aliases:
             table[normalize_flag(alias)] = k
     return table
+
+
+def suggest_flag(flag: str) -> str:
+    """'; did you mean --x?' for a near miss of a known flag, else ''."""
+    close = difflib.get_close_matches(normalize_flag(flag), list(knob_by_flag()), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def normalize_flag(token: str) -> str:
@@ -184,8 +196,6 @@ def build_config(values: dict[Path, Any]) -> Config:
     Raises:
         ConfigError: A section's own validation failed.
     """
-    from megatron.optimizer.registry import option_sections
-
     by_section: dict[str, dict[str, Any]] = {}
     options: dict[str, dict[str, Any]] = {}
     for path, value in values.items():
@@ -199,7 +209,7 @@ def build_config(values: dict[Path, Any]) -> Config:
         kwargs = by_section.get(section.name, {})
         if section.name == "optim":
             kwargs["options"] = {
-                name: cls(**options.get(name, {})) for name, cls in option_sections().items()
+                name: cls(**options.get(name, {})) for name, cls in call_ref(OPTION_SECTIONS).items()
             }
         sections[section.name] = hints[section.name](**kwargs)
     return Config(**sections)

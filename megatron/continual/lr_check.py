@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from megatron.config.paths import EVENTS_FILE
+from megatron.plan.paths import EVENTS_FILE
+from megatron.schedules.registry import schedule_from_state
 from megatron.trainer.events import last_launch, read_events
 
 
 def predicted_lrs(schedule: dict[str, Any], start: int) -> list[str]:
     """The LRs of a stage's first three steps, formatted like the trainer's log line."""
-    from megatron.schedules.registry import schedule_from_state
-
     fn, _ = schedule_from_state(schedule)
     return [f"{fn(s) * schedule['lr']:.3e}" for s in range(start, start + 3)]
 

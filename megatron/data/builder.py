@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
 from megatron.data.blend import BlendedStream, cached_blend
 from megatron.data.data_list import DataEntry, parse_data_file_list
 from megatron.data.indexed import open_indexed
@@ -25,6 +24,7 @@ from megatron.data.loader import MockStream
 from megatron.data.sequences import SequenceDataset, shuffle_name, split_documents
 from megatron.metadata.lossmask import open_lossmask
 from megatron.metadata.variants import VariantSequenceDataset, open_variants
+from megatron.plan.run import RunPlan
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from megatron.config.compat import INLINE_DATA_LIST
 from megatron.config.fields import ConfigError
+from megatron.config.root import Config
 
 
 class DataListError(ConfigError):
@@ -108,7 +109,7 @@ def parse_data_file_list(path: str, *, flag: str = "--data-file-list", check_fil
     ]
 
 
-def check_data_inputs(config) -> None:  # noqa: ANN001  (megatron.config.Config; no import cycle)
+def check_data_inputs(config: Config) -> None:
     """Pre-flight check of the data a run names: every list parses and every prefix exists.
 
     Runs in ``pretrain_gpt.py`` (also under ``--dry-run``) before torch is imported.

@@ -11,7 +11,6 @@ import logging
 import random
 import socket
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,8 +18,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron.config.env import DistEnv, ds_accelerator
-from megatron.config.plan import RunPlan
 from megatron.distributed.backend import check_deepspeed_agrees, pick_accelerator
+from megatron.distributed.context import ParallelContext
+from megatron.plan.run import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +48,6 @@ class MegatronMPU:
     get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
     get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
     get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ParallelContext:
-    """Where this process sits.
-
-    Attributes:
-        env: The launcher's view.
-        device: This rank's device.
-        backend: torch.distributed backend in use.
-        tp_rank, tp_size, pp_rank, pp_size, dp_rank, dp_size: Coordinates and sizes.
-    """
-
-    env: DistEnv
-    device: torch.device
-    backend: str
-    tp_rank: int
-    tp_size: int
-    pp_rank: int
-    pp_size: int
-    dp_rank: int
-    dp_size: int
-
-    @property
-    def is_first_stage(self) -> bool:
-        """First pipeline stage (reads tokens)."""
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        """Last pipeline stage (computes the loss)."""
-        return self.pp_rank == self.pp_size - 1
-
-    @property
-    def is_logging_rank(self) -> bool:
-        """The rank that prints and writes TensorBoard: TP 0, DP 0 of the last stage."""
-        return self.is_last_stage and self.tp_rank == 0 and self.dp_rank == 0
 
 
 def _free_port() -> int:

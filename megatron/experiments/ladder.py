@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import yaml
 
 from megatron.config.fields import ConfigError
+from megatron.config.model import swiglu_ffn_size
 from megatron.experiments.grid import RunSpec, make_run
-from megatron.model.spec import approx_parameters, swiglu_ffn_size
+from megatron.model.spec import approx_parameters
 
 ARCH_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "ALCF", "presets", "arch")

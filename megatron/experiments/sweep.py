@@ -25,8 +25,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from megatron.config import DistEnv, parse_args
 from megatron.config.fields import ConfigError
+from megatron.data.data_list import check_data_inputs
 from megatron.experiments.grid import RunSpec
+from megatron.plan.resolve import resolve
 from megatron.trainer.run_result import read_result
 
 log = logging.getLogger(__name__)
@@ -136,9 +139,6 @@ def validate(sweep: Sweep, launcher_flags: list[str] | None = None) -> None:
     Raises:
         ConfigError: The first run that cannot start, named, with the trainer's message.
     """
-    from megatron.config import DistEnv, parse_args, resolve
-    from megatron.data.data_list import check_data_inputs
-
     if not sweep.runs:
         raise ConfigError("--grid: the sweep has no runs")
     check_definitions(sweep)

@@ -24,6 +24,7 @@ from megatron.model.layers import (
     build_mp_config,
 )
 from megatron.model.spec import GPTSpec
+from megatron.objectives.registry import get_objective
 
 
 def _tied_logits(embedding: Embedding, hidden: torch.Tensor) -> torch.Tensor:
@@ -59,8 +60,6 @@ def build_pipeline_model(spec: GPTSpec, tp: int, pp: int, dp: int, objective: An
     (an ``ObjectiveSpec``; default ``ar``) reduces the last stage's token losses.
     """
     if objective is None:
-        from megatron.objectives.registry import get_objective
-
         objective = get_objective("ar")
     if spec.recompute and spec.recompute_method == "uniform":
         spec = dataclasses.replace(spec, recompute_num_layers=1)  # a stage recomputes by layer

@@ -151,14 +151,6 @@ class GPTSpec:
         return 6.0 * self.matmul_parameters() + 12.0 * self.num_layers * self.hidden_size * self.seq_length
 
 
-def swiglu_ffn_size(hidden: int) -> int:
-    """Default SwiGLU MLP width (docs/design.md §6): ``floor((8d/3)/64)*64``, at least 64.
-
-    Integer arithmetic (``8d // 192``) avoids float rounding at exact multiples.
-    """
-    return max(64, (8 * hidden) // (3 * 64) * 64)
-
-
 def approx_parameters(num_layers: int, hidden: int, ffn: int, vocab: int) -> int:
     """docs/design.md §6's budget formula ``N = 4*L*d^2 + 3*L*d*f + 6*L*d + V*d``: attention (4 d x d),
     a SwiGLU MLP (3 d x f), ~6d of norms and biases per layer and one tied embedding table

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from megatron.registry import Registry
 
 if TYPE_CHECKING:
-    from megatron.config.plan import RunPlan
     from megatron.config.root import Config
     from megatron.model.spec import GPTSpec
 
 BatchesFn = Callable[..., list]
+
+
+class ObjectivePlan(Protocol):
+    """What the objective hooks read of the run plan (``megatron.plan.run.RunPlan`` satisfies it;
+    registries sit below the plan and never import it)."""
+
+    config: Config
+    global_batch_size: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,12 +105,7 @@ def get_objective(name: str) -> ObjectiveSpec:
     return OBJECTIVES.get(name)
 
 
-def plan_objective(plan: RunPlan) -> ObjectiveSpec:
-    """The objective of a resolved run."""
-    return get_objective(plan.config.objective.objective)
-
-
-def eval_batches(objective: ObjectiveSpec, plan: RunPlan, reader: Any, *, split: str, iteration: int):  # noqa: ANN201
+def eval_batches(objective: ObjectiveSpec, plan: ObjectivePlan, reader: Any, *, split: str, iteration: int):  # noqa: ANN201
     """Yield every evaluation step's micro-batches: ``--eval-iters`` global batches of ``split``
     (the same samples each evaluation), repeated for each of the objective's draws, so K draws
     really are K maskings of the same samples."""

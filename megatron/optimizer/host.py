@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from megatron.distributed import ParallelContext
+    from megatron.distributed.context import ParallelContext
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ class StepHost(OptimizerHost, Protocol):
     """An ``OptimizerHost`` that also knows the run plan and this rank's placement."""
 
     @property
-    def plan(self) -> Any:  # the RunPlan (registries never import config classes)
+    def plan(self) -> Any:  # the RunPlan (registries sit below megatron.plan and never import it)
         """The resolved run."""
         ...
 

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.layout import canonical_name, tp_layout
+
 UnitFn = Callable[[int, torch.Tensor], torch.Tensor]
 """``fn(unit position, logical input) -> logical result`` (a 2-D matrix of the unit's shape)."""
 
@@ -293,8 +295,6 @@ def bind_layouts(host: Any, who: str, parts: PartsFn | None = None) -> tuple[dic
         ``{group name: GroupLayout}`` of the matrix groups, and the TP group (None at TP=1).
     """
     from megatron.core import parallel_state
-
-    from megatron.checkpointing.layout import canonical_name, tp_layout
 
     optimizer, spec, tp = host.optimizer, host.plan.model, host.plan.tp
     tp_group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None

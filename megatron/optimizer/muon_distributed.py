@@ -35,7 +35,7 @@ from megatron.optimizer.matrix_distributed import (
     unit_update,
     whole_units,
 )
-from megatron.optimizer.muon import assign_owners
+from megatron.optimizer.muon_options import assign_owners
 
 Orthogonalize = Callable[[torch.Tensor], torch.Tensor]
 

@@ -12,7 +12,6 @@ import torch
 
 from megatron.optimizer.adamw_side import adamw_step_, check_group_rules, closure_loss
 from megatron.optimizer.matrix_distributed import step_units
-from megatron.optimizer.muon import LR_SCALES, NS_COEFFICIENTS, NS_EPS, ns_cost, shape_scale
 from megatron.optimizer.muon_distributed import (
     GroupLayout,
     Unit,
@@ -21,6 +20,7 @@ from megatron.optimizer.muon_distributed import (
     orthogonalize_units,
     unit_update,
 )
+from megatron.optimizer.muon_options import LR_SCALES, NS_COEFFICIENTS, NS_EPS, ns_cost, shape_scale
 
 
 def ns_dtype(m: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:

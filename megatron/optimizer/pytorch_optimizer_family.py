@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from megatron.config.fields import SECTION
+from megatron.config.fields import SECTION, ConfigError
 from megatron.optimizer.param_groups import torch_groups
 from megatron.optimizer.registry import register_optimizer
 
@@ -57,8 +57,6 @@ def _whole_tensor(cls: type, name: str) -> type:
         def step(self, *args: Any, **kwargs: Any) -> Any:
             shapes = [tuple(p.shape) for g in self.param_groups for p in g["params"]]
             if shapes != self._shapes:
-                from megatron.config.fields import ConfigError
-
                 raise ConfigError(
                     f"--optimizer: {name} updates whole tensors, but DeepSpeed handed it flat "
                     "partitions (ZeRO, or --bf16 with pipeline parallelism); use --zero-stage 0 "

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from megatron.config.fields import SECTION
+from megatron.config.fields import SECTION, ConfigError
 from megatron.optimizer.param_groups import torch_groups
 from megatron.optimizer.registry import register_optimizer
 
@@ -64,8 +64,6 @@ def _optimizer_class(base: str = "AdamWScheduleFree") -> type:
             if len(current) != len(self._own_params) or any(
                 a is not b for a, b in zip(current, self._own_params, strict=True)
             ):
-                from megatron.config.fields import ConfigError
-
                 raise ConfigError(
                     "--optimizer: schedulefree needs to own the model's parameters (fp32, "
                     "--zero-stage 0): DeepSpeed replaced them with master copies or flat "

@@ -25,7 +25,7 @@ from megatron.optimizer.matrix_distributed import (
     step_units,
 )
 from megatron.optimizer.owners import balance, owned_key
-from megatron.optimizer.shampoo import DShampooOptions, block_slices, shampoo_cost
+from megatron.optimizer.shampoo_options import DShampooOptions, block_slices, shampoo_cost
 
 
 def inverse_fourth_root(stat: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from megatron.model.gpt import masked_mean, token_losses, vocab_parallel_argmax
 from megatron.optimizer.adamw_side import closure_loss
 from megatron.optimizer.host import OptimizerHost, StepHost
 from megatron.optimizer.placement import optimizer_slots
-from megatron.optimizer.sophia import SophiaOptions
+from megatron.optimizer.sophia_options import SophiaOptions
 
 
 class SophiaG(torch.optim.Optimizer):

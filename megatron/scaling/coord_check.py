@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from megatron.config import DistEnv, parse_args
 from megatron.model.layers import Embedding, OutputLayer, TransformerLayer
+from megatron.plan.resolve import resolve
+from megatron.scaling.groups import build_param_groups
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +185,10 @@ def train_and_record(plan: Any, tokens: torch.Tensor, steps: int) -> list[dict[s
     Needs megatron-core's parallel state (a one-process gloo group is enough).
     """
     from megatron.model.gpt import GPTModel, masked_mean
-    from megatron.optimizer.registry import get_optimizer_spec
-    from megatron.scaling.groups import build_param_groups
 
     torch.manual_seed(plan.config.train.seed)
     model = GPTModel(plan.model).train()
-    spec = get_optimizer_spec(plan.config.optim.optimizer)
+    spec = plan.optimizer
     groups = build_param_groups(model.named_parameters(), plan, spec.param_policy)
     optimizer = spec.build(groups, plan.config.optim, None)
     for group in optimizer.param_groups:  # constant LR: the scheduler's multiplier is 1
@@ -233,8 +234,6 @@ def run_coord_check(
     Returns:
         One row per (width, depth, seed, step, hook).
     """
-    from megatron.config import DistEnv, parse_args, resolve
-
     rows = []
     batch, seq = tokens.shape[0], tokens.shape[1] - 1
     for width in widths:

@@ -20,8 +20,8 @@ ScheduleFn = Callable[..., float]
 
 
 class SchedulePlan(Protocol):
-    """What schedule arguments are computed from: the run plan (``megatron.config.plan.RunPlan``
-    satisfies it; registries never import config classes)."""
+    """What schedule arguments are computed from: the run plan (``megatron.plan.run.RunPlan``
+    satisfies it; registries sit below the plan and never import it)."""
 
     train_iters: int
     warmup_steps: int | float
@@ -29,6 +29,7 @@ class SchedulePlan(Protocol):
     global_batch_size: int
     min_lr_ratio: float
     config: Any
+    schedule_state: dict[str, Any]  # set by resolve (``schedule_state`` computes it from the rest)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -208,7 +209,8 @@ def _bind(name: str, kwargs: dict[str, Any], lr: float) -> tuple[Callable[[int],
 
 
 def schedule_state(plan: SchedulePlan) -> dict[str, Any]:
-    """The plan's schedule as data: ``{"name", "kwargs", "lr"}`` (stored in checkpoints)."""
+    """The plan's schedule as data: ``{"name", "kwargs", "lr"}`` (stored in checkpoints).
+    Computed once, by ``resolve``; everything after reads ``RunPlan.schedule_state``."""
     name = schedule_name(plan.config.schedule)
     return {"name": name, "kwargs": SCHEDULES.get(name).kwargs(plan), "lr": plan.config.optim.lr}
 
@@ -218,9 +220,9 @@ def schedule_from_state(state: dict[str, Any]) -> tuple[Callable[[int], float], 
     return _bind(state["name"], dict(state["kwargs"]), state["lr"])
 
 
-def cooldown_start(plan: SchedulePlan) -> int | None:
-    """The first step of the plan's final cooldown (CPT restarts from the step before), if any."""
-    state = schedule_state(plan)
+def cooldown_start(state: dict[str, Any]) -> int | None:
+    """The first step of the final cooldown of the schedule ``state`` (``schedule_state``; CPT
+    restarts from the step before), if any."""
     k = state["kwargs"]
     start = None
     if state["name"] in ("wsd", "rsqrt") and k["cooldown_steps"] > 0:
@@ -232,10 +234,10 @@ def cooldown_start(plan: SchedulePlan) -> int | None:
 
 
 def build_schedule_fn(plan: SchedulePlan) -> tuple[Callable[[int], float], str]:
-    """The plan's schedule as ``step -> multiplier`` and its fingerprint.
+    """The resolved plan's schedule (``plan.schedule_state``) as ``step -> multiplier`` and its
+    fingerprint.
 
     The fingerprint names the function and every argument; a checkpoint stores it so that a
     resumed run can tell whether the schedule changed.
     """
-    state = schedule_state(plan)
-    return _bind(state["name"], state["kwargs"], state["lr"])
+    return schedule_from_state(plan.schedule_state)

@@ -18,15 +18,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron.checkpointing.safe_load import safe_checkpoint_engine
-from megatron.config.plan import RunPlan
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.attention_kernel import attention_context
 from megatron.model.gpt import GPTModel
-from megatron.objectives.registry import plan_objective
-from megatron.optimizer.registry import OptimizerSpec, get_optimizer_spec
+from megatron.optimizer.registry import OptimizerSpec
+from megatron.plan.run import RunPlan
 from megatron.scaling.groups import build_param_groups
-from megatron.schedules.registry import schedule_from_state, schedule_state
+from megatron.schedules.registry import schedule_from_state
 from megatron.schedules.scheduler import LRScheduler
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
@@ -87,11 +86,11 @@ class TrainEngine:
             plan.model, plan.tp, ctx.device, plan.dtype, cfg.model.use_flash_attn
         )
         self.timers = PhaseTimers(cfg.logging.log_timers_to_tensorboard, ctx.device)
-        self.objective = plan_objective(plan)  # batch transform, loss reduction
+        self.objective = plan.objective  # batch transform, loss reduction
         model = self._build_model()
         if before_initialize is not None:
             before_initialize(model)  # e.g. universal-checkpoint weights, before DeepSpeed copies them
-        self.optimizer_spec: OptimizerSpec = get_optimizer_spec(cfg.optim.optimizer)
+        self.optimizer_spec: OptimizerSpec = plan.optimizer
         # Standard policy, or the muP/CompleteP per-group table (logged either way).
         groups = build_param_groups(model.named_parameters(), plan, self.optimizer_spec.param_policy)
         self.optimizer = self.optimizer_spec.build(
@@ -120,9 +119,8 @@ class TrainEngine:
             NonFiniteGuard(self.optimizer, self._fresh_grad_norm, ctx.device)
             if cfg.train.max_nonfinite_steps and not cfg.train.fp16 else None
         )
-        state = schedule_state(plan)  # the schedule's arguments, computed once
-        fn, fingerprint = schedule_from_state(state)
-        self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, state)
+        fn, fingerprint = schedule_from_state(plan.schedule_state)
+        self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, plan.schedule_state)
         self.loss_hook: Callable[[Batch, CorpusLoss | None], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.train_mode()
 

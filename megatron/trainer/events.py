@@ -31,7 +31,7 @@ import os
 import time
 from typing import Any, TextIO
 
-from megatron.config.paths import EVENTS_FILE  # noqa: F401  (re-exported for readers)
+from megatron.plan.paths import EVENTS_FILE  # noqa: F401  (re-exported for readers)
 
 
 class EventLogError(RuntimeError):

@@ -14,14 +14,14 @@ import torch.distributed as dist
 from megatron.checkpointing.checkpoint import (
     checkpoint_tag,
     lock_save_dir,
-    read_latest_tag,
     mark_pre_cooldown,
     prune_checkpoints,
+    read_latest_tag,
     rng_state,
     save_checkpoint,
 )
-from megatron.checkpointing.lifecycle import check_load_dir, finished_message, same_directory
 from megatron.checkpointing.layout import UNIVERSAL_CHECKPOINT_INFO, deepspeed_universal_info
+from megatron.checkpointing.lifecycle import check_load_dir, finished_message, same_directory
 from megatron.checkpointing.metadata import (
     client_info,
     run_metadata,
@@ -30,10 +30,8 @@ from megatron.checkpointing.reader import CLIENT_KEY
 from megatron.checkpointing.universal import (
     load_weights,
 )
-from megatron.config.deepspeed import deepspeed_agreements
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
 from megatron.continual.regularizers import attach_regularizers
 from megatron.data.builder import DataStreams, Split, build_streams
 from megatron.data.integrity import check_data_files
@@ -41,7 +39,9 @@ from megatron.data.loader import BatchReader
 from megatron.distributed import ParallelContext, destroy_distributed, init_distributed
 from megatron.logs import setup_logging
 from megatron.model.compile import CompileWatch
-from megatron.objectives.registry import eval_batches, plan_objective
+from megatron.objectives.registry import eval_batches
+from megatron.plan.deepspeed import deepspeed_agreements
+from megatron.plan.run import RunPlan
 from megatron.scaling.coord_check import CoordCheckLogger
 from megatron.schedules.registry import cooldown_start
 from megatron.trainer.corpus_loss import CorpusLoss
@@ -117,12 +117,12 @@ class Trainer:
         )
         self.universal = open_universal(plan)
         self.engine = TrainEngine(plan, ctx, before_initialize=self._universal_weights)
-        self.objective = plan_objective(plan)
+        self.objective = plan.objective
         self.regularizers = attach_regularizers(self)  # EWC/LwF, or None
         self.train_reader = self._reader(self.streams.train.stream)
         self.train_meter = _meter(self.streams.train, ctx)
         self.token_counter = TokenCounter(ctx.device, plan.tokens_per_step)
-        self.cooldown_start = cooldown_start(plan)
+        self.cooldown_start = cooldown_start(plan.schedule_state)
         self.reporter = Reporter(plan, ctx)
         self.compile_watch = CompileWatch(self.cfg.train.compile, ctx.device)
         self.stop = StopSignals(self.cfg.train, ctx.device)

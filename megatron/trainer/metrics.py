@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron.config.plan import RunPlan
 from megatron.distributed import ParallelContext
 from megatron.distributed.backend import device_name, synchronize
-from megatron.objectives.registry import plan_objective
+from megatron.plan.run import RunPlan
 from megatron.trainer.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class Reporter:
         self.active = ctx.is_logging_rank
         self.interval = plan.config.logging.log_interval
         self.flops_per_step = plan.model.flops_per_token() * plan.tokens_per_step
-        self.objective = plan_objective(plan)  # metric names
+        self.objective = plan.objective  # metric names
         self.peak = device_peak_flops(ctx.device, plan.dtype)
         self.started = time.perf_counter()
         self.window = _Window(start=self.started)

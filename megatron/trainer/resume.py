@@ -33,8 +33,8 @@ from megatron.checkpointing.universal import (
     resolve_universal_dir,
 )
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
 from megatron.continual.regularizers import stage_start
+from megatron.plan.run import RunPlan
 from megatron.scaling.recipes import check_resume_scaling
 from megatron.schedules.registry import schedule_from_state
 from megatron.trainer.state import TrainState, restore_data_state

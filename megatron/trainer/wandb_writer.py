@@ -12,7 +12,8 @@ import logging
 import os
 from typing import Any
 
-from megatron.config.plan import RunPlan
+from megatron.checkpointing.metadata import flat_config
+from megatron.plan.run import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ class WandbWriter:
 
     def __init__(self, plan: RunPlan):
         import wandb
-
-        from megatron.checkpointing.metadata import flat_config
 
         logs = plan.config.logging
         if logs.wandb_save_dir:

@@ -117,7 +117,8 @@ def _optimizer(flags: list[str]) -> str:
 def _probe(env: DistEnv, flags: list[str]) -> dict:
     """Losses (+ validation), Newton-Schulz multiply-adds, optimizer-state bytes and the matrices
     whose statistics this rank holds."""
-    from megatron.optimizer import muon, muon_torch
+    from megatron.optimizer import muon_torch
+    from megatron.optimizer import muon_options as muon
 
     name = _optimizer(flags)
     built, flops, real, spec = [], [0], muon_torch.orthogonalize, OPTIMIZERS[name]

@@ -77,8 +77,9 @@ def _sidecar(prefix, **tokenizer):
 
 
 def test_a_sidecar_of_another_tokenizer_is_refused_naming_both(tmp_path, prefix, capsys):
-    from megatron.config import DistEnv, parse_args, resolve
     from megatron.checkpointing.metadata import tokenizer_identity
+    from megatron.config import DistEnv, parse_args
+    from megatron.plan import resolve
 
     lst = tmp_path / "l.txt"
     lst.write_text(f"1.0 {prefix} plays\n")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import pretrain_gpt
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args
+from megatron.plan import resolve
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.loop import Trainer, train
 from megatron.trainer.nonfinite import NonFiniteLoss

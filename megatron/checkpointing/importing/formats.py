@@ -5,6 +5,8 @@ from __future__ import annotations
 import megatron.checkpointing.importing.hf  # noqa: F401  (format "hf")
 import megatron.checkpointing.importing.megatron_ds  # noqa: F401  (format "megatron-deepspeed")
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
+from megatron.checkpointing.metadata import CheckpointError
+from megatron.config.fields import ConfigError
 
 __all__ = ["SOURCE_FORMATS", "detect_format", "open_source"]
 
@@ -17,9 +19,6 @@ def open_source(path: str, fmt: str | None = None, **options: object):  # noqa: 
         ConfigError: Unknown ``fmt``.
     """
     import os
-
-    from megatron.checkpointing.metadata import CheckpointError
-    from megatron.config.fields import ConfigError
 
     if not os.path.exists(path):
         raise CheckpointError(f"--input: {path} does not exist")

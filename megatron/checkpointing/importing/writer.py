@@ -30,9 +30,13 @@ import torch
 
 from megatron.checkpointing.importing.source import ImportSource, TensorLoader
 from megatron.checkpointing.layout import full_shapes, tp_layout
-from megatron.checkpointing.metadata import METADATA_FILE, METADATA_VERSION, CheckpointError, code_version
+from megatron.checkpointing.metadata import METADATA_VERSION, CheckpointError, code_version
+from megatron.config import parse_args
+from megatron.config.checkpoint_files import METADATA_FILE
 from megatron.config.fields import ConfigError
+from megatron.config.schema import knob_by_flag
 from megatron.model.spec import GPTSpec
+from megatron.plan.model_spec import build_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ class ImportReport:
 
 
 def _argv(flags: dict[str, Any]) -> list[str]:
-    from megatron.config.schema import knob_by_flag
-
     table = knob_by_flag()
     argv: list[str] = []
     for flag, value in flags.items():
@@ -81,9 +83,6 @@ def spec_from_flags(flags: dict[str, Any]) -> GPTSpec:
     Raises:
         ConfigError: Flags our config refuses (the message names the flag).
     """
-    from megatron.config import parse_args
-    from megatron.config.plan import build_model_spec
-
     if "--vocab-size" not in flags:  # a reader's duty: the tokenizer's vocabulary (before padding)
         raise ConfigError("--input: the source's model flags lack --vocab-size (the tokenizer's vocabulary)")
     model = {k: v for k, v in flags.items() if k not in ("--vocab-size", "--tokenizer-type", "--tokenizer-model")}

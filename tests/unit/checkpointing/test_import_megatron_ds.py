@@ -18,9 +18,10 @@ from megatron.checkpointing.importing.megatron_ds import FORMAT, MegatronDeepSpe
 from megatron.checkpointing.importing.megatron_ds_files import flat_name
 from megatron.checkpointing.importing.source import SOURCE_FORMATS, detect_format
 from megatron.checkpointing.metadata import CheckpointError
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args
 from megatron.model.gpt import GPTModel
 from megatron.model.spec import GPTSpec
+from megatron.plan import resolve
 from tests.helpers import run_distributed, tiny_plan
 from tests.unit.checkpointing import mds_fixtures as fx
 

@@ -9,10 +9,11 @@ import re
 
 import pytest
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args
 from megatron.config.compat import COMPAT, VALUE_ALIASES
 from megatron.config.compat_table import MEGATRON_FLAGS, compat_rows, compat_table
 from megatron.config.schema import knob_by_flag
+from megatron.plan import resolve
 from tests.helpers import tiny_args
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "compat_flags.txt")

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
-from megatron.config.deepspeed import OWNED_KEYS, deepspeed_agreements, to_deepspeed_config
+from megatron.config import ConfigError, DistEnv, parse_args
+from megatron.plan import resolve
+from megatron.plan.deepspeed import OWNED_KEYS, deepspeed_agreements, to_deepspeed_config
 
 # The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--mock-data",

@@ -124,7 +124,8 @@ def test_a_load_directory_without_checkpoint_inherits_nothing(tmp_path):
 
 def test_load_auto_is_the_runs_own_save_directory():
     # train_alcf.sh's launcher default: a relaunch of the same command resumes its own run.
-    from megatron.config import DistEnv, parse_args, resolve
+    from megatron.config import DistEnv, parse_args
+    from megatron.plan import resolve
 
     flags = ["--mock-data", "--train-iters", "2", "--launcher-default", "load=auto"]
     assert resolve(parse_args([*flags, "--save", "ckpt/run"]).config, DistEnv()).config.checkpoint.load == "ckpt/run"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args
+from megatron.plan import resolve
 
 # The Megatron flags these tests run (the compatibility table in docs/megatron_compat.md; see megatron/config/compat_claims.py).
 pytestmark = pytest.mark.compat("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",

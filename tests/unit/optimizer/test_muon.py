@@ -9,7 +9,8 @@ from torch import nn
 
 from megatron.config import ConfigError, DistEnv
 from megatron.config.optim import OptimConfig
-from megatron.optimizer import muon, muon_torch
+from megatron.optimizer import muon_options as muon
+from megatron.optimizer import muon_torch
 from megatron.optimizer.muon import MuonOptions
 from megatron.optimizer.param_groups import split_param_groups
 from megatron.optimizer.registry import OPTIMIZERS

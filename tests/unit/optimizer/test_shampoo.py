@@ -9,9 +9,10 @@ import copy
 import pytest
 import torch
 
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
-from megatron.optimizer.shampoo import DShampooOptions, block_slices
+from megatron.config import ConfigError, DistEnv, parse_args
+from megatron.optimizer.shampoo_options import DShampooOptions, block_slices
 from megatron.optimizer.shampoo_torch import DShampoo
+from megatron.plan import resolve
 from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
 

@@ -159,5 +159,5 @@ def test_constant_plus_cooldown_equals_the_argonne_scheduler(frac):
                            plus_cooldown_frac=float(frac))
     assert got == pytest.approx([ref.lr(s) for s in range(len(got))], rel=1e-12, abs=0)
     # The first step of the cooldown is whole even when the cooldown is not (33.5 steps at 0.0337).
-    start = cooldown_start(tiny_plan(*flags))
+    start = cooldown_start(tiny_plan(*flags).schedule_state)
     assert got[start - 1] == pytest.approx(LR, rel=1e-12) and (got[start] < LR or float(frac) * 1000 * gbs % gbs == 0)

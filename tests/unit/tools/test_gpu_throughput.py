@@ -20,7 +20,8 @@ def test_without_cuda_it_says_it_needs_a_gpu_and_exits_0(monkeypatch, capsys, tm
 
 
 def test_mfu_of_the_1p3b_preset_matches_issue_17s_table():
-    from megatron.config import DistEnv, parse_args, resolve
+    from megatron.config import DistEnv, parse_args
+    from megatron.plan import resolve
 
     plan = resolve(parse_args(bench.model_flags(bench.PRESETS["1.3b"], 10)).config, DistEnv())
     assert plan.model.flops_per_token() == pytest.approx(9.006e9, rel=1e-3)

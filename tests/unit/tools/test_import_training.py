@@ -18,7 +18,8 @@ import torch
 
 from megatron.checkpointing.importing.formats import open_source
 from megatron.checkpointing.importing.writer import import_checkpoint
-from megatron.config import DistEnv, parse_args, resolve
+from megatron.config import DistEnv, parse_args
+from megatron.plan import resolve
 from megatron.trainer.loop import train
 from tests.helpers import run_distributed
 from tests.unit.tools.hf_fixtures import VOCAB, build_model, save_model

@@ -11,7 +11,8 @@ import pytest
 
 from megatron.checkpointing.checkpoint import LATEST_FILE, LATEST_ITERATION_FILE, METADATA_FILE
 from megatron.checkpointing.metadata import check_model_shape
-from megatron.config import ConfigError, DistEnv, parse_args, resolve
+from megatron.config import ConfigError, DistEnv, parse_args
+from megatron.plan import resolve
 from megatron.trainer.loop import train
 from tests.helpers import tiny_args, tiny_plan
 

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from megatron.config.fields import ConfigError
-from megatron.config.plan import RunPlan
+from megatron.plan.run import RunPlan
 
 # Owned key -> the flag that owns it (shown in the error).
 OWNED_KEYS: dict[str, str] = {

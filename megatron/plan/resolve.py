@@ -2,7 +2,9 @@
 
 Data-parallel size, gradient accumulation, global batch, train iterations from tokens or
 samples, warmup and decay steps, padded vocabulary and precision are derived here and nowhere
-else. The plan is printed at start, by ``--dry-run``, and stored in every checkpoint.
+else; so are the registry entries the run uses (objective, optimizer, schedule) and the
+schedule's arguments. The plan is printed at start, by ``--dry-run``, and stored in every
+checkpoint.
 """
 
 from __future__ import annotations
@@ -10,80 +12,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
-from megatron.config.fused_loss import check_fused_loss
-from megatron.config.optimizer_checks import check_optimizer
-from megatron.config.regularize import check_regularizers
 from megatron.config.root import Config
-from megatron.model.spec import GPTSpec, pad_vocab_size
+from megatron.optimizer import get_optimizer_spec
+from megatron.plan.checks import check_fused_loss, check_optimizer, check_regularizers
+from megatron.plan.deepspeed import to_deepspeed_config
+from megatron.plan.model_spec import build_model_spec, lookup_objective, tokenizer_vocab_size
+from megatron.plan.paths import resolve_auto_paths
+from megatron.plan.run import RunPlan
 from megatron.scaling.groups import check_optimizer as check_scaled_optimizer
-from megatron.scaling.recipes import Scaling, derive_scaling
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunPlan:
-    """The resolved run.
-
-    Attributes:
-        config: The typed config it was resolved from.
-        world_size: Processes.
-        tp: Tensor-parallel size.
-        pp: Pipeline-parallel size.
-        dp: Data-parallel size = world / (tp * pp).
-        micro_batch_size: Samples per micro-batch per DP rank.
-        grad_accum_steps: Micro-batches per optimizer step.
-        global_batch_size: micro * accum * dp samples per step.
-        seq_length: Tokens per sample.
-        tokens_per_step: global batch * seq length.
-        train_iters: Optimizer steps of the run.
-        warmup_steps: LR warmup steps W (real-valued from a fraction, samples or tokens).
-        decay_steps: Step S at which the decay ends (real-valued from samples or tokens).
-        min_lr_ratio: eta_min / eta_max.
-        dtype: Parameter/compute precision.
-        model: The resolved model shape.
-        unique_samples: Samples in the ``--unique-tokens`` subset (data-constrained runs), else None.
-        deepspeed: The DeepSpeed config dict (generated, with the user's JSON merged in).
-        sources: ``{flag: {"value", "source"}}`` of every value some config layer set.
-        scaling: The scaling recipe's derived multipliers (muP / CompleteP; neutral for none).
-    """
-
-    config: Config
-    world_size: int
-    tp: int
-    pp: int
-    dp: int
-    micro_batch_size: int
-    grad_accum_steps: int
-    global_batch_size: int
-    seq_length: int
-    tokens_per_step: int
-    train_iters: int
-    warmup_steps: int | float
-    decay_steps: int | float
-    min_lr_ratio: float
-    dtype: Literal["fp32", "bf16", "fp16"]
-    model: GPTSpec
-    unique_samples: int | None = None
-    deepspeed: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, Any] = field(default_factory=dict)
-    scaling: Scaling = field(default_factory=Scaling)
-
-    def summary(self) -> dict[str, Any]:
-        """The derived values (not the config) as a flat dict, for logs and checkpoints."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("config", "model", "deepspeed", "sources"):
-            out.pop(name)
-        out["scaling"] = self.scaling.summary()
-        out["num_parameters"] = self.model.num_parameters()
-        out["padded_vocab_size"] = self.model.vocab_size
-        out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
-        out["objective"] = self.config.objective.objective
-        out["attention_flops"] = objective_spec(self.config).attention_flops
-        return out
+from megatron.scaling.recipes import derive_scaling
+from megatron.schedules.registry import SCHEDULES, schedule_name, schedule_state
 
 
 def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
@@ -222,86 +164,6 @@ def _schedule_steps(cfg: Config, train_iters: int, global_batch: int, seq: int) 
     return warmup, decay
 
 
-def _vocab_size(cfg: Config) -> int:
-    if cfg.data.mock_data and cfg.data.vocab_size:
-        return cfg.data.vocab_size
-    from megatron.data.tokenizers import build_tokenizer
-
-    try:
-        return build_tokenizer(cfg.data).vocab_size
-    except ConfigError:
-        raise
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--tokenizer-model: cannot load the tokenizer: {e}") from None
-
-
-def objective_spec(cfg: Config):  # noqa: ANN201  (an ObjectiveSpec)
-    """The registered ``--objective`` entry (torch-free)."""
-    from megatron.objectives.registry import get_objective
-
-    return get_objective(cfg.objective.objective)
-
-
-def build_model_spec(
-    cfg: Config, vocab_size: int, tp: int, scaling: Scaling | None = None
-) -> GPTSpec:
-    """The model shape of ``cfg`` for a tokenizer of ``vocab_size`` ids (``scaling``: the
-    recipe's multipliers, derived from ``cfg`` when not given)."""
-    m = cfg.model
-    scaling = scaling or derive_scaling(cfg.scaling, m.hidden_size, m.num_layers)
-    hidden_std, out_std = scaling.init_stds(m.init_std, m.num_layers)
-    padded = pad_vocab_size(vocab_size, m.make_vocab_size_divisible_by)
-    if padded % tp:
-        raise ConfigError(
-            f"--make-vocab-size-divisible-by: {m.make_vocab_size_divisible_by} must be a "
-            f"multiple of --tensor-model-parallel-size {tp}"
-        )
-    return GPTSpec(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        ffn_hidden_size=m.ffn_size,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.kv_heads,
-        head_dim=m.head_dim,
-        vocab_size=padded,
-        original_vocab_size=vocab_size,
-        seq_length=m.seq_length,
-        max_position_embeddings=m.positions,
-        position_embedding="rope" if m.use_rotary_position_embeddings else "learned",
-        rotary_base=m.rotary_base,
-        normalization=m.normalization,
-        norm_epsilon=m.norm_epsilon,
-        swiglu=m.swiglu,
-        bias=not m.disable_bias_linear,
-        tie_embeddings=not m.untie_embeddings_and_output_weights,
-        hidden_dropout=m.hidden_dropout,
-        attention_dropout=m.attention_dropout,
-        init_method_std=m.init_std,
-        output_init_std=out_std,
-        embedding_init_std=m.word_embedding_init_std or m.init_std,
-        recompute=m.recompute == "full",
-        recompute_selective=m.recompute == "selective",
-        recompute_method=m.recompute_method or "uniform",
-        recompute_num_layers=m.recompute_num_layers
-        or (m.num_layers if m.recompute_method == "block" else 1),
-        causal=objective_spec(cfg).causal,
-        seed=cfg.train.seed,
-        hidden_init_std=None if hidden_std == m.init_std else hidden_std,
-        embedding_mult=scaling.embedding_mult,
-        logit_mult=scaling.logit_mult,
-        residual_mult=scaling.residual_mult,
-        attention_scale=scaling.attention_scale(m.head_dim),
-        fused_ce_chunk_tokens=m.fused_ce_chunk_tokens if m.fused_linear_cross_entropy else 0,
-        rotary_percent=m.rotary_percent,
-        add_qkv_bias=m.add_qkv_bias,
-        rope_scaling_factor=m.rope_scaling_factor if m.use_rope_scaling else 1.0,
-        rotary_interpolation=m.rotary_seq_len_interpolation_factor or 1.0,
-        parallel_residual=m.use_parallel_residual,
-        openai_gelu=m.openai_gelu,
-        sequence_parallel=cfg.parallel.sequence_parallel,
-    )
-
-
 def _check_paths(cfg: Config) -> None:
     if cfg.train.skip_train and cfg.checkpoint.load is None:
         raise ConfigError("--skip-train: needs --load, the checkpoint to evaluate (LOAD for train_alcf.sh)")
@@ -326,7 +188,10 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
         ConfigError: An inconsistent or impossible combination; the message names the flag.
     """
     _check_paths(cfg)
-    check_optimizer(cfg)
+    objective = lookup_objective(cfg)
+    optimizer = get_optimizer_spec(cfg.optim.optimizer)
+    schedule = SCHEDULES[schedule_name(cfg.schedule)]
+    check_optimizer(cfg, optimizer, schedule)
     scaling = derive_scaling(cfg.scaling, cfg.model.hidden_size, cfg.model.num_layers)
     check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
     tp, pp, dp = _parallel_sizes(cfg, env)
@@ -359,17 +224,16 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
         decay_steps=decay,
         min_lr_ratio=cfg.schedule.min_lr / cfg.optim.lr,
         dtype=dtype,
-        model=build_model_spec(cfg, _vocab_size(cfg), tp, scaling),
+        model=build_model_spec(cfg, tokenizer_vocab_size(cfg), tp, scaling, objective),
+        objective=objective,
+        optimizer=optimizer,
+        schedule=schedule,
         unique_samples=subset,
         sources=dict(sources or {}),
         scaling=scaling,
     )
-    from megatron.config.deepspeed import to_deepspeed_config
-    from megatron.schedules.registry import schedule_state
-
-    schedule_state(plan)  # the schedule's own checks (phase lengths, eta_const), before any work
-    objective_spec(cfg).check(cfg, plan.model)
-    from megatron.config.paths import resolve_auto_paths
-
+    # The schedule's arguments (and its own checks: phase lengths, eta_const), before any work.
+    plan = dataclasses.replace(plan, schedule_state=schedule_state(plan))
+    objective.check(cfg, plan.model)
     plan = resolve_auto_paths(plan)
     return dataclasses.replace(plan, deepspeed=to_deepspeed_config(plan))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from megatron.config.plan import RunPlan
+from megatron.plan.run import RunPlan
 
 AUTO = "auto"
 
