@@ -111,8 +111,8 @@ def test_hessian_is_refreshed_every_interval():
             refreshed.append(iteration)
 
     spied = dataclasses.replace(OPTIMIZERS["sophia"], before_step=spy)
-    plan = tiny_plan("--optimizer", "sophia", "--train-iters", "7", "--sophia-hessian-interval", "3")
-    with OPTIMIZERS.override("sophia", spied):
+    with OPTIMIZERS.override("sophia", spied):  # the plan resolves the entry: build it inside
+        plan = tiny_plan("--optimizer", "sophia", "--train-iters", "7", "--sophia-hessian-interval", "3")
         train(plan, DistEnv())
     assert refreshed == [0, 3, 6]
 
