@@ -10,6 +10,7 @@ conversion gathers the shards over DP and merges them over TP exactly as the wei
     DIR/continual/ewc/<name>.pt          {"anchor": full fp32 theta*, "fisher": full fp32 F}
     DIR/continual/teacher/<name>.pt      the teacher's full weight (LwF)
 
+The converter finds these two functions through ``checkpointing.side_states.SIDE_STATES``.
 Loading at any TP/DP/ZeRO layout splits each full tensor for the rank's TP slot and keeps the
 elements its shards own: pure copies, so theta*/F are bit-exact. Verification re-splits every
 tensor for every source rank and compares it with the saved shard.
@@ -28,6 +29,7 @@ import torch
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, split, tp_layout
 from megatron.checkpointing.reader import SavedCheckpoint, load_file
+from megatron.checkpointing.side_states import SIDE_STATES, SideState
 
 STATE_DIR = "continual"
 EWC_META = "ewc.json"
@@ -157,6 +159,9 @@ def verify_regularizers(out: str, ckpt: SavedCheckpoint) -> None:
             full = load_file(os.path.join(out, STATE_DIR, "teacher", f"{canon}.pt"))
             if not torch.equal(split(full, tp_layout(canon, ckpt.spec), tp, ckpt.tp), saved):
                 raise CheckpointError(f"verification: LwF teacher {canon} differs from TP rank {tp}")
+
+
+SIDE_STATES.add(STATE_DIR, SideState(convert_regularizers, verify_regularizers))
 
 
 def has_regularizers(directory: str) -> dict[str, bool]:
