@@ -22,7 +22,6 @@ import glob
 import json
 import os
 import re
-from typing import Any
 
 import torch
 
@@ -30,6 +29,8 @@ from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, split, tp_layout
 from megatron.checkpointing.reader import SavedCheckpoint, load_file
 from megatron.checkpointing.side_states import SIDE_STATES, SideState
+from megatron.continual.ewc import Shard
+from megatron.model.spec import GPTSpec
 
 STATE_DIR = "continual"
 EWC_META = "ewc.json"
@@ -171,7 +172,7 @@ def has_regularizers(directory: str) -> dict[str, bool]:
             "teacher": os.path.isdir(os.path.join(base, "teacher"))}
 
 
-def load_ewc(directory: str, shards: list[Any], spec: Any, tp_rank: int, tp: int) -> tuple[list, list, dict]:
+def load_ewc(directory: str, shards: list[Shard], spec: GPTSpec, tp_rank: int, tp: int) -> tuple[list, list, dict]:
     """This rank's (anchors, fishers) for ``shards`` (``ewc.owned_shards``) and the saved settings."""
     with open(os.path.join(directory, STATE_DIR, EWC_META)) as f:
         meta = json.load(f)
@@ -185,7 +186,7 @@ def load_ewc(directory: str, shards: list[Any], spec: Any, tp_rank: int, tp: int
     return anchors, fishers, meta
 
 
-def load_teacher(directory: str, names: list[str], spec: Any, tp_rank: int, tp: int) -> dict[str, torch.Tensor]:
+def load_teacher(directory: str, names: list[str], spec: GPTSpec, tp_rank: int, tp: int) -> dict[str, torch.Tensor]:
     """The teacher's TP-local state dict for module keys ``names``."""
     state = {}
     for key in names:

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import deepspeed
 import torch
@@ -57,7 +56,7 @@ class StepResult:
     nonfinite: bool = False
 
 
-def _record_grad_norm_at_zero0(engine: Any) -> None:
+def _record_grad_norm_at_zero0(engine: deepspeed.DeepSpeedEngine) -> None:
     # DeepSpeed reports the norm through its ZeRO/bf16/fp16 optimizer wrappers; plain fp32
     # ZeRO-0 clips with a helper that discards it (and miscounts under PP): see grad_norm.py.
     def clip_and_record() -> None:
