@@ -115,7 +115,7 @@ class Callback:
         probe: The run is a probe (nothing loaded, evaluated or saved; the LR range test).
     """
 
-    name: ClassVar[str] = "callback"
+    name: str = "callback"
     needs_logits: bool = False
     probe: ClassVar[bool] = False
 
