@@ -94,7 +94,7 @@ def _save_and_load(env, flags: list[str]) -> tuple[float, float]:  # noqa: ANN00
         trainer.stop.close()
         again = Trainer(plan, ctx)
         t0 = time.perf_counter()
-        again.restore()
+        again.checkpoints.restore(again, again.callbacks)
         load_s = time.perf_counter() - t0
         again.reporter.close()
         again.stop.close()

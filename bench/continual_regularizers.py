@@ -41,7 +41,7 @@ def _stage1(args: argparse.Namespace, s0: str, *extra: str) -> tuple[float, floa
     try:
         trainer = Trainer(plan, ctx)
         started = time.perf_counter()
-        state = trainer.restore()
+        state = trainer.checkpoints.restore(trainer, trainer.callbacks)
         anchoring = time.perf_counter() - started
         times = []
         while state.iteration < plan.train_iters:

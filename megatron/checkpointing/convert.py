@@ -32,7 +32,7 @@ from megatron.checkpointing.checkpoint import METADATA_FILE, CheckpointError
 from megatron.checkpointing.layout import full_shapes, split, tp_layout
 from megatron.checkpointing.reader import WEIGHT, SavedCheckpoint, load_file
 from megatron.checkpointing.universal import LATEST_UNIVERSAL_FILE, STEP
-from megatron.continual.universal_state import convert_regularizers, verify_regularizers
+from megatron.checkpointing.side_states import SIDE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ConvertReport:
         bytes_written: Size of the output.
         seconds: Wall time of the conversion (verification excluded).
         verify_seconds: Wall time of the verification pass (0 when skipped).
-        regularizers: EWC/LwF state carried (``ewc``, ``teacher``; ``continual/universal_state.py``).
+        regularizers: Side state carried (``side_states.py``; EWC/LwF: ``ewc``, ``teacher``).
     """
 
     output: str
@@ -156,7 +156,7 @@ def convert(
                 if progress:
                     progress(done, len(names))
         _write_common(ckpt, source, tmp)
-        regularizers = convert_regularizers(ckpt, tmp)
+        regularizers = [name for side in SIDE_STATES.values() for name in side.convert(ckpt, tmp)]
         seconds = time.perf_counter() - started
         verify_seconds = 0.0
         if verify:
@@ -219,7 +219,8 @@ def verify_universal(directory: str, ckpt: SavedCheckpoint) -> None:
                 if not torch.equal(split(value, layout, slot.tp, ckpt.tp), ckpt.local(slot, key)):
                     raise CheckpointError(f"verification: {name}/{key} differs from TP rank {slot.tp} of "
                                           f"pipeline stage {slot.pp} in the source")
-    verify_regularizers(directory, ckpt)
+    for side in SIDE_STATES.values():
+        side.verify(directory, ckpt)
 
 
 def step_dir(source: str) -> str:

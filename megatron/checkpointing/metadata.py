@@ -19,6 +19,7 @@ from megatron.config.checkpoint_files import METADATA_FILE
 from megatron.config.fields import ConfigError
 from megatron.config.schema import config_values, iter_knobs
 from megatron.data.tokenizers import file_sha256
+from megatron.distributed.context import ParallelContext
 from megatron.plan.run import RunPlan
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,16 @@ def log_config_diff(plan: RunPlan, saved: dict[str, Any]) -> dict[str, tuple[Any
     return diff
 
 
-def client_info(engine: Any, ctx: Any, metadata: dict[str, Any]) -> dict[str, Any]:
+class _NamedEngine(Protocol):
+    """What ``client_info`` reads of the trainer's engine (``trainer.protocols.EngineView`` plus
+    the parameter names and shapes it records for converters)."""
+
+    engine: object
+    param_names: list[list[str]]
+    param_shapes: dict[str, list[int]]
+
+
+def client_info(engine: _NamedEngine, ctx: ParallelContext, metadata: dict[str, Any]) -> dict[str, Any]:
     """Our client state in every model-state file: what a converter needs to read the rank's files.
 
     Args:

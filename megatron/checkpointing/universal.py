@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -32,7 +32,12 @@ from megatron.checkpointing.layout import canonical_name, full_shapes, split, tp
 from megatron.checkpointing.metadata import CheckpointError
 from megatron.checkpointing.reader import CLIENT_KEY, WEIGHT, load_file
 from megatron.config.checkpoint_files import LATEST_UNIVERSAL_FILE, METADATA_FILE
+from megatron.distributed.context import ParallelContext
 from megatron.model.spec import GPTSpec
+from megatron.optimizer.registry import OptimizerSpec
+
+if TYPE_CHECKING:  # third-party type only
+    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +145,19 @@ def _master_partitions(optimizer: Any) -> list[torch.Tensor] | None:
     return None
 
 
-def load_optimizer_states(train_engine: Any, uc: UniversalCheckpoint, group_state_keys: tuple[str, ...]) -> None:
+class _EngineHost(Protocol):
+    """What ``load_optimizer_states`` reads of the trainer's engine (``trainer.protocols.EngineView``)."""
+
+    engine: DeepSpeedEngine
+    ctx: ParallelContext
+    optimizer_spec: OptimizerSpec
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model."""
+
+
+def load_optimizer_states(train_engine: _EngineHost, uc: UniversalCheckpoint, group_state_keys: tuple[str, ...]) -> None:
     """Put the checkpoint's optimizer states into the (already initialized) engine's optimizer.
 
     Raises:

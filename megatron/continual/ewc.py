@@ -33,6 +33,7 @@ from megatron.core import parallel_state
 
 from megatron.model.gpt import masked_mean
 from megatron.optimizer.placement import optimizer_slots
+from megatron.trainer.protocols import EngineView
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class Shard:
     scale: int
 
 
-def owned_shards(train_engine: object) -> list[Shard]:
+def owned_shards(train_engine: EngineView) -> list[Shard]:
     """What this rank anchors: whole parameters at ZeRO-0, its partition slices at ZeRO-1/2."""
     slots = list(optimizer_slots(train_engine))
     if any(s.flat for s in slots):

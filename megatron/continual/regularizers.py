@@ -1,14 +1,16 @@
 """EWC and LwF in a training run: anchor at the stage's start, extra loss terms, save/restore.
 
-The trainer calls three hooks:
+A training callback (``megatron/trainer/callbacks.py``) with three hooks:
 
-- ``on_restore(where, metadata, stage_start)`` after the weights are loaded: at a stage start
-  (``--finetune``, or a load from another directory than ``--save``; iteration 0 only) EWC
-  computes ``theta*`` and ``F`` and LwF copies the teacher; on a resume inside the stage both are
-  restored, bit for bit, from the checkpoint (never re-anchored on drifted weights, TiC-LM's bug);
-- ``loss(batch, meter)`` per training micro-batch: (loss to differentiate, loss to report);
-- ``save(step_dir)`` before a checkpoint's files are written (the ``latest`` pointer moves last,
-  so a checkpoint is complete with its anchor or not at all).
+- ``on_restore`` after the weights are loaded: at a stage start (``--finetune``, or a load from
+  another directory than ``--save``; iteration 0 only) EWC computes ``theta*`` and ``F`` and LwF
+  copies the teacher; on a resume inside the stage both are restored, bit for bit, from the
+  checkpoint (never re-anchored on drifted weights, TiC-LM's bug);
+- ``extra_loss_terms`` per training micro-batch: EWC's penalty and LwF's weighted distillation
+  term, which the engine adds to the objective's own loss (AR masked mean, MDM's 1/t-weighted
+  ELBO): the regularizers never replace the objective;
+- ``on_save`` before a checkpoint's completion marker (the ``latest`` pointer moves last, so a
+  checkpoint is complete with its anchor or not at all).
 
 Files: ``global_stepN/continual/tp{t}_pp{p}_dp{d}.pt`` per rank (EWC shards; the teacher's
 weights from DP rank 0 only). A universal conversion carries both (``universal_state.py``), so a
@@ -21,36 +23,41 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
 
 import torch
 
 from megatron.config.fields import ConfigError
 from megatron.continual.ewc import EWCAnchor, fisher_sum, owned_shards
 from megatron.continual.lwf import Teacher, lwf_loss
-from megatron.model.gpt import token_losses
+from megatron.data.loader import Batch
+from megatron.distributed import ParallelContext
+from megatron.trainer.callbacks import Callback, LossTerm, MicroBatchOutput, Restored
+from megatron.trainer.protocols import RunView
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "continual"
 
 
-def _state_file(step_dir: str, ctx: Any, dp_rank: int | None = None) -> str:
+def _state_file(step_dir: str, ctx: ParallelContext, dp_rank: int | None = None) -> str:
     dp = ctx.dp_rank if dp_rank is None else dp_rank
     return os.path.join(step_dir, STATE_DIR, f"tp{ctx.tp_rank}_pp{ctx.pp_rank}_dp{dp}.pt")
 
 
-class Regularizers:
+class Regularizers(Callback):
     """The stage's EWC anchor and LwF teacher (either may be off).
 
     Args:
-        trainer: The ``Trainer`` (plan, parallel context, engine, data streams).
+        run: The run (plan, parallel context, engine, data streams).
     """
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
-        self.plan, self.ctx, self.engine = trainer.plan, trainer.ctx, trainer.engine
+    name = "regularizers"
+
+    def __init__(self, run: RunView):
+        self.run = run
+        self.plan, self.ctx, self.engine = run.plan, run.ctx, run.engine
         self.cfg = self.plan.config.regularize
+        self.needs_logits = bool(self.cfg.lwf)  # the distillation term reads the student's logits
         self.ewc: EWCAnchor | None = None
         self.teacher: Teacher | None = None
         self.teacher_seconds = 0.0
@@ -58,15 +65,18 @@ class Regularizers:
 
     # ---- stage start / resume ---------------------------------------------------------------
 
-    def no_checkpoint(self, load: str) -> None:
-        """``--load`` holds nothing: there is no previous stage to anchor on."""
-        flag = "--ewc-weight" if self.cfg.ewc else "--lwf-weight"
-        raise ConfigError(f"{flag}: --load {load} holds no checkpoint; EWC/LwF anchor on the previous "
-                          "stage's weights (give its save directory)")
+    def on_restore(self, run: RunView, restored: Restored) -> None:
+        """Anchor (stage start) or restore the anchor (mid-stage resume).
 
-    def on_restore(self, where: str, metadata: dict, stage_start: bool) -> None:
-        """Anchor (stage start) or restore the anchor (mid-stage resume)."""
-        if stage_start:
+        Raises:
+            ConfigError: ``--load`` holds no checkpoint (no previous stage to anchor on).
+        """
+        where, metadata = restored.where, restored.metadata
+        if where is None:
+            flag = "--ewc-weight" if self.cfg.ewc else "--lwf-weight"
+            raise ConfigError(f"{flag}: --load {self.plan.config.checkpoint.load} holds no checkpoint; "
+                              "EWC/LwF anchor on the previous stage's weights (give its save directory)")
+        if restored.stage_start:
             started = time.perf_counter()
             if self.cfg.ewc:
                 self._anchor_ewc(metadata, where)
@@ -87,12 +97,12 @@ class Regularizers:
                  "%d elements); lambda/N = %.3e", where, cfg.fisher_batches, cfg.ewc_fisher_data, total,
                  sum(a.numel() for a in self.ewc.anchor), self.ewc.coefficient)
 
-    def _fisher_batches(self, metadata: dict, where: str) -> list[list[Any]]:
-        trainer, cfg = self.trainer, self.cfg
-        stream = trainer.streams.train.stream
+    def _fisher_batches(self, metadata: dict, where: str) -> list[list[Batch]]:
+        cfg = self.cfg
+        stream = self.run.streams.train.stream
         if cfg.ewc_fisher_data == "previous":
             stream = self._previous_stream(metadata, where)
-        reader = trainer._reader(stream)
+        reader = self.run.reader(stream)
         gbs = self.plan.global_batch_size
         return [reader.step_batches(k * gbs) for k in range(cfg.fisher_batches)]
 
@@ -121,7 +131,7 @@ class Regularizers:
                  "micro-batch", self.teacher.bytes / 2**20, next(self.teacher.model.parameters()).dtype)
 
     def _restore(self, where: str) -> None:
-        if self.trainer.universal is not None:
+        if self.run.universal is not None:
             self._restore_universal(where)
             return
         path = _state_file(where, self.ctx)
@@ -176,41 +186,27 @@ class Regularizers:
 
     # ---- per step -----------------------------------------------------------------------------
 
-    def loss(self, batch: Any, meter: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss to differentiate, loss to report) of one training micro-batch."""
-        engine = self.engine.engine
-        started = time.perf_counter()
-        if self.teacher is None:
-            losses = engine(batch.tokens, batch.labels)
-            logits = None
-        else:
-            logits = engine(batch.tokens)
-            losses = token_losses(logits.clone() if self.ctx.tp_size > 1 else logits, batch.labels)
-        # The objective's own reduction (AR masked mean, MDM's 1/t-weighted ELBO): the
-        # regularizers add terms to the objective's loss, never replace it.
-        objective = self.engine.objective
-        if meter is not None:
-            objective.meter_add(meter, losses, batch.loss_mask, batch.dataset_ids)
-        lm = objective.reduce(losses, batch.loss_mask)
-        total, reported = lm, lm
+    def extra_loss_terms(self, out: MicroBatchOutput) -> list[LossTerm]:
+        """EWC's penalty (reported with ``--ewc-log-loss``) and LwF's weighted distillation term."""
+        terms = []
         if self.ewc is not None:
-            penalty = self.ewc.penalty(self.engine.module)
-            total = total + penalty
-            if self.cfg.ewc_log_loss:
-                reported = reported + penalty.detach()
-        self.student_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            terms.append(LossTerm("ewc", self.ewc.penalty(out.module), reported=self.cfg.ewc_log_loss))
+            self.student_seconds += time.perf_counter() - started
+        self.student_seconds += out.forward_seconds
         if self.teacher is not None:
             started = time.perf_counter()
-            teacher_logits = self.teacher.logits(batch.tokens)
+            teacher_logits = self.teacher.logits(out.batch.tokens)
             self.teacher_seconds += time.perf_counter() - started
             c = self.cfg
-            total = total + c.lwf_weight * lwf_loss(teacher_logits, logits, batch.loss_mask, kl=c.lwf_kl,
-                                                    temperature=c.lwf_temperature, reduction=c.lwf_reduction)
-        return total, reported
+            term = lwf_loss(teacher_logits, out.logits, out.batch.loss_mask, kl=c.lwf_kl,
+                            temperature=c.lwf_temperature, reduction=c.lwf_reduction)
+            terms.append(LossTerm("lwf", c.lwf_weight * term))
+        return terms
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def save(self, step_dir: str) -> None:
+    def on_save(self, step_dir: str) -> None:
         """Write this rank's anchor (and, on DP rank 0, the teacher) into ``step_dir``."""
         os.makedirs(os.path.join(step_dir, STATE_DIR), exist_ok=True)
         state = {"ewc": None if self.ewc is None else self.ewc.state_dict(), "teacher": None}
@@ -226,19 +222,7 @@ class Regularizers:
                      self.student_seconds)
 
 
-def attach_regularizers(trainer: Any) -> Regularizers | None:
-    """EWC/LwF (``--ewc-weight``, ``--lwf-weight``) hooked into the engine's loss, or None."""
-    reg = trainer.cfg.regularize
-    if not (reg.ewc or reg.lwf):
-        return None
-    regularizers = Regularizers(trainer)
-    trainer.engine.loss_hook = regularizers.loss
-    return regularizers
-
-
-def stage_start(ckpt: Any) -> bool:
-    """A load that starts a stage (anchor EWC/LwF) rather than resuming inside one: ``--finetune``,
-    or ``--load`` from another directory than ``--save`` (the previous stage's)."""
-    if ckpt.finetune or ckpt.save is None:
-        return True
-    return os.path.realpath(ckpt.load) != os.path.realpath(ckpt.save)
+def regularizer_callback(run: RunView) -> Regularizers | None:
+    """EWC/LwF (``--ewc-weight``, ``--lwf-weight``) as a training callback, or None when off."""
+    reg = run.plan.config.regularize
+    return Regularizers(run) if reg.ewc or reg.lwf else None

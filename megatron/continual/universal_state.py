@@ -10,6 +10,7 @@ conversion gathers the shards over DP and merges them over TP exactly as the wei
     DIR/continual/ewc/<name>.pt          {"anchor": full fp32 theta*, "fisher": full fp32 F}
     DIR/continual/teacher/<name>.pt      the teacher's full weight (LwF)
 
+The converter finds these two functions through ``checkpointing.side_states.SIDE_STATES``.
 Loading at any TP/DP/ZeRO layout splits each full tensor for the rank's TP slot and keeps the
 elements its shards own: pure copies, so theta*/F are bit-exact. Verification re-splits every
 tensor for every source rank and compares it with the saved shard.
@@ -21,13 +22,15 @@ import glob
 import json
 import os
 import re
-from typing import Any
 
 import torch
 
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.checkpointing.layout import canonical_name, merge, split, tp_layout
 from megatron.checkpointing.reader import SavedCheckpoint, load_file
+from megatron.checkpointing.side_states import SIDE_STATES, SideState
+from megatron.continual.ewc import Shard
+from megatron.model.spec import GPTSpec
 
 STATE_DIR = "continual"
 EWC_META = "ewc.json"
@@ -159,6 +162,9 @@ def verify_regularizers(out: str, ckpt: SavedCheckpoint) -> None:
                 raise CheckpointError(f"verification: LwF teacher {canon} differs from TP rank {tp}")
 
 
+SIDE_STATES.add(STATE_DIR, SideState(convert_regularizers, verify_regularizers))
+
+
 def has_regularizers(directory: str) -> dict[str, bool]:
     """What a universal directory carries: ``{"ewc": ..., "teacher": ...}``."""
     base = os.path.join(directory, STATE_DIR)
@@ -166,7 +172,7 @@ def has_regularizers(directory: str) -> dict[str, bool]:
             "teacher": os.path.isdir(os.path.join(base, "teacher"))}
 
 
-def load_ewc(directory: str, shards: list[Any], spec: Any, tp_rank: int, tp: int) -> tuple[list, list, dict]:
+def load_ewc(directory: str, shards: list[Shard], spec: GPTSpec, tp_rank: int, tp: int) -> tuple[list, list, dict]:
     """This rank's (anchors, fishers) for ``shards`` (``ewc.owned_shards``) and the saved settings."""
     with open(os.path.join(directory, STATE_DIR, EWC_META)) as f:
         meta = json.load(f)
@@ -180,7 +186,7 @@ def load_ewc(directory: str, shards: list[Any], spec: Any, tp_rank: int, tp: int
     return anchors, fishers, meta
 
 
-def load_teacher(directory: str, names: list[str], spec: Any, tp_rank: int, tp: int) -> dict[str, torch.Tensor]:
+def load_teacher(directory: str, names: list[str], spec: GPTSpec, tp_rank: int, tp: int) -> dict[str, torch.Tensor]:
     """The teacher's TP-local state dict for module keys ``names``."""
     state = {}
     for key in names:

@@ -8,9 +8,9 @@ runs DeepSpeed's 1F1B schedule over the step's micro-batches.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import deepspeed
 import torch
@@ -21,12 +21,13 @@ from megatron.checkpointing.safe_load import safe_checkpoint_engine
 from megatron.data.loader import Batch
 from megatron.distributed import MegatronMPU, ParallelContext
 from megatron.model.attention_kernel import attention_context
-from megatron.model.gpt import GPTModel
+from megatron.model.gpt import GPTModel, token_losses
 from megatron.optimizer.registry import OptimizerSpec
 from megatron.plan.run import RunPlan
 from megatron.scaling.groups import build_param_groups
 from megatron.schedules.registry import schedule_from_state
 from megatron.schedules.scheduler import LRScheduler
+from megatron.trainer.callbacks import Callbacks, MicroBatchOutput
 from megatron.trainer.corpus_loss import CorpusLoss
 from megatron.trainer.grad_norm import clip_grads_
 from megatron.trainer.nonfinite import NonFiniteGuard
@@ -54,7 +55,7 @@ class StepResult:
     nonfinite: bool = False
 
 
-def _record_grad_norm_at_zero0(engine: Any) -> None:
+def _record_grad_norm_at_zero0(engine: deepspeed.DeepSpeedEngine) -> None:
     # DeepSpeed reports the norm through its ZeRO/bf16/fp16 optimizer wrappers; plain fp32
     # ZeRO-0 clips with a helper that discards it (and miscounts under PP): see grad_norm.py.
     def clip_and_record() -> None:
@@ -121,7 +122,7 @@ class TrainEngine:
         )
         fn, fingerprint = schedule_from_state(plan.schedule_state)
         self.scheduler = LRScheduler(self.optimizer, fn, fingerprint, cfg.optim.lr, plan.schedule_state)
-        self.loss_hook: Callable[[Batch, CorpusLoss | None], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.callbacks = Callbacks()  # the run's callbacks: extra loss terms (loop.Trainer sets them)
         self.train_mode()
 
     def _build_model(self) -> torch.nn.Module:
@@ -172,11 +173,32 @@ class TrainEngine:
         if self.pipeline:
             self.engine.module.loss_fn.meter = meter
 
-    def _losses(self, batch: Batch, meter: CorpusLoss | None) -> torch.Tensor:
-        token_losses = self.engine(batch.tokens, batch.labels)
+    def _forward(self, batch: Batch, meter: CorpusLoss | None, *,
+                 keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The objective's loss of one micro-batch, and its logits when ``keep_logits``."""
+        if keep_logits:
+            logits = self.engine(batch.tokens)
+            # vocab_parallel_cross_entropy writes into its input: give it a copy at TP > 1.
+            losses = token_losses(logits.clone() if self.ctx.tp_size > 1 else logits, batch.labels)
+        else:
+            logits, losses = None, self.engine(batch.tokens, batch.labels)
         if meter is not None:
-            self.objective.meter_add(meter, token_losses, batch.loss_mask, batch.dataset_ids)
-        return self.objective.reduce(token_losses, batch.loss_mask)
+            self.objective.meter_add(meter, losses, batch.loss_mask, batch.dataset_ids)
+        return self.objective.reduce(losses, batch.loss_mask), logits
+
+    def _losses(self, batch: Batch, meter: CorpusLoss | None) -> torch.Tensor:
+        return self._forward(batch, meter)[0]
+
+    def _train_loss(self, batch: Batch, meter: CorpusLoss | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to differentiate, loss to report): ``objective.reduce(...) + sum(extra terms)``
+        of the callbacks (``callbacks.py``; EWC, LwF), added in callback order."""
+        if not self.callbacks.loss_terms:
+            loss = self._losses(batch, meter)
+            return loss, loss
+        started = time.perf_counter()
+        loss, logits = self._forward(batch, meter, keep_logits=self.callbacks.needs_logits)
+        out = MicroBatchOutput(batch, self.module, logits, time.perf_counter() - started)
+        return self.callbacks.loss(loss, out)
 
     def train_step(
         self, batches: list[Batch], meter: CorpusLoss | None = None, *, iteration: int
@@ -203,10 +225,7 @@ class TrainEngine:
             for batch in batches:
                 with self.attention():
                     with timed("forward"):
-                        if self.loss_hook is None:
-                            loss = reported = self._losses(batch, meter)
-                        else:  # extra loss terms (continual/regularizers.py: EWC, LwF)
-                            loss, reported = self.loss_hook(batch, meter)
+                        loss, reported = self._train_loss(batch, meter)
                     if self.guard is not None:
                         self.guard.watch_loss(reported)
                     # DeepSpeed divides by the accumulation steps and steps at the boundary.

@@ -29,9 +29,10 @@ import torch.distributed as dist
 
 from megatron.checkpointing.layout import canonical_name, tp_layout
 from megatron.optimizer.placement import optimizer_slots
+from megatron.trainer.protocols import EngineView
 
 
-def _counts(name: str, train_engine: Any) -> bool:
+def _counts(name: str, train_engine: EngineView) -> bool:
     """Whether this rank counts parameter ``name`` (module docstring)."""
     ctx, spec = train_engine.ctx, train_engine.plan.model
     canonical = canonical_name(name, spec.num_layers)
@@ -43,7 +44,7 @@ def _counts(name: str, train_engine: Any) -> bool:
 STATS = ("sumsq", "abs_sum", "count", "max_abs")
 
 
-def _local_stats(train_engine: Any) -> dict[str, dict[str, float]]:
+def _local_stats(train_engine: EngineView) -> dict[str, dict[str, float]]:
     """This rank's {key: {sum of squares, sum of |x|, element count, max |x|}}."""
     optimizer = train_engine.optimizer
     derive = train_engine.optimizer_spec.derived_states
@@ -77,7 +78,7 @@ def _local_stats(train_engine: Any) -> dict[str, dict[str, float]]:
     return stats
 
 
-def optimizer_state_stats(train_engine: Any) -> dict[str, float]:
+def optimizer_state_stats(train_engine: EngineView) -> dict[str, float]:
     """``{"<key>/l2", "<key>/max_abs", "<key>/mean_abs": ...}`` over the whole model (collective)."""
     stats = _local_stats(train_engine)
     distributed = dist.is_available() and dist.is_initialized()

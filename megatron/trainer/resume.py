@@ -1,4 +1,4 @@
-"""Resume policy: what a run takes from ``--load`` (plain functions over the ``Trainer``).
+"""Resume policy: what a run takes from ``--load`` (plain functions over a ``RunView``).
 
 A normal checkpoint: metadata checks (shape, scaling recipe, topology, tokenizer), DeepSpeed
 states, the schedule check, RNG and data position. A universal checkpoint: weights went in before
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from megatron.checkpointing.checkpoint import (
     load_engine_states,
@@ -32,11 +31,15 @@ from megatron.checkpointing.universal import (
     load_optimizer_states,
     resolve_universal_dir,
 )
+from megatron.config.checkpoint import CheckpointConfig
 from megatron.config.fields import ConfigError
-from megatron.continual.regularizers import stage_start
 from megatron.plan.run import RunPlan
 from megatron.scaling.recipes import check_resume_scaling
 from megatron.schedules.registry import schedule_from_state
+from megatron.schedules.scheduler import LRScheduler
+from megatron.trainer.callbacks import CLIENT_KEY as CALLBACKS_KEY
+from megatron.trainer.callbacks import Callbacks, Restored
+from megatron.trainer.protocols import RunView
 from megatron.trainer.state import TrainState, restore_data_state
 
 log = logging.getLogger(__name__)
@@ -54,9 +57,19 @@ def open_universal(plan: RunPlan) -> UniversalCheckpoint | None:
     return uc
 
 
-def restore(trainer: Any) -> TrainState:
-    """Resume from ``--load`` (or start fresh when it holds no checkpoint yet)."""
-    ckpt = trainer.cfg.checkpoint
+def stage_start(ckpt: CheckpointConfig) -> bool:
+    """A load that starts a stage (EWC/LwF anchor) rather than resuming inside one: ``--finetune``,
+    or ``--load`` from another directory than ``--save`` (the previous stage's)."""
+    if ckpt.finetune or ckpt.save is None:
+        return True
+    return os.path.realpath(ckpt.load) != os.path.realpath(ckpt.save)
+
+
+def restore(trainer: RunView, callbacks: Callbacks) -> TrainState:
+    """Resume from ``--load`` (or start fresh when it holds no checkpoint yet); the callbacks'
+    ``on_restore`` and ``load_state_dict`` see what was loaded."""
+    cfg = trainer.plan.config
+    ckpt = cfg.checkpoint
     if ckpt.load is None:
         return TrainState()
     if trainer.universal is not None:
@@ -66,8 +79,7 @@ def restore(trainer: Any) -> TrainState:
         if tag is None:
             if is_universal(ckpt.load) or os.path.isfile(os.path.join(ckpt.load, LATEST_UNIVERSAL_FILE)):
                 raise ConfigError(f"--load: {ckpt.load} holds a universal checkpoint; add --universal-checkpoint")
-            if trainer.regularizers is not None:
-                trainer.regularizers.no_checkpoint(ckpt.load)
+            callbacks.on_restore(trainer, Restored(None, {}, stage_start(ckpt)))
             log.info("--load %s holds no checkpoint yet: starting from scratch", ckpt.load)
             return TrainState()
         where = f"{ckpt.load}/{tag}"
@@ -81,17 +93,18 @@ def restore(trainer: Any) -> TrainState:
             trainer.engine.engine,
             ckpt.load,
             tag,
-            weights_only=ckpt.finetune or trainer.cfg.train.skip_train,
+            weights_only=ckpt.finetune or cfg.train.skip_train,
             load_optimizer=not ckpt.no_load_optim,
         )
     # The optimizer's saved param groups carry the old run's base LRs: the schedule decides.
     scheduler = trainer.engine.scheduler
     scheduler.replace(scheduler.fn, scheduler.fingerprint, scheduler.lr, scheduler.schedule)
-    if trainer.cfg.train.skip_train:  # weights only; the schedule and data position are unused
+    if cfg.train.skip_train:  # weights only; the schedule and data position are unused
         log.info("--skip-train: evaluating the weights of %s (iteration %s)", where, metadata.get("iteration"))
         return TrainState(iteration=int(metadata.get("iteration") or 0))
-    if trainer.regularizers is not None:
-        trainer.regularizers.on_restore(where, metadata, stage_start(ckpt))
+    iteration = 0 if ckpt.finetune else int(metadata["iteration"])
+    callbacks.load_state_dict({} if ckpt.finetune else client.get(CALLBACKS_KEY) or {})
+    callbacks.on_restore(trainer, Restored(where, metadata, stage_start(ckpt), iteration))
     if ckpt.finetune:
         log.info(
             "--finetune: loaded weights of %s; iteration, optimizer, LR schedule and data "
@@ -118,27 +131,28 @@ def restore(trainer: Any) -> TrainState:
     log_next_lrs(trainer.engine.scheduler, state.iteration)
     return state
 
-def _restore_universal(trainer: Any) -> tuple[dict, dict, str]:
+def _restore_universal(trainer: RunView) -> tuple[dict, dict, str]:
     """Optimizer states of a universal checkpoint (its weights went in before DeepSpeed)."""
-    uc, ckpt = trainer.universal, trainer.cfg.checkpoint
+    uc, cfg = trainer.universal, trainer.plan.config
+    ckpt = cfg.checkpoint
     log_config_diff(trainer.plan, uc.metadata)
     source = uc.metadata.get("universal", {})
     log.info("universal checkpoint %s (saved at TP=%s PP=%s DP=%s ZeRO-%s) loaded at TP=%d PP=%d DP=%d "
              "ZeRO-%d; RNG states start from the seed (the rank layout changed)", uc.directory,
              source.get("tp"), source.get("pp"), source.get("dp"), source.get("zero_stage"),
-             trainer.plan.tp, trainer.plan.pp, trainer.plan.dp, trainer.cfg.parallel.zero_stage)
-    if not (ckpt.finetune or ckpt.no_load_optim or trainer.cfg.train.skip_train):
+             trainer.plan.tp, trainer.plan.pp, trainer.plan.dp, cfg.parallel.zero_stage)
+    if not (ckpt.finetune or ckpt.no_load_optim or cfg.train.skip_train):
         trainer.engine.eval_mode()  # the saved weights are the eval-mode ones (schedule-free x)
         load_optimizer_states(trainer.engine, uc, trainer.engine.optimizer_spec.group_state_keys)
         trainer.engine.train_mode()
     return uc.metadata, {}, uc.directory
 
-def log_next_lrs(scheduler: Any, iteration: int) -> None:
+def log_next_lrs(scheduler: LRScheduler, iteration: int) -> None:
     """After any load: the LRs of the next steps, so a reset or kept schedule is visible."""
     lrs = [f"{scheduler.fn(s) * scheduler.lr:.3e}" for s in range(iteration, iteration + 3)]
     log.info("LR of steps %d-%d: %s (%s)", iteration, iteration + 2, ", ".join(lrs), scheduler.fingerprint)
 
-def check_schedule(scheduler: Any, ckpt: Any, metadata: dict) -> None:
+def check_schedule(scheduler: LRScheduler, ckpt: CheckpointConfig, metadata: dict) -> None:
     """Resume on the checkpoint's schedule; a different one needs an explicit choice."""
     saved = metadata.get("scheduler", {})
     if saved.get("schedule_fingerprint") in (None, scheduler.fingerprint):

@@ -1,4 +1,5 @@
-"""Training progress: where the run is, and the training stream's position in a checkpoint."""
+"""Training progress: where the run is, what a finished run reports, and the training stream's
+position in a checkpoint."""
 
 from __future__ import annotations
 
@@ -21,6 +22,36 @@ class TrainState:
     iteration: int = 0
     consumed_samples: int = 0
     loaded_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What a finished (or stopped) run reports.
+
+    Attributes:
+        iteration: Completed steps.
+        train_loss: Mean training loss of the last log interval.
+        valid_loss: Last validation loss (None without a validation split).
+        test_loss: Test loss at the end (None without a test split).
+        losses: Per-step training losses of this process's run.
+        stop_reason: Why the run stopped early, or None.
+        lr_suggestion: ``--lr-finder`` runs: (steepest-descent LR, minimum LR / 10).
+        optimizer_states: The last logged optimizer-state norms
+            (``--log-optimizer-states-to-tensorboard``), else None.
+    """
+
+    iteration: int
+    train_loss: float
+    valid_loss: float | None
+    test_loss: float | None
+    losses: tuple[float, ...]
+    stop_reason: str | None
+    lr_suggestion: tuple[float, float] | None = None
+    optimizer_states: dict[str, float] | None = None
+    tokens: tuple[int, int] | None = None
+    """(trainable, consumed) label tokens of this process's steps (metadata is not trainable)."""
+    valid_history: tuple[tuple[int, float], ...] = ()
+    """(iteration, validation loss) of this process's evaluations (``run_result.json``)."""
 
 
 def data_state(stream: object, consumed_samples: int) -> dict[str, Any] | None:

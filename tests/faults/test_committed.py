@@ -9,7 +9,7 @@ import pytest
 
 from megatron.checkpointing.checkpoint import CheckpointError
 from megatron.config import DistEnv
-from megatron.trainer import loop
+from megatron.trainer import checkpoints
 from megatron.trainer.loop import Trainer, train
 from tests.helpers import tiny_plan
 
@@ -78,14 +78,14 @@ def test_empty_or_own_save_directory_starts_fresh(tmp_path):
 def test_disk_full_names_the_disk_and_leaves_no_partial_step(tmp_path, monkeypatch):
     save = str(tmp_path / "ckpt")
     run("--train-iters", "1", "--save", save, "--lr-decay-style", "constant")
-    real_save = loop.save_checkpoint.__globals__["_write_atomic"]
+    real_save = checkpoints.save_checkpoint.__globals__["_write_atomic"]
 
     def full(path, text):  # noqa: ANN001, ANN202
         if path.endswith("run_metadata.json") and "global_step2" in path:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         real_save(path, text)
 
-    monkeypatch.setitem(loop.save_checkpoint.__globals__, "_write_atomic", full)
+    monkeypatch.setitem(checkpoints.save_checkpoint.__globals__, "_write_atomic", full)
     with pytest.raises(CheckpointError, match=r"the disk holding .*ckpt is full .*GiB free"):
         run("--train-iters", "2", "--save", save, "--load", save, "--lr-decay-style", "constant")
     assert not os.path.exists(os.path.join(save, "global_step2"))

@@ -39,7 +39,7 @@ def _independent_fisher(trainer: Trainer, n: int) -> dict[str, torch.Tensor]:
     model = GPTModel(trainer.plan.model)
     model.load_state_dict(trainer.engine.module.state_dict())
     fisher = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
-    reader = trainer._reader(trainer.streams.train.stream)
+    reader = trainer.reader(trainer.streams.train.stream)
     for k in range(n):
         model.zero_grad()
         batches = reader.step_batches(k * trainer.plan.global_batch_size)
@@ -59,7 +59,7 @@ def test_penalty_gradient_is_lambda_over_n_fisher_delta(tmp_path):
     ctx = init_distributed(plan, DistEnv())
     try:
         trainer = Trainer(plan, ctx)
-        restore(trainer)
+        restore(trainer, trainer.callbacks)
         anchor = trainer.regularizers.ewc
         module = trainer.engine.module
         name = "layers.0.mlp.fc1.weight" if "layers.0.mlp.fc1.weight" in dict(module.named_parameters()) \

@@ -1,5 +1,8 @@
 """EWC/LwF add terms to the objective's loss, never replace it: under ``--objective mdm`` the
-regularized loss is MDM's 1/t-weighted ELBO (not the AR masked mean) plus exactly the penalty."""
+regularized loss is MDM's 1/t-weighted ELBO (not the AR masked mean) plus exactly the penalty.
+
+The loss is the engine's (``TrainEngine._train_loss``: the objective's reduction plus the
+callbacks' extra terms); the engine's forward is a stand-in returning fixed token losses."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import torch
 
 from megatron.continual.regularizers import Regularizers
 from megatron.objectives.registry import OBJECTIVES
+from megatron.trainer.callbacks import Callbacks
+from megatron.trainer.engine import TrainEngine
 
 
 class _Penalty:
@@ -19,13 +24,36 @@ class _Penalty:
         return self.value
 
 
+class _Forward:
+    """The DeepSpeed engine's place: fixed per-token losses."""
+
+    module = None
+
+    def __init__(self, losses: torch.Tensor):
+        self.losses = losses
+
+    def __call__(self, tokens, labels):  # noqa: ANN001, ANN204, ARG002
+        return self.losses
+
+
+class _Regularized(Regularizers):
+    """The regularizers callback plus ``loss(batch, meter)``: the engine's training loss."""
+
+    def loss(self, batch, meter):  # noqa: ANN001, ANN201
+        engine = TrainEngine.__new__(TrainEngine)
+        engine.engine, engine.objective, engine.ctx = self.forward, self.engine.objective, self.ctx
+        engine.callbacks = Callbacks([self])
+        return engine._train_loss(batch, meter)
+
+
 def _regularizers(objective: str, losses: torch.Tensor) -> Regularizers:
-    cfg = SimpleNamespace(ewc_log_loss=False)
+    cfg = SimpleNamespace(ewc_log_loss=False, ewc=True, lwf=False)
     plan = SimpleNamespace(config=SimpleNamespace(regularize=cfg))
-    engine = SimpleNamespace(engine=lambda tokens, labels: losses, module=None,
-                             objective=OBJECTIVES[objective])
-    trainer = SimpleNamespace(plan=plan, ctx=SimpleNamespace(tp_size=1), engine=engine)
-    return Regularizers(trainer)
+    engine = SimpleNamespace(objective=OBJECTIVES[objective])
+    run = SimpleNamespace(plan=plan, ctx=SimpleNamespace(tp_size=1), engine=engine)
+    reg = _Regularized(run)
+    reg.forward = _Forward(losses)
+    return reg
 
 
 def _batch(weights: torch.Tensor) -> SimpleNamespace:
