@@ -32,12 +32,14 @@ class Registry(Mapping[str, T], Generic[T]):
     Args:
         kind: What an entry is, in words ("optimizer", "LR schedule"); used in messages.
         flag: The flag whose value names an entry (``--optimizer``); unknown names are reported
-            against it.
+            against it. None for an internal registry whose entries are hooks that all run in
+            turn (nobody types their names): an unknown name there is a programming error
+            (``KeyError``).
         loader: Module imported (once) before the first lookup so that every entry is registered,
             or None when the registering modules are always imported with the registry.
     """
 
-    def __init__(self, kind: str, flag: str, *, loader: str | None = None) -> None:
+    def __init__(self, kind: str, flag: str | None, *, loader: str | None = None) -> None:
         self.kind = kind
         self.flag = flag
         self._loader = loader
@@ -51,7 +53,7 @@ class Registry(Mapping[str, T], Generic[T]):
             ValueError: ``name`` is already registered.
         """
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} registered twice ({self.flag})")
+            raise ValueError(f"{self.kind} {name!r} registered twice ({self.flag or 'internal'})")
         self._entries[name] = entry
         return entry
 
@@ -75,9 +77,10 @@ class Registry(Mapping[str, T], Generic[T]):
             return self._entries[name]
         if default is not None:
             return default  # type: ignore[return-value]
-        raise ConfigError(
-            f"{self.flag} {name!r}: unknown {self.kind}; known: {', '.join(self.names()) or '(none)'}"
-        )
+        known = ", ".join(self.names()) or "(none)"
+        if self.flag is None:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}")
+        raise ConfigError(f"{self.flag} {name!r}: unknown {self.kind}; known: {known}")
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

@@ -13,14 +13,16 @@ import json
 import logging
 import os
 import subprocess
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from megatron.config.checkpoint_files import METADATA_FILE
 from megatron.config.fields import ConfigError
 from megatron.config.schema import config_values, iter_knobs
 from megatron.data.tokenizers import file_sha256
-from megatron.distributed.context import ParallelContext
 from megatron.plan.run import RunPlan
+
+if TYPE_CHECKING:  # torch-free at run time (--dry-run and --help import this module)
+    from megatron.distributed.context import ParallelContext
 
 log = logging.getLogger(__name__)
 

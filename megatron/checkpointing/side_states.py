@@ -33,5 +33,6 @@ class SideState:
 
 
 SIDE_STATES: Registry[SideState] = Registry(
-    "checkpoint side state", "side files", loader="megatron.continual.universal_state")
-"""Every kind of side file a universal conversion carries, by name."""
+    "checkpoint side state", None, loader="megatron.continual.universal_state")
+"""Every kind of side file a universal conversion carries, by name (internal: the converter runs
+every entry; no flag names one)."""

@@ -62,7 +62,19 @@ def test_every_converted_registry_is_found():
     assert {name.rsplit(".", 1)[1] for name in REGISTRIES} >= CONVERTED
 
 
-@pytest.mark.parametrize("where", sorted(REGISTRIES))
+INTERNAL = {"megatron.checkpointing.side_states.SIDE_STATES"}
+"""Registries of hooks that all run in turn (no flag names an entry): flag None, KeyError."""
+
+
+def test_internal_registries_are_declared_and_raise_key_error():
+    internal = {where for where, registry in REGISTRIES.items() if registry.flag is None}
+    assert internal == INTERNAL
+    for where in internal:
+        with pytest.raises(KeyError, match="unknown .* 'no-such-entry'; known: "):
+            REGISTRIES[where].get("no-such-entry")
+
+
+@pytest.mark.parametrize("where", sorted(set(REGISTRIES) - INTERNAL))
 def test_unknown_name_raises_the_flag_named_config_error(where):
     registry = REGISTRIES[where]
     assert re.fullmatch(r"--[a-z][a-z0-9-]*", registry.flag), registry.flag

@@ -107,7 +107,7 @@ def test_bf16_master_copies_are_refused_before_start():
 
 def test_saved_weights_are_the_averaged_x(tmp_path, monkeypatch):
     from megatron.optimizer import schedule_free
-    from megatron.trainer import loop
+    from megatron.trainer import checkpoints, loop
 
     zs: list[dict[int, torch.Tensor]] = []
     build = schedule_free.build_schedulefree
@@ -127,13 +127,13 @@ def test_saved_weights_are_the_averaged_x(tmp_path, monkeypatch):
     # OptimizerSpec is frozen: swap the registry entry for one with the recording build.
     recording = dataclasses.replace(OPTIMIZERS["schedulefree"], build=recording_build)
     modules = []
-    save_checkpoint = loop.save_checkpoint
+    save_checkpoint = checkpoints.save_checkpoint
 
     def capturing_save(engine, *args, **kwargs):
         modules.append(engine.module)
         return save_checkpoint(engine, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "save_checkpoint", capturing_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", capturing_save)
     save = str(tmp_path / "ckpt")
     with OPTIMIZERS.override("schedulefree", recording):
         loop.train(tiny_plan(*CONSTANT, "--train-iters", "5", "--lr", "1e-2", "--save", save), DistEnv())
