@@ -47,6 +47,7 @@ ENV_VALUE_FLAGS=(
     "DEPTH_ALPHA|--depth-alpha"
     "TP|--tensor-model-parallel-size"
     "PP|--pipeline-model-parallel-size"
+    "SP|--ds-sequence-parallel-size"
     "ZERO_STAGE|--zero-stage"
     "NLAYERS|--num-layers"
     "HIDDEN|--hidden-size"
@@ -86,7 +87,7 @@ ENV_VALUE_FLAGS=(
 )
 # VARIABLE|--flag  (switches: 1/true/yes -> --flag, 0/false/no -> --no-flag).
 ENV_SWITCH_FLAGS=(
-    "SP|--sequence-parallel"
+    "SEQUENCE_PARALLEL|--sequence-parallel"
     "CPU_OPTIMIZER|--cpu-optimizer"
     "USE_ACTIVATION_CHECKPOINTING|--recompute-activations"
     "FUSED_CE|--fused-linear-cross-entropy"

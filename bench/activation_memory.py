@@ -3,6 +3,8 @@
 Rows (the GPT of ``--layers``/``--hidden``/``--heads`` at ``--seq``, micro-batch 1, fp32):
 
 - TP=2 without and with ``--sequence-parallel`` (2 gloo processes; ratio SP / no SP);
+- DeepSpeed-Ulysses ``--ds-sequence-parallel-size 2`` (2 gloo processes, each with its half of
+  the sequence) against one process with the whole sequence (the "no recompute" row);
 - one process: no recompute, ``--recompute-granularity selective`` and ``full``
   (ratios to no recompute; step time too).
 
@@ -14,6 +16,7 @@ seconds of this process on CPU, which a shared machine disturbs less than wall t
 
     .venv/bin/python bench/activation_memory.py                    # seq 2048, d 256, 4 layers
     .venv/bin/python bench/activation_memory.py --seq 4096 --hidden 512
+    .venv/bin/python bench/activation_memory.py --only ulysses     # the Ulysses row and its baseline
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ def model_flags(a: argparse.Namespace) -> list[str]:
             "--attention-dropout", str(a.attention_dropout)]  # fmt: skip
 
 
-def measure(a: argparse.Namespace, flags: list[str], world: int) -> dict[str, float]:
-    """Saved/peak bytes and step seconds of one forward+backward on this rank."""
+def measure(a: argparse.Namespace, flags: list[str], world: int, shards: int = 1) -> dict[str, float]:
+    """Saved/peak bytes and step seconds of one forward+backward on this rank (``shards`` > 1:
+    this Ulysses rank's slice of the sequence)."""
     plan = resolve(parse_args([*model_flags(a), *flags]).config, DistEnv(world_size=world))
     model = GPTModel(plan.model)
     tokens = torch.randint(0, a.vocab, (1, a.seq), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(1, a.seq)
+    if shards > 1:
+        tokens = tokens.chunk(shards, dim=1)[parallel_state.get_context_parallel_rank()]
+    mask = torch.ones(tokens.shape)
 
     def step(meter: PeakTensorMemory | None = None) -> None:
         loss = masked_mean(model(tokens, tokens), mask)
@@ -90,6 +96,29 @@ def tp_rows(a: argparse.Namespace) -> dict[str, dict[str, float]]:
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.start_processes(_rank, args=(a, port, queue), nprocs=2, start_method="spawn")
+    return queue.get()
+
+
+def _ulysses_rank(rank: int, a: argparse.Namespace, port: int, queue) -> None:  # noqa: ANN001
+    import deepspeed
+
+    from megatron.distributed import _skip_deepspeed_shm_build
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    _skip_deepspeed_shm_build()  # an inference-only op that takes minutes of g++ on a fresh box
+    deepspeed.init_distributed(dist_backend="gloo")  # DistributedAttention's all-to-all
+    parallel_state.initialize_model_parallel(1, 1, context_parallel_size=2, create_gloo_process_groups=False)
+    row = measure(a, ["--ds-sequence-parallel-size", "2"], 2, shards=2)
+    if rank == 0:
+        queue.put(row)
+    dist.destroy_process_group()
+
+
+def ulysses_row(a: argparse.Namespace) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_ulysses_rank, args=(a, _port(), queue), nprocs=2, start_method="spawn")
     return queue.get()
 
 
@@ -134,11 +163,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--attention-dropout", type=float, default=0.0,
                    help="> 0 takes SDPA off its fused kernels on CPU (the s x s scores are kept)")
+    p.add_argument("--only", choices=["all", "ulysses"], default="all")
     a = p.parse_args()
     print(f"GPT: {a.layers} layers, hidden {a.hidden}, {a.heads} heads, seq {a.seq}, "
           f"vocab {a.vocab}, micro-batch 1, fp32, attention dropout {a.attention_dropout}, CPU")
-    show("Per rank, 2 processes", tp_rows(a), "TP=2")
-    show("One process", recompute_rows(a), "no recompute")
+    if a.only == "all":
+        show("Per rank, 2 processes", tp_rows(a), "TP=2")
+    one = recompute_rows(a)
+    show("One process", one, "no recompute")
+    show("Ulysses, per rank", {"one process": one["no recompute"], "Ulysses SP=2": ulysses_row(a)}, "one process")
 
 
 if __name__ == "__main__":

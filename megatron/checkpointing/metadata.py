@@ -141,13 +141,16 @@ def check_tokenizer(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
 def check_topology(plan: RunPlan, saved: dict[str, Any], where: str) -> None:
     """Refuse a (non-universal) checkpoint of another parallel layout, naming both.
 
-    TP and PP must match; with ZeRO >= 1 so must DP and the stage (the optimizer is partitioned).
+    TP and PP must match; with ZeRO >= 1 so must DP (counted as DP x SP: Ulysses ranks share ZeRO's
+    partitions) and the stage (the optimizer is partitioned).
     """
     before = saved.get("plan", {})
     if not before:
         return
-    then = (before.get("tp"), before.get("pp"), before.get("dp"), saved.get("zero_stage", 0))
-    now = (plan.tp, plan.pp, plan.dp, plan.config.parallel.zero_stage)
+    # Ulysses is data-like: ZeRO partitions over DP x SP, so that product must match.
+    then_dp = before.get("dp") * before.get("sp", 1) if before.get("dp") else before.get("dp")
+    then = (before.get("tp"), before.get("pp"), then_dp, saved.get("zero_stage", 0))
+    now = (plan.tp, plan.pp, plan.dp * plan.sp, plan.config.parallel.zero_stage)
     zero = max(then[3] or 0, now[3])
     if then[:2] != now[:2] or (zero > 0 and then != now):
         raise ConfigError(
@@ -236,8 +239,9 @@ def client_info(engine: _NamedEngine, ctx: ParallelContext, metadata: dict[str, 
     """
     ds = engine.engine
     return {
-        "pp_rank": ctx.pp_rank, "tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank,
-        "pp": ctx.pp_size, "tp": ctx.tp_size, "dp": ctx.dp_size,
+        # dp: the ranks that hold the same parameters and share ZeRO's partitions (DP x SP).
+        "pp_rank": ctx.pp_rank, "tp_rank": ctx.tp_rank, "dp_rank": ctx.zero_dp_rank,
+        "pp": ctx.pp_size, "tp": ctx.tp_size, "dp": ctx.zero_dp_size, "sp": ctx.sp_size,
         "mp_rank": int(getattr(ds, "checkpoint_mp_rank", 0)),
         "zero_stage": metadata["zero_stage"],
         "param_names": engine.param_names,

@@ -286,11 +286,6 @@ refuse(
     "batch-size ramp-up is not implemented; use a fixed --global-batch-size",
     nargs="*",
 )
-refuse(
-    "--ds-sequence-parallel-size",
-    "DeepSpeed-Ulysses sequence parallelism is not implemented; use tensor or pipeline parallelism",
-    nargs=1,
-)
 refuse("--fp8-format", "FP8 (Transformer Engine) training is not implemented; use --bf16", nargs=1)
 refuse("--moe-expert-parallel-size", "mixture-of-experts models are not implemented", nargs=1)
 refuse("--num-experts", "mixture-of-experts models are not implemented", nargs="*")

@@ -43,7 +43,7 @@ MEGATRON_FLAGS: tuple[str, ...] = (
     "--lr-constant-plus-cooldown",
     # parallelism and DeepSpeed
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--sequence-parallel",
-    "--zero-stage", "--cpu-optimizer", "--deepspeed-config", "--distributed-backend",
+    "--ds-sequence-parallel-size", "--zero-stage", "--cpu-optimizer", "--deepspeed-config", "--distributed-backend",
     "--distributed-timeout-minutes",
     # checkpoints and run control
     "--save", "--load", "--save-interval", "--finetune", "--no-load-optim", "--no-load-rng",

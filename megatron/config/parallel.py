@@ -18,6 +18,8 @@ class ParallelConfig:
     """Pipeline-parallel size (DeepSpeed PipelineModule stages)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: norms, dropout and residuals run on seq/TP positions per TP rank (all-gather before, reduce-scatter after the TP GEMMs); needs --tensor-model-parallel-size > 1."""
+    ds_sequence_parallel_size: int = 1
+    """DeepSpeed-Ulysses sequence parallelism: each of N ranks holds seq/N positions, attention runs on heads/N after an all-to-all (launcher SP=N); world = TP x PP x SP x DP, and gradients are reduced over DP x SP."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage (0-3). ZeRO-2/3 cannot be combined with pipeline parallelism."""
     cpu_optimizer: bool = False
@@ -34,6 +36,7 @@ class ParallelConfig:
             self,
             "tensor_model_parallel_size",
             "pipeline_model_parallel_size",
+            "ds_sequence_parallel_size",
             "distributed_timeout_minutes",
         )
         require(

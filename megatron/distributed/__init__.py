@@ -50,6 +50,40 @@ class MegatronMPU:
     get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
 
 
+class UlyssesMPU(MegatronMPU):
+    """The ``mpu`` of a DeepSpeed-Ulysses run (``--ds-sequence-parallel-size`` > 1).
+
+    The sequence-parallel group is megatron-core's context-parallel group (ranks next to each
+    other after TP). SP ranks hold the same parameters, so DeepSpeed all-reduces gradients and
+    partitions ZeRO states over the sequence-data-parallel group (DP x SP); it divides by the DP
+    size only, i.e. sums over SP, which the loss's global token count accounts for.
+    """
+
+    get_sequence_parallel_group = staticmethod(parallel_state.get_context_parallel_group)
+    get_sequence_parallel_world_size = staticmethod(parallel_state.get_context_parallel_world_size)
+    get_sequence_parallel_rank = staticmethod(parallel_state.get_context_parallel_rank)
+
+    @staticmethod
+    def get_sequence_data_parallel_group() -> dist.ProcessGroup:
+        """DP x SP ranks: those holding the same parameters."""
+        return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+    @staticmethod
+    def get_sequence_data_parallel_world_size() -> int:
+        """DP x SP."""
+        return parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+
+    @staticmethod
+    def get_sequence_data_parallel_rank() -> int:
+        """This rank's index among DP x SP."""
+        return parallel_state.get_data_parallel_rank(with_context_parallel=True)
+
+
+def deepspeed_mpu(ctx: ParallelContext) -> MegatronMPU:
+    """The ``mpu`` object for ``deepspeed.initialize`` (dense engine)."""
+    return UlyssesMPU() if ctx.sp_size > 1 else MegatronMPU()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,6 +145,7 @@ def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=plan.tp,
         pipeline_model_parallel_size=plan.pp,
+        context_parallel_size=plan.sp,  # the Ulysses group: megatron-core order tp-cp-dp-pp
         create_gloo_process_groups=False,
     )
     seed_everything(plan.config.train.seed)
@@ -124,6 +159,8 @@ def init_distributed(plan: RunPlan, env: DistEnv) -> ParallelContext:
         pp_size=plan.pp,
         dp_rank=parallel_state.get_data_parallel_rank(),
         dp_size=plan.dp,
+        sp_rank=parallel_state.get_context_parallel_rank(),
+        sp_size=plan.sp,
     )
 
 

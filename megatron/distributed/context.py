@@ -22,6 +22,7 @@ class ParallelContext:
         device: This rank's device.
         backend: torch.distributed backend in use.
         tp_rank, tp_size, pp_rank, pp_size, dp_rank, dp_size: Coordinates and sizes.
+        sp_rank, sp_size: DeepSpeed-Ulysses coordinate and size (1 = off).
     """
 
     env: DistEnv
@@ -33,6 +34,18 @@ class ParallelContext:
     pp_size: int
     dp_rank: int
     dp_size: int
+    sp_rank: int = 0
+    sp_size: int = 1
+
+    @property
+    def zero_dp_rank(self) -> int:
+        """Index among the ranks that hold the same parameters (DP x SP): ZeRO's partition."""
+        return self.dp_rank * self.sp_size + self.sp_rank
+
+    @property
+    def zero_dp_size(self) -> int:
+        """Ranks that hold the same parameters (DP x SP)."""
+        return self.dp_size * self.sp_size
 
     @property
     def is_first_stage(self) -> bool:
@@ -46,5 +59,5 @@ class ParallelContext:
 
     @property
     def is_logging_rank(self) -> bool:
-        """The rank that prints and writes TensorBoard: TP 0, DP 0 of the last stage."""
-        return self.is_last_stage and self.tp_rank == 0 and self.dp_rank == 0
+        """The rank that prints and writes TensorBoard: TP 0, DP 0, SP 0 of the last stage."""
+        return self.is_last_stage and self.tp_rank == 0 and self.zero_dp_rank == 0

@@ -20,6 +20,7 @@ from megatron.model.layers import (
     sequence_parallel,
 )
 from megatron.model.spec import GPTSpec
+from megatron.model.ulysses import sp_total
 
 
 def _run_layers(layers: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
@@ -61,9 +62,11 @@ def vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean(losses: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``losses`` over positions where ``loss_mask`` is 1."""
+    """Mean of ``losses`` over positions where ``loss_mask`` is 1 (of the Ulysses group's
+    positions: summing the group's values gives the mean)."""
     mask = loss_mask.to(losses.dtype)
-    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+    # Under Ulysses the count is the SP group's: each rank returns its share of the group mean.
+    return (losses * mask).sum() / sp_total(mask.sum()).clamp(min=1.0)
 
 
 class GPTModel(nn.Module):

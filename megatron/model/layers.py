@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megatron.model import sequence_parallel as sp
+from megatron.model import ulysses
 from megatron.model.init import normal_init
 from megatron.model.rope import apply_rope, rope_tables
 from megatron.model.spec import GPTSpec
@@ -103,6 +104,9 @@ class SelfAttention(nn.Module):
         self.kv_heads = spec.num_key_value_heads // tp
         self.group = spec.num_attention_heads // spec.num_key_value_heads
         self.heads = self.kv_heads * self.group
+        self.attend = (  # DeepSpeed-Ulysses (megatron/model/ulysses.py), None when off
+            ulysses.distributed_attention(self.attention_core, self.kv_heads) if ulysses.sp_size() > 1 else None
+        )
         q_width = spec.num_attention_heads * spec.head_dim
         qkv_width = (spec.num_attention_heads + 2 * spec.num_key_value_heads) * spec.head_dim
         name = f"layers.{layer}.attention"
@@ -140,6 +144,14 @@ class SelfAttention(nn.Module):
             scale=self.spec.attention_scale,  # None: 1/sqrt(head_dim); muP: 1/head_dim
         )
 
+    def attention_core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The core, checkpointed under ``--recompute-granularity selective``."""
+        if self.spec.recompute_selective and self.training and torch.is_grad_enabled():
+            # --recompute-granularity selective: keep q, k, v; recompute the core in backward
+            # (non-reentrant checkpointing restores the RNG state, so dropout masks match).
+            return checkpoint(self.core, q, k, v, use_reentrant=False)
+        return self.core(q, k, v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hd = self.spec.head_dim
         if self.split:  # [s / tp, b, h] shards -> [b, s, qkv / tp]
@@ -156,14 +168,13 @@ class SelfAttention(nn.Module):
                 self.spec.max_position_embeddings, self.spec.rotary_dim, self.spec.rotary_base,
                 x.device, x.dtype, self.spec.rope_scaling_factor, self.spec.rotary_interpolation,
             )
-            q, k = apply_rope(q, cos[:s], sin[:s]), apply_rope(k, cos[:s], sin[:s])
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.spec.recompute_selective and self.training and torch.is_grad_enabled():
-            # --recompute-granularity selective: keep q, k, v; recompute the core in backward
-            # (non-reentrant checkpointing restores the RNG state, so dropout masks match).
-            out = checkpoint(self.core, q, k, v, use_reentrant=False)
+            start = ulysses.position_offset(s)  # Ulysses: this slice's global positions
+            cos, sin = cos[start : start + s], sin[start : start + s]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.attend is not None:  # Ulysses: all-to-all to heads / SP of the whole sequence
+            out = self.attend(q, k, v).transpose(1, 2)
         else:
-            out = self.core(q, k, v)
+            out = self.attention_core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         if self.split:  # [s, b, heads / tp * hd] -> [s / tp, b, h] shards
             return sp.row_parallel(self.dense, out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd))
         out, _ = self.dense(out.transpose(1, 2).reshape(b, s, self.heads * hd))
@@ -301,8 +312,9 @@ class Embedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.word_embeddings(tokens)
-        if self.spec.position_embedding == "learned":
-            x = x + self.position_embeddings(torch.arange(tokens.shape[1], device=tokens.device))
+        if self.spec.position_embedding == "learned":  # global positions under Ulysses
+            start = ulysses.position_offset(tokens.shape[1])
+            x = x + self.position_embeddings(torch.arange(start, start + tokens.shape[1], device=tokens.device))
         if self.spec.embedding_mult != 1.0:  # muP alpha_in
             x = x * self.spec.embedding_mult
         if self.split:  # [b, s, h] -> this rank's [s / tp, b, h]

@@ -124,5 +124,8 @@ def noisy_batch(batch: Batch, indices: range | list[int], mask_id: int, opts: No
 
 
 def diffusion_loss(token_losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum(CE * m / p) / (B * L): the per-token negative-ELBO estimate of one micro-batch."""
-    return (token_losses * weights).sum() / weights.numel()
+    """sum(CE * m / p) / (B * L): the per-token negative-ELBO estimate of one micro-batch
+    (under Ulysses, this rank's share: L is the whole sequence of the SP group)."""
+    from megatron.model.ulysses import sp_size
+
+    return (token_losses * weights).sum() / (weights.numel() * sp_size())

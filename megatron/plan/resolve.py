@@ -17,6 +17,7 @@ from typing import Any, Literal
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.root import Config
+from megatron.plan.ulysses import check_ulysses
 from megatron.optimizer import get_optimizer_spec
 from megatron.plan.checks import check_fused_loss, check_optimizer, check_regularizers
 from megatron.plan.deepspeed import to_deepspeed_config
@@ -28,7 +29,7 @@ from megatron.scaling.recipes import derive_scaling
 from megatron.schedules.registry import SCHEDULES, schedule_name, schedule_state
 
 
-def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
+def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int, int]:
     tp = cfg.parallel.tensor_model_parallel_size
     pp = cfg.parallel.pipeline_model_parallel_size
     if env.world_size % (tp * pp):
@@ -57,7 +58,8 @@ def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int]:
             f"--pipeline-model-parallel-size: {pp} stages for --num-layers {m.num_layers}; "
             "every stage needs at least one layer"
         )
-    return tp, pp, env.world_size // (tp * pp)
+    sp = check_ulysses(cfg, env.world_size)
+    return tp, pp, sp, env.world_size // (tp * pp * sp)
 
 
 def _batch(cfg: Config, dp: int) -> tuple[int, int]:
@@ -194,7 +196,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     check_optimizer(cfg, optimizer, schedule)
     scaling = derive_scaling(cfg.scaling, cfg.model.hidden_size, cfg.model.num_layers)
     check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
-    tp, pp, dp = _parallel_sizes(cfg, env)
+    tp, pp, sp, dp = _parallel_sizes(cfg, env)
     check_regularizers(cfg, pp)
     check_fused_loss(cfg, pp)
     accum, global_batch = _batch(cfg, dp)
@@ -214,6 +216,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
         tp=tp,
         pp=pp,
         dp=dp,
+        sp=sp,
         micro_batch_size=cfg.train.micro_batch_size,
         grad_accum_steps=accum,
         global_batch_size=global_batch,

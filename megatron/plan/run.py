@@ -27,7 +27,7 @@ class RunPlan:
         world_size: Processes.
         tp: Tensor-parallel size.
         pp: Pipeline-parallel size.
-        dp: Data-parallel size = world / (tp * pp).
+        dp: Data-parallel size = world / (tp * pp * sp).
         micro_batch_size: Samples per micro-batch per DP rank.
         grad_accum_steps: Micro-batches per optimizer step.
         global_batch_size: micro * accum * dp samples per step.
@@ -47,6 +47,7 @@ class RunPlan:
         optimizer: The registered ``--optimizer`` entry.
         schedule: The registered schedule entry (``--lr-decay-style``, ``--lr-finder``, WSD).
         schedule_state: The schedule as data, ``{"name", "kwargs", "lr"}`` (stored in checkpoints).
+        sp: DeepSpeed-Ulysses sequence-parallel size (``--ds-sequence-parallel-size``; 1 = off).
     """
 
     config: Config
@@ -73,6 +74,7 @@ class RunPlan:
     sources: dict[str, Any] = field(default_factory=dict)
     scaling: Scaling = field(default_factory=Scaling)
     schedule_state: dict[str, Any] = field(default_factory=dict)
+    sp: int = 1
 
     def summary(self) -> dict[str, Any]:
         """The derived values (not the config) as a flat dict, for logs and checkpoints."""
@@ -86,4 +88,6 @@ class RunPlan:
         out["flops_per_step"] = self.model.flops_per_token() * self.tokens_per_step
         out["objective"] = self.config.objective.objective
         out["attention_flops"] = self.objective.attention_flops
+        out["layout"] = (f"world {self.world_size} = TP {self.tp} x SP {self.sp} x DP {self.dp} x PP "
+                         f"{self.pp} (ranks in that order, TP fastest; ZeRO and gradients over DP x SP)")
         return out

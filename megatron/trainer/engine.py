@@ -19,9 +19,10 @@ from megatron.core import parallel_state
 
 from megatron.checkpointing.safe_load import safe_checkpoint_engine
 from megatron.data.loader import Batch
-from megatron.distributed import MegatronMPU, ParallelContext
+from megatron.distributed import ParallelContext, deepspeed_mpu
 from megatron.model.attention_kernel import attention_context
 from megatron.model.gpt import GPTModel, token_losses
+from megatron.model.ulysses import sequence_shard
 from megatron.optimizer.registry import OptimizerSpec
 from megatron.plan.run import RunPlan
 from megatron.scaling.groups import build_param_groups
@@ -84,7 +85,7 @@ class TrainEngine:
         self.pipeline = plan.pp > 1
         # Which SDPA kernel attention runs on (reported; --use-flash-attn restricts it to flash).
         self.attention = attention_context(
-            plan.model, plan.tp, ctx.device, plan.dtype, cfg.model.use_flash_attn
+            plan.model, plan.tp * plan.sp, ctx.device, plan.dtype, cfg.model.use_flash_attn
         )
         self.timers = PhaseTimers(cfg.logging.log_timers_to_tensorboard, ctx.device)
         self.objective = plan.objective  # batch transform, loss reduction
@@ -105,7 +106,7 @@ class TrainEngine:
             model=model,
             optimizer=self.optimizer,
             config=plan.deepspeed,
-            mpu=None if self.pipeline else MegatronMPU(),
+            mpu=None if self.pipeline else deepspeed_mpu(ctx),
         )
         if (
             not self.engine.zero_optimization()
@@ -176,6 +177,7 @@ class TrainEngine:
     def _forward(self, batch: Batch, meter: CorpusLoss | None, *,
                  keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The objective's loss of one micro-batch, and its logits when ``keep_logits``."""
+        batch = sequence_shard(batch)  # Ulysses: this rank's positions (identity otherwise)
         if keep_logits:
             logits = self.engine(batch.tokens)
             # vocab_parallel_cross_entropy writes into its input: give it a copy at TP > 1.
@@ -260,9 +262,11 @@ def _pipeline_items(batches: list[Batch]):  # noqa: ANN202
 
 
 def _dp_mean_tensor(value: torch.Tensor) -> torch.Tensor:
-    group = parallel_state.get_data_parallel_group()
-    size = dist.get_world_size(group)
-    if size > 1:
+    # Under Ulysses each SP rank's loss is its share of the group's token mean: summed over the
+    # DP x SP group, divided by DP (the same group and divisor as without Ulysses).
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    size = parallel_state.get_data_parallel_world_size()
+    if dist.get_world_size(group) > 1:
         value = value.clone()
         dist.all_reduce(value, group=group)
         value /= size

@@ -48,7 +48,7 @@ def _local_stats(train_engine: EngineView) -> dict[str, dict[str, float]]:
     """This rank's {key: {sum of squares, sum of |x|, element count, max |x|}}."""
     optimizer = train_engine.optimizer
     derive = train_engine.optimizer_spec.derived_states
-    dp_first = train_engine.ctx.dp_rank == 0  # ZeRO-0: every DP rank holds the same state
+    dp_first = train_engine.ctx.zero_dp_rank == 0  # ZeRO-0: every DP (and SP) rank holds the same state
     stats: dict[str, dict[str, float]] = {}
     held: dict[int, dict[str, torch.Tensor]] = {}  # per optimizer tensor (a flat one serves many)
 

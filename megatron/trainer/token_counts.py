@@ -47,7 +47,7 @@ class TokenCounter:
         count = self.count.clone()
         self.count.zero_()
         if dist.is_initialized() and parallel_state.model_parallel_is_initialized():
-            group = parallel_state.get_data_parallel_group()
+            group = parallel_state.get_data_parallel_group(with_context_parallel=True)  # + Ulysses
             if dist.get_world_size(group) > 1:
                 dist.all_reduce(count, group=group)
         trainable, consumed = int(count.item()), self.steps * self.tokens_per_step

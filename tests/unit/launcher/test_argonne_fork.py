@@ -36,8 +36,8 @@ MAPPED = {
 REFUSED = ("NO_LLAMA", "ZERO_HPZ_PARTITION_SIZE", "MICS_SHARD_SIZE", "COMMS_LOGGER",
            "CKPT_DIR", "HOSTFILE", "LAUNCH_WITH", "LAUNCH_CMD", "EXEC", "GPUS_PER_NODE", "DATA_PARENT")
 # Read by the fork and mapped by the existing table (tests/unit/launcher/test_train_alcf.py), or by
-# the topology (NGPU_PER_HOST); the fork's SP (its Ulysses degree) is the sequence-parallel work's.
-ALREADY = ("MICRO_BATCH", "NLAYERS", "DTYPE", "TP", "PP", "GRAD_ACC_STEPS", "ZERO_STAGE", "TOKENIZER_TYPE",
+# the topology (NGPU_PER_HOST); SP is the fork's Ulysses degree, --ds-sequence-parallel-size here too.
+ALREADY = ("SP", "MICRO_BATCH", "NLAYERS", "DTYPE", "TP", "PP", "GRAD_ACC_STEPS", "ZERO_STAGE", "TOKENIZER_TYPE",
            "GLOBAL_BATCH", "USE_ACTIVATION_CHECKPOINTING", "OPT", "DATA_FILE_LIST", "HIDDEN", "TRAIN_TOKENS",
            "TRAIN_ITERS", "TOKENIZER_MODEL", "SEQ", "LR_DECAY_ITERS", "LR", "MODEL_ARCH", "LR_WARMUP_FRAC",
            "HEADS", "ADAM_EPS", "WEIGHT_DECAY", "NUM_KV_HEAD", "FFN_HIDDEN_SIZE", "DATA_CACHE_PATH", "ADAM_BETA2",

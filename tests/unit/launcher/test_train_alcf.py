@@ -11,7 +11,7 @@ import pytest
 
 
 def launch(repo_root, tmp_path, *args: str, prefix: str = "missing", **env: str):
-    dropped = ("DATA_FILE_LIST", "LR", "SP", "TP", "PBS_NODEFILE", "SLURM_JOB_NODELIST", "MASTER_ADDR")
+    dropped = ("DATA_FILE_LIST", "LR", "SP", "SEQUENCE_PARALLEL", "TP", "PBS_NODEFILE", "SLURM_JOB_NODELIST", "MASTER_ADDR")
     clean = {k: v for k, v in os.environ.items() if k not in dropped}
     data_list = tmp_path / "list.txt"
     data_list.write_text(f"# one corpus\n1.0 {prefix} plays\n")
@@ -50,6 +50,17 @@ def test_variables_become_flags_of_the_resolved_plan(repo_root, tmp_path, shakes
     assert paths == {"save": f"checkpoints/{name}", "tensorboard_dir": f"outputs/{name}/tensorboard"}
 
 
+def test_sp_is_the_ulysses_degree_as_in_the_fork(repo_root, tmp_path, shakespeare_prefix):
+    out = launch(
+        repo_root, tmp_path, prefix=shakespeare_prefix, DATA_FILE_LIST="{list}", SP="2", TRAIN_ITERS="2",
+        SEQ_LEN="128", NLAYERS="2", HIDDEN="64", HEADS="4", TOKENIZER_TYPE="byte", SEQUENCE_PARALLEL="0",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "SP=2 -> --ds-sequence-parallel-size" in out.stdout
+    plan = plan_of(out.stdout.split("[train_alcf.sh] command:")[1])["plan"]
+    assert (plan["sp"], plan["dp"], plan["world_size"]) == (2, 1, 2)
+
+
 def test_missing_data_prefix_stops_before_launch(repo_root, tmp_path):
     out = launch(repo_root, tmp_path, DATA_FILE_LIST="{list}", TRAIN_ITERS="10")
     assert out.returncode == 2
@@ -66,7 +77,7 @@ def test_variable_and_flag_that_disagree_are_an_error(repo_root, tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"SP": "maybe"}, "SP=maybe: expected 1/0"),
+        ({"SEQUENCE_PARALLEL": "maybe"}, "SEQUENCE_PARALLEL=maybe: expected 1/0"),
         ({"DTYPE": "fp8"}, "DTYPE=fp8: expected bf16, fp16 or fp32"),
         ({"LR": ""}, "LR is set but empty"),
     ],
