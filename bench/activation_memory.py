@@ -2,7 +2,8 @@
 
 Rows (the GPT of ``--layers``/``--hidden``/``--heads`` at ``--seq``, micro-batch 1, fp32):
 
-- TP=2 without and with ``--sequence-parallel`` (2 gloo processes; ratio SP / no SP);
+- TP=N (``--tp``, default 2) without and with ``--sequence-parallel`` (N gloo processes;
+  ratio SP / no SP; ``--hidden-dropout`` adds the dropout masks SP splits);
 - DeepSpeed-Ulysses ``--ds-sequence-parallel-size 2`` (2 gloo processes, each with its half of
   the sequence) against one process with the whole sequence (the "no recompute" row);
 - one process: no recompute, ``--recompute-granularity selective`` and ``full``
@@ -16,6 +17,7 @@ seconds of this process on CPU, which a shared machine disturbs less than wall t
 
     .venv/bin/python bench/activation_memory.py                    # seq 2048, d 256, 4 layers
     .venv/bin/python bench/activation_memory.py --seq 4096 --hidden 512
+    .venv/bin/python bench/activation_memory.py --skip-recompute --tp 4 --hidden-dropout 0.1
     .venv/bin/python bench/activation_memory.py --only ulysses     # the Ulysses row and its baseline
 """
 
@@ -45,7 +47,8 @@ def model_flags(a: argparse.Namespace) -> list[str]:
     return ["--num-layers", str(a.layers), "--hidden-size", str(a.hidden), "--num-attention-heads",
             str(a.heads), "--seq-length", str(a.seq), "--micro-batch-size", "1", "--mock-data",
             "--vocab-size", str(a.vocab), "--train-iters", "1",
-            "--attention-dropout", str(a.attention_dropout)]  # fmt: skip
+            "--attention-dropout", str(a.attention_dropout),
+            "--hidden-dropout", str(a.hidden_dropout)]  # fmt: skip
 
 
 def measure(a: argparse.Namespace, flags: list[str], world: int, shards: int = 1) -> dict[str, float]:
@@ -77,11 +80,11 @@ def measure(a: argparse.Namespace, flags: list[str], world: int, shards: int = 1
 
 def _rank(rank: int, a: argparse.Namespace, port: int, queue) -> None:  # noqa: ANN001
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    parallel_state.initialize_model_parallel(2, 1, create_gloo_process_groups=False)
-    tp = ["--tensor-model-parallel-size", "2"]
-    rows = {name: measure(a, [*tp, *extra], 2) for name, extra in
-            (("TP=2", []), ("TP=2 + SP", ["--sequence-parallel"]))}
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=a.tp)
+    parallel_state.initialize_model_parallel(a.tp, 1, create_gloo_process_groups=False)
+    tp = ["--tensor-model-parallel-size", str(a.tp)]
+    rows = {name: measure(a, [*tp, *extra], a.tp) for name, extra in
+            ((f"TP={a.tp}", []), (f"TP={a.tp} + SP", ["--sequence-parallel"]))}
     if rank == 0:
         queue.put(rows)
     dist.destroy_process_group()
@@ -95,7 +98,7 @@ def tp_rows(a: argparse.Namespace) -> dict[str, dict[str, float]]:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.start_processes(_rank, args=(a, port, queue), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, args=(a, port, queue), nprocs=a.tp, start_method="spawn")
     return queue.get()
 
 
@@ -163,12 +166,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--attention-dropout", type=float, default=0.0,
                    help="> 0 takes SDPA off its fused kernels on CPU (the s x s scores are kept)")
+    p.add_argument("--hidden-dropout", type=float, default=0.0,
+                   help="dropout on the embedding and the residual branches (its masks are saved)")
+    p.add_argument("--tp", type=int, default=2, help="TP size of the sequence-parallel rows")
+    p.add_argument("--skip-recompute", action="store_true",
+                   help="only the sequence-parallel rows (no recompute and no Ulysses rows)")
     p.add_argument("--only", choices=["all", "ulysses"], default="all")
     a = p.parse_args()
     print(f"GPT: {a.layers} layers, hidden {a.hidden}, {a.heads} heads, seq {a.seq}, "
-          f"vocab {a.vocab}, micro-batch 1, fp32, attention dropout {a.attention_dropout}, CPU")
+          f"vocab {a.vocab}, micro-batch 1, fp32, attention dropout {a.attention_dropout}, "
+          f"hidden dropout {a.hidden_dropout}, CPU")
     if a.only == "all":
-        show("Per rank, 2 processes", tp_rows(a), "TP=2")
+        show(f"Per rank, {a.tp} processes", tp_rows(a), f"TP={a.tp}")
+        if a.skip_recompute:
+            return
     one = recompute_rows(a)
     show("One process", one, "no recompute")
     show("Ulysses, per rank", {"one process": one["no recompute"], "Ulysses SP=2": ulysses_row(a)}, "one process")

@@ -353,8 +353,9 @@ def head_input(hidden: torch.Tensor) -> torch.Tensor:
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Vocab-parallel logits ``[b, s, V / tp]`` of sequence-parallel hidden states."""
-    return torch.matmul(head_input(hidden), weight.t())
+    """Vocab-parallel logits ``[b, s, V / tp]`` of sequence-parallel hidden states (backward
+    keeps this rank's shard of ``hidden``, not the gathered sequence)."""
+    return sp.gathered_logits(hidden, weight)
 
 
 class OutputLayer(nn.Module):

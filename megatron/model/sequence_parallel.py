@@ -64,9 +64,11 @@ def reduce_scatter_seq(x: torch.Tensor) -> torch.Tensor:
 
 
 def split_seq(x: torch.Tensor) -> torch.Tensor:
-    """This rank's dim-0 chunk of ``x`` (no communication)."""
+    """This rank's dim-0 chunk of ``x`` (no communication), in a storage of its own: a view
+    would keep the whole ``x`` alive for as long as backward keeps the chunk."""
     group = _group()
-    return x.chunk(dist.get_world_size(group))[dist.get_rank(group)].contiguous()
+    chunk = x.chunk(dist.get_world_size(group))[dist.get_rank(group)]
+    return chunk.clone(memory_format=torch.contiguous_format)
 
 
 class _ScatterToSequence(torch.autograd.Function):
@@ -107,28 +109,44 @@ class _ReduceScatterToSequence(torch.autograd.Function):
 
 
 class _GatheredLinear(torch.autograd.Function):
-    """``all_gather(x) @ W.T + b`` that saves only the shard ``x`` (gathered again in backward)."""
+    """``all_gather(x) @ W.T + b`` that saves only the shard ``x`` (gathered again in backward).
+
+    ``batch_first``: the output is ``[b, s, out]`` (the head's layout) instead of ``[s, b, out]``.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, batch_first):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        out = torch.matmul(all_gather_seq(x), weight.t())
+        ctx.has_bias, ctx.batch_first = bias is not None, batch_first
+        total = all_gather_seq(x)
+        out = torch.matmul(total.transpose(0, 1) if batch_first else total, weight.t())
         return out if bias is None else out + bias
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
         total = all_gather_seq(x)
+        if ctx.batch_first:  # [b, s, out] -> [s, b, out], as the sequence shards are laid out
+            grad = grad.transpose(0, 1)
         grad_x = reduce_scatter_seq(grad.matmul(weight))
         g2 = grad.reshape(-1, grad.shape[-1])
         grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
         grad_b = g2.sum(0) if ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def scatter_to_sequence(x: torch.Tensor) -> torch.Tensor:
-    """``[s, b, h]`` -> this rank's ``[s / tp, b, h]``."""
+    """``[s, b, h]`` -> this rank's ``[s / tp, b, h]``.
+
+    Raises:
+        ValueError: ``s`` is not divisible by the TP size (the shards would differ in length).
+    """
+    tp = dist.get_world_size(_group())
+    if x.shape[0] % tp:
+        raise ValueError(
+            f"--sequence-parallel: a batch of sequence length {x.shape[0]} is not divisible by "
+            f"--tensor-model-parallel-size {tp}; feed sequences of a multiple of {tp} tokens"
+        )
     return _ScatterToSequence.apply(x)
 
 
@@ -140,7 +158,13 @@ def gather_from_sequence(x: torch.Tensor) -> torch.Tensor:
 def column_parallel(layer: mtp.ColumnParallelLinear, x: torch.Tensor) -> torch.Tensor:
     """A column-parallel layer on sequence shards ``[s / tp, b, h]`` -> ``[s, b, out / tp]``."""
     bias = None if layer.skip_bias_add else layer.bias
-    return _GatheredLinear.apply(x, layer.weight, bias)
+    return _GatheredLinear.apply(x, layer.weight, bias, False)
+
+
+def gathered_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The vocab-parallel head on sequence shards ``[s / tp, b, h]`` -> ``[b, s, V / tp]``,
+    saving only the shard for backward (as :func:`column_parallel`)."""
+    return _GatheredLinear.apply(x, weight, None, True)
 
 
 def row_parallel(layer: mtp.RowParallelLinear, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +184,10 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x
     world = dist.get_world_size(_group())
     full = torch.empty((x.shape[0] * world, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    return x * (split_seq(full.bernoulli_(1.0 - p)) / (1.0 - p))
+    # The product with a bool mask saves the mask for backward at 1 byte per element (torch's
+    # CPU dropout saves a mask of the input's dtype); x * 1 * scale rounds as x * scale does.
+    keep = full.bernoulli_(1.0 - p).chunk(world)[dist.get_rank(_group())].bool()
+    return x * keep * (1.0 / (1.0 - p))
 
 
 def replicated(param: torch.Tensor) -> torch.Tensor:
