@@ -8,8 +8,11 @@ the converted tensors + a save of every tensor to the same universal layout (wha
 written the obvious way does). Ours: ``tools/import_checkpoint.py`` (``--workers 1`` and 2).
 Every measurement runs in its own process (peak RSS is the process's ``ru_maxrss``); the
 model is written once per size and dtype by ``save_pretrained``. 1B runs only when ``free``
-reports more than 14 GiB available. Prints peak RSS, wall time and MB/s (input bytes / wall),
-and the ratios ours / baseline measured in this run.
+reports more than 14 GiB available (``--skip-baseline``: ours only, for boxes that cannot hold
+the baseline's full model copies). Prints peak RSS, wall time and MB/s (input bytes / wall),
+the ratios ours / baseline measured in this run, and the disk's own write speed measured in the
+same directory just before (the same number of bytes, plain ``write`` calls, no fsync): an
+import that writes at that speed is bound by the disk, where more ``--workers`` cannot help.
 """
 
 from __future__ import annotations
@@ -131,13 +134,29 @@ def _available_gib() -> float:
     return info["MemAvailable"] / 2**20
 
 
-def measure(size: str, dtype: str, tmp: str) -> dict:
+def disk_write_mbps(directory: str, megabytes: float) -> float:
+    """MB/s of writing ``megabytes`` into a new file in ``directory`` (64 MiB ``write`` calls)."""
+    chunk = b"\1" * (64 << 20)
+    path, left = os.path.join(directory, "disk_probe"), int(megabytes * 1e6)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        while left > 0:
+            left -= f.write(chunk[: min(left, len(chunk))])
+    seconds = time.perf_counter() - start
+    os.remove(path)
+    return megabytes / seconds
+
+
+def measure(size: str, dtype: str, tmp: str, skip_baseline: bool = False) -> dict:
     src, base_out = os.path.join(tmp, "hf"), os.path.join(tmp, "base")
     made = _run("--child", "make", "--size", size, "--dtype", dtype, "--src", src)
     input_mb = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src)) / 1e6
-    base = _run("--child", "baseline", "--src", src, "--out", base_out)
-    shutil.rmtree(base_out)
+    base = None
+    if not skip_baseline:
+        base = _run("--child", "baseline", "--src", src, "--out", base_out)
+        shutil.rmtree(base_out)
     row = {"size": size, "dtype": dtype, "parameters": made["parameters"], "input_mb": input_mb, "baseline": base}
+    row["disk_mbps"] = disk_write_mbps(tmp, input_mb * (2 if dtype == "bf16" else 1))  # the import writes fp32
     for workers in (1, 2):
         out = os.path.join(tmp, f"ours{workers}")
         row[f"ours{workers}"] = _run("--child", "ours", "--src", src, "--out", out, "--workers", str(workers))
@@ -148,8 +167,13 @@ def measure(size: str, dtype: str, tmp: str) -> dict:
 
 def report(row: dict) -> str:
     b, o1, o2 = row["baseline"], row["ours1"], row["ours2"]
-    return (f"{row['size']:>5}B {row['dtype']:>4} ({row['parameters'] / 1e9:.2f}B params, {row['input_mb']:.0f} MB in): "
-            f"baseline {b['seconds']:.1f} s, {b['peak_mib']:.0f} MiB | ours w1 {o1['seconds']:.1f} s "
+    head = (f"{row['size']:>5}B {row['dtype']:>4} ({row['parameters'] / 1e9:.2f}B params, {row['input_mb']:.0f} MB in, "
+            f"disk writes {row['disk_mbps']:.0f} MB/s): ")
+    if b is None:
+        return head + (f"ours w1 {o1['seconds']:.1f} s {o1['peak_mib']:.0f} MiB {row['input_mb'] / o1['seconds']:.0f} MB/s, "
+                       f"w2 {o2['seconds']:.1f} s {o2['peak_mib']:.0f} MiB {row['input_mb'] / o2['seconds']:.0f} MB/s | "
+                       f"w2/w1 wall {o2['seconds'] / o1['seconds']:.2f}, largest tensor {o1['largest_tensor_mib']:.0f} MiB")
+    return head + (f"baseline {b['seconds']:.1f} s, {b['peak_mib']:.0f} MiB | ours w1 {o1['seconds']:.1f} s "
             f"{o1['peak_mib']:.0f} MiB {row['input_mb'] / o1['seconds']:.0f} MB/s, w2 {o2['seconds']:.1f} s "
             f"{o2['peak_mib']:.0f} MiB {row['input_mb'] / o2['seconds']:.0f} MB/s | RSS ratio "
             f"{o1['peak_mib'] / b['peak_mib']:.2f}, wall ratio {o1['seconds'] / b['seconds']:.2f}, "
@@ -160,6 +184,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["0.25", "0.5", "1"], choices=sorted(SHAPES))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    p.add_argument("--skip-baseline", action="store_true", help="measure ours only (no full-model baseline)")
     p.add_argument("--child", choices=["make", "baseline", "ours"], help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -171,12 +196,12 @@ def main() -> None:
         child(args)
         return
     for size in args.sizes:
-        if size == "1" and _available_gib() <= 14:
+        if size == "1" and _available_gib() <= 14 and not args.skip_baseline:
             print(f"1B skipped: {_available_gib():.1f} GiB available (needs > 14)")
             continue
         for dtype in args.dtypes:
             with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-                print(report(measure(size, dtype, tmp)), flush=True)
+                print(report(measure(size, dtype, tmp, args.skip_baseline)), flush=True)
 
 
 if __name__ == "__main__":

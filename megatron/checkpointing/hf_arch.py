@@ -13,6 +13,8 @@ llama          RMSNorm + SwiGLU + RoPE; biases on/off, tied/untied, GQA, any hea
                ``rope_scaling`` llama3/linear
 qwen2          as llama with q/k/v biases only (``--add-qkv-bias --disable-bias-linear``)
 mistral        as llama without biases or RoPE scaling (chosen for models imported from it)
+qwen3          as llama without biases or RoPE scaling, with ``--qk-layernorm``
+olmo2          as qwen3 with ``--qk-layernorm-scope projection --norm-placement output``
 gpt_neox       LayerNorm + GeLU (or tanh GeLU) + RoPE, biases, MHA, parallel residual and
                partial rotary as the model has them
 starcoder2     LayerNorm + GeLU + RoPE with GQA or without biases (``use_bias``)
@@ -133,6 +135,9 @@ OPTION_FLAGS = {
     "rope_scaling": "no --use-rope-scaling / --rotary-seq-len-interpolation-factor",
     "qkv_bias_only": "no --add-qkv-bias without linear biases",
     "openai_gelu": "no --openai-gelu",
+    "qk_layernorm": "no --qk-layernorm",
+    "qk_projection": "no --qk-layernorm-scope projection",
+    "output_norms": "no --norm-placement output",
 }
 
 
@@ -144,6 +149,9 @@ def options_used(spec: GPTSpec) -> set[str]:
         "rope_scaling": spec.rope_scaling_factor != 1.0 or spec.rotary_interpolation != 1.0,
         "qkv_bias_only": spec.add_qkv_bias and not spec.bias,
         "openai_gelu": spec.openai_gelu,
+        "qk_layernorm": spec.qk_layernorm,
+        "qk_projection": spec.qk_layernorm and spec.qk_layernorm_scope == "projection",
+        "output_norms": spec.norm_placement == "output",
     }
     return {k for k, v in used.items() if v}
 
@@ -197,6 +205,27 @@ def qwen2_problems(spec: GPTSpec) -> list[str]:
     problems = _shape(spec, norm="rmsnorm", swiglu=True, rope=True, allowed=("qkv_bias_only",))
     if not (spec.add_qkv_bias and not spec.bias):
         problems.append("--add-qkv-bias --disable-bias-linear (biases on q/k/v only)")
+    return problems + _default_head(spec)
+
+
+def qwen3_problems(spec: GPTSpec) -> list[str]:
+    """Flags keeping ``spec`` from ``Qwen3ForCausalLM`` (per-head q/k RMSNorm, no biases)."""
+    problems = _shape(spec, norm="rmsnorm", swiglu=True, rope=True, allowed=("qk_layernorm",))
+    if not spec.qk_layernorm or spec.qk_layernorm_scope != "head":
+        problems.append("--qk-layernorm (a per-head query/key norm)")
+    return problems + (["--disable-bias-linear (this model has linear biases)"] if spec.bias else [])
+
+
+def olmo2_problems(spec: GPTSpec) -> list[str]:
+    """Flags keeping ``spec`` from ``Olmo2ForCausalLM`` (q/k norms over the projections, norms on
+    the branch outputs, no biases, head_dim = hidden / heads)."""
+    allowed = ("qk_layernorm", "qk_projection", "output_norms")
+    problems = _shape(spec, norm="rmsnorm", swiglu=True, rope=True, allowed=allowed)
+    if not (spec.qk_layernorm and spec.qk_layernorm_scope == "projection"):
+        problems.append("--qk-layernorm --qk-layernorm-scope projection")
+    if spec.norm_placement != "output":
+        problems.append("--norm-placement output")
+    problems += ["--disable-bias-linear (this model has linear biases)"] if spec.bias else []
     return problems + _default_head(spec)
 
 

@@ -1,4 +1,4 @@
-"""The registered export targets: Llama, Qwen2, Mistral, GPT-NeoX, Starcoder2 and GPT-2 (see
+"""The registered export targets: Llama, Qwen2, Mistral, Qwen3, OLMo-2, GPT-NeoX, Starcoder2 and GPT-2 (see
 ``hf_arch``).
 
 Each function yields the target's tensors in file order; the ``config.json`` builders write
@@ -26,6 +26,8 @@ from megatron.checkpointing.hf_arch import (
     norm_tensors,
     qkv_tensors,
     qwen2_problems,
+    qwen3_problems,
+    olmo2_problems,
     register_exporter,
     shapes_of,
     starcoder2_problems,
@@ -132,6 +134,44 @@ def qwen2_config(spec: GPTSpec) -> dict[str, Any]:
 # by its q/k/v-only biases.
 register_exporter("qwen2", "Qwen2ForCausalLM", problems=qwen2_problems, config=qwen2_config)(llama_tensors)
 register_exporter("mistral", "MistralForCausalLM", problems=mistral_problems, config=mistral_config)(llama_tensors)
+
+
+def qwen3_config(spec: GPTSpec) -> dict[str, Any]:
+    """``config.json`` of ``Qwen3ForCausalLM`` (q/k norms, explicit head_dim, no sliding window)."""
+    config = {k: v for k, v in llama_config(spec).items() if k not in ("mlp_bias",)}
+    return {**config, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "use_sliding_window": False, "sliding_window": None, "max_window_layers": spec.num_layers}
+
+
+@register_exporter("qwen3", "Qwen3ForCausalLM", problems=qwen3_problems, config=qwen3_config)
+def qwen3_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
+    """Llama's tensors plus each layer's ``q_norm``/``k_norm`` (``head_dim`` wide)."""
+    yield from llama_tensors(get, spec)
+    for i in range(spec.num_layers):
+        for ours, hf in (("q_layernorm", "q_norm"), ("k_layernorm", "k_norm")):
+            name = f"layers.{i}.self_attention.{ours}.weight"
+            yield HFTensor(f"model.layers.{i}.self_attn.{hf}.weight", shapes_of(spec)[name], lambda n=name: get(n))
+
+
+def olmo2_config(spec: GPTSpec) -> dict[str, Any]:
+    """``config.json`` of ``Olmo2ForCausalLM``."""
+    config = {k: v for k, v in llama_config(spec).items() if k not in ("mlp_bias", "head_dim")}
+    return {**config, "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2"}
+
+
+OLMO2_NORMS = {".input_layernorm.": ".post_attention_layernorm.",
+               ".post_attention_layernorm.": ".post_feedforward_layernorm."}
+
+
+@register_exporter("olmo2", "Olmo2ForCausalLM", problems=olmo2_problems, config=olmo2_config)
+def olmo2_tensors(get: Getter, spec: GPTSpec) -> Iterator[HFTensor]:
+    """Qwen3's tensors with OLMo-2's names for the block norms (ours take the branch outputs)."""
+    for t in qwen3_tensors(get, spec):
+        for ours, theirs in OLMO2_NORMS.items():
+            if ours in t.name and t.name.startswith("model.layers."):
+                t = HFTensor(t.name.replace(ours, theirs), t.shape, t.load)
+                break
+        yield t
 
 
 # ---- GPT-NeoX ----------------------------------------------------------------------------------

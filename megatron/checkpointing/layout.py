@@ -6,7 +6,9 @@ map onto it, so a checkpoint taken at any PP size converts to the same universal
 
 A *layout* says how the full tensor is split over TP ranks (see ``megatron/model/layers.py``):
 
-- ``replicated``: every rank holds the full tensor (norms, row-parallel biases, positions);
+- ``replicated``: every rank holds the full tensor (norms, row-parallel biases, positions; the
+  per-head query/key norms of ``--qk-layernorm``, shared by every rank's heads; over the
+  whole projection, ``--qk-layernorm-scope projection``, they are ``dim0`` like the heads);
 - ``dim0`` / ``dim1``: contiguous split of rows (column-parallel, vocab) / columns (row-parallel);
 - ``swiglu``: the fused ``[gate; up]`` fc1, split with stride 2 (rank r holds ``[gate_r; up_r]``).
 
@@ -65,6 +67,8 @@ def tp_layout(name: str, spec: GPTSpec) -> Layout:
     if name.endswith(("word_embeddings.weight", "query_key_value.weight", "query_key_value.bias",
                       "output_layer.weight")):
         return "dim0"
+    if spec.qk_layernorm_scope == "projection" and name.endswith(("q_layernorm.weight", "k_layernorm.weight")):
+        return "dim0"  # one entry per value of the heads, split with them
     if name.endswith(("self_attention.dense.weight", "dense_4h_to_h.weight")):
         return "dim1"
     if name.endswith(("dense_h_to_4h.weight", "dense_h_to_4h.bias")):
@@ -87,6 +91,12 @@ def full_shapes(spec: GPTSpec) -> dict[str, tuple[int, ...]]:
         for norm in ("input_layernorm", "post_attention_layernorm"):
             shapes.update({f"{p}.{norm}.{k}": (d,) for k in norm_keys})
         shapes[f"{p}.self_attention.query_key_value.weight"] = (qkv, d)
+        if spec.qk_layernorm and spec.qk_layernorm_scope == "projection":
+            shapes[f"{p}.self_attention.q_layernorm.weight"] = (q,)
+            shapes[f"{p}.self_attention.k_layernorm.weight"] = ((qkv - q) // 2,)
+        elif spec.qk_layernorm:
+            for norm in ("q_layernorm", "k_layernorm"):
+                shapes.update({f"{p}.self_attention.{norm}.{k}": (spec.head_dim,) for k in norm_keys})
         shapes[f"{p}.self_attention.dense.weight"] = (d, q)
         shapes[f"{p}.mlp.dense_h_to_4h.weight"] = (fc1, d)
         shapes[f"{p}.mlp.dense_4h_to_h.weight"] = (d, f)

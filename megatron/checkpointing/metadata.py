@@ -187,6 +187,9 @@ SHAPE_FIELDS = (
     "rotary_interpolation",
     "parallel_residual",
     "openai_gelu",
+    "qk_layernorm",
+    "qk_layernorm_scope",
+    "norm_placement",
 )
 
 

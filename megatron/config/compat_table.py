@@ -28,7 +28,7 @@ MEGATRON_FLAGS: tuple[str, ...] = (
     "--make-vocab-size-divisible-by", "--recompute-activations", "--checkpoint-activations",
     "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
     "--checkpoint-num-layers",
-    "--use-flash-attn", "--use-flash-attn-v2", "--use-flash-attn-triton",
+    "--use-flash-attn", "--use-flash-attn-v2", "--use-flash-attn-triton", "--qk-layernorm",
     # data and tokenizer
     "--split", "--data-cache-path", "--mock-data", "--tokenizer-type", "--tokenizer-model",
     "--vocab-file", "--merge-file", "--vocab-size", "--data-file-list",

@@ -126,6 +126,9 @@ INHERITED_KEYS = (
     "--rotary-seq-len-interpolation-factor",
     "--use-parallel-residual",
     "--openai-gelu",
+    "--qk-layernorm",
+    "--qk-layernorm-scope",
+    "--norm-placement",
     "--tokenizer-type",
     "--tokenizer-model",
     "--vocab-file",
@@ -134,21 +137,35 @@ INHERITED_KEYS = (
 FREE_KEYS = ("--seq-length",)
 
 
-def checkpoint_config(load: str, universal: bool) -> tuple[dict[str, Any], str] | None:
+def checkpoint_config(load: str, universal: bool) -> tuple[dict[str, Any], dict[str, Any], str] | None:
     """The flat ``{flag: value}`` config stored with the checkpoint ``--load`` would load.
 
     Returns:
-        (config, the metadata file), or None when there is no checkpoint (yet) or it carries no
-        readable metadata (the trainer's own checks then report what is wrong).
+        (config, limits, the metadata file), with limits the ``{flag: {"max", "why"}}`` bounds an
+        import records (``ImportSource.limits``: a sliding window); or None when there is no
+        checkpoint (yet) or it carries no readable metadata (the trainer's own checks then
+        report what is wrong).
     """
     path = locate_metadata(load, universal)
     if path is None:
         return None
     try:
         with open(path) as f:
-            return json.load(f).get("config") or {}, path
+            document = json.load(f)
     except (OSError, ValueError):
         return None
+    return document.get("config") or {}, document.get("limits") or {}, path
+
+
+def _check_limits(limits: dict[str, Any], given: Settings, table: dict[str, Knob], where: str) -> None:
+    for flag, limit in limits.items():
+        setting = given.get(table[flag].path) if flag in table else None
+        if setting is not None and setting.value > limit["max"]:
+            raise ConfigError(
+                f"{flag}: {setting.value} (from {setting.source}) is longer than the {limit['max']} the "
+                f"checkpoint being loaded ({where}) allows: {limit['why']}; give {flag} {limit['max']} "
+                "or less"
+            )
 
 
 def checkpoint_layer(load: str, universal: bool, given: Settings) -> Settings:
@@ -160,9 +177,10 @@ def checkpoint_layer(load: str, universal: bool, given: Settings) -> Settings:
     found = checkpoint_config(load, universal)
     if found is None:
         return {}
-    saved, path = found
+    saved, limits, path = found
     table = knob_by_flag()
     where = f"checkpoint {os.path.dirname(path)}"
+    _check_limits(limits, given, table, os.path.dirname(path))
     settings: Settings = {}
     for flag in INHERITED_KEYS + FREE_KEYS:
         if flag not in saved or flag not in table:

@@ -93,6 +93,12 @@ class ModelConfig:
     """Attention and MLP both read the layer input: x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX/Pythia, GPT-J)."""
     openai_gelu: bool = False
     """The tanh approximation of GeLU (GPT-2's gelu_new) instead of the exact one."""
+    qk_layernorm: bool = False
+    """Normalize each head's queries and keys (a --normalization norm over the head dimension, one weight shared by all heads) after the projection, before RoPE (Qwen3)."""
+    qk_layernorm_scope: Literal["head", "projection"] = "head"
+    """What --qk-layernorm normalizes: each head (head) or the whole query and key projections, an RMSNorm with one weight per value (projection: OLMo-2)."""
+    norm_placement: Literal["input", "output"] = "input"
+    """Where each block's two norms go: on the attention/MLP input (input: pre-norm) or on their output, before the residual add (output: OLMo-2)."""
 
     def __post_init__(self) -> None:
         require_positive(
@@ -172,6 +178,12 @@ class ModelConfig:
                 "only applies to rotary position embeddings (drop --no-use-rotary-position-embeddings)",
             )
         require(not (self.openai_gelu and self.swiglu), "--openai-gelu", "has no effect with --swiglu")
+        if self.qk_layernorm_scope == "projection":
+            require(self.qk_layernorm, "--qk-layernorm-scope", "projection needs --qk-layernorm")
+            require(self.normalization == "rmsnorm", "--qk-layernorm-scope",
+                    "projection is an RMSNorm; add --normalization rmsnorm")
+        require(not (self.norm_placement == "output" and self.use_parallel_residual), "--norm-placement",
+                "output has no meaning with --use-parallel-residual (both branches read the same input)")
         if self.kv_channels is not None or self.hidden_size % self.num_attention_heads == 0:
             rotary = int(self.head_dim * self.rotary_percent)
             require(

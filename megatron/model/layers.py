@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from megatron.model import sequence_parallel as sp
 from megatron.model import ulysses
 from megatron.model.init import normal_init
+from megatron.model.qk_norm import build_qk_norms
 from megatron.model.rope import apply_rope, rope_tables
 from megatron.model.spec import GPTSpec
 
@@ -60,7 +61,8 @@ def without_empty_extra_state(layer: nn.Module) -> nn.Module:
 
 
 class _SequenceParallelLayerNorm(nn.LayerNorm):
-    """LayerNorm on sequence shards: weight and bias gradients summed over the TP group."""
+    """LayerNorm on sequence shards (or on this rank's heads): weight and bias gradients summed
+    over the TP group."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = sp.replicated(self.weight), sp.replicated(self.bias)
@@ -68,20 +70,24 @@ class _SequenceParallelLayerNorm(nn.LayerNorm):
 
 
 class _SequenceParallelRMSNorm(nn.RMSNorm):
-    """RMSNorm on sequence shards: weight gradient summed over the TP group."""
+    """RMSNorm on sequence shards (or on this rank's heads): weight gradient summed over the TP
+    group."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.normalized_shape, sp.replicated(self.weight), self.eps)
 
 
-def build_norm(spec: GPTSpec) -> nn.Module:
-    """LayerNorm or RMSNorm over the hidden size (same parameters with sequence parallelism)."""
-    split = sequence_parallel(spec)
+def build_norm(spec: GPTSpec, width: int | None = None, summed: bool | None = None) -> nn.Module:
+    """LayerNorm or RMSNorm over ``width`` (default the hidden size); the same parameters
+    whether or not their gradients are ``summed`` over the TP group (default: under sequence
+    parallelism, where each rank sees only its positions)."""
+    split = sequence_parallel(spec) if summed is None else summed
+    width = spec.hidden_size if width is None else width
     if spec.normalization == "rmsnorm":
         cls = _SequenceParallelRMSNorm if split else nn.RMSNorm
-        return cls(spec.hidden_size, eps=spec.norm_epsilon)
+        return cls(width, eps=spec.norm_epsilon)
     cls = _SequenceParallelLayerNorm if split else nn.LayerNorm
-    return cls(spec.hidden_size, eps=spec.norm_epsilon)
+    return cls(width, eps=spec.norm_epsilon)
 
 
 def _tp_size() -> int:
@@ -131,6 +137,10 @@ class SelfAttention(nn.Module):
                 skip_bias_add=False,
             )
         )
+        if spec.qk_layernorm:  # per head or over the projection (megatron.model.qk_norm)
+            self.q_layernorm, self.k_layernorm = build_qk_norms(
+                spec, self.heads, self.kv_heads, tp, lambda: build_norm(spec, spec.head_dim, summed=tp > 1)
+            )
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T * scale) v over ``[b, heads, s, head_dim]`` (SDPA)."""
@@ -163,6 +173,8 @@ class SelfAttention(nn.Module):
         q = qkv[:, :, :, : self.group].reshape(b, s, self.heads, hd)
         k = qkv[:, :, :, self.group]
         v = qkv[:, :, :, self.group + 1]
+        if self.spec.qk_layernorm:  # after the projection, before RoPE (Qwen3, OLMo-2)
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
         if self.spec.position_embedding == "rope":
             cos, sin = rope_tables(
                 self.spec.max_position_embeddings, self.spec.rotary_dim, self.spec.rotary_base,
@@ -243,7 +255,9 @@ def recomputes_layer(spec: GPTSpec, layer: int) -> bool:
 
 class TransformerLayer(nn.Module):
     """Pre-norm block: x + drop(attn(norm(x))), then + drop(mlp(norm(.))); with a parallel
-    residual (GPT-NeoX) both branches read x: x + drop(attn(norm1(x))) + drop(mlp(norm2(x)))."""
+    residual (GPT-NeoX) both branches read x: x + drop(attn(norm1(x))) + drop(mlp(norm2(x)));
+    with ``norm_placement`` output (OLMo-2) the norms take the branch outputs:
+    x + drop(norm1(attn(x))), then + drop(norm2(mlp(.))) (the same two parameter names)."""
 
     def __init__(self, spec: GPTSpec, layer: int, config: ModelParallelConfig):
         super().__init__()
@@ -259,6 +273,9 @@ class TransformerLayer(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.spec.hidden_dropout if self.training else 0.0
         drop = sp.dropout if self.split else F.dropout
+        if self.spec.norm_placement == "output":  # OLMo-2: the norms take each branch's output
+            x = x + self._branch(drop(self.input_layernorm(self.self_attention(x)), p))
+            return x + self._branch(drop(self.post_attention_layernorm(self.mlp(x)), p))
         attn = self._branch(drop(self.self_attention(self.input_layernorm(x)), p))
         if self.spec.parallel_residual:
             return x + attn + self._branch(drop(self.mlp(self.post_attention_layernorm(x)), p))

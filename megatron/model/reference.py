@@ -33,6 +33,8 @@ def check_reference_spec(spec: GPTSpec) -> None:
         "a GeLU MLP (use --swiglu)": not spec.swiglu,
         "LayerNorm (use --normalization rmsnorm)": spec.normalization != "rmsnorm",
         "dropout": spec.hidden_dropout > 0 or spec.attention_dropout > 0,
+        "query/key norms (--qk-layernorm)": spec.qk_layernorm,
+        "output norms (--norm-placement output)": spec.norm_placement != "input",
         "muP/CompleteP multipliers": (spec.embedding_mult, spec.logit_mult, spec.residual_mult)
         != (1.0, 1.0, 1.0)
         or spec.attention_scale is not None,

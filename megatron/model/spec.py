@@ -59,6 +59,13 @@ class GPTSpec:
         rotary_interpolation: Linear RoPE scaling: positions are divided by it; 1 = none.
         parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX/GPT-J).
         openai_gelu: The tanh approximation of GeLU (GPT-2's ``gelu_new``).
+        qk_layernorm: A norm of ``normalization``'s type over each head's ``head_dim`` query
+            and key values, after the projection and before RoPE (one weight shared by all
+            heads: Qwen3, Megatron-LM's ``--qk-layernorm``).
+        qk_layernorm_scope: ``head`` (above) or ``projection``: an RMSNorm over the whole query
+            and key projections, one weight entry per value (OLMo-2).
+        norm_placement: ``input`` (pre-norm) or ``output``: each branch's norm takes its output,
+            before the residual add, and nothing normalizes its input (OLMo-2).
         sequence_parallel: Megatron sequence parallelism at TP > 1 (``[s / tp, b, h]`` shards
             between the layers; no effect at TP=1).
     """
@@ -100,6 +107,9 @@ class GPTSpec:
     rotary_interpolation: float = 1.0
     parallel_residual: bool = False
     openai_gelu: bool = False
+    qk_layernorm: bool = False
+    qk_layernorm_scope: Literal["head", "projection"] = "head"
+    norm_placement: Literal["input", "output"] = "input"
     sequence_parallel: bool = False
     recompute_selective: bool = False
     recompute_method: Literal["uniform", "block"] = "uniform"
@@ -130,7 +140,10 @@ class GPTSpec:
         mlp = d * f * (2 if self.swiglu else 1) + f * d
         bias = (q + 2 * kv + d + f * (2 if self.swiglu else 1) + d) if self.bias else 0
         bias += (q + 2 * kv) if self.add_qkv_bias and not self.bias else 0
-        per_layer = attn + mlp + bias + 2 * norm
+        qk_norm = 2 * (2 if self.normalization == "layernorm" else 1) * self.head_dim if self.qk_layernorm else 0
+        if self.qk_layernorm and self.qk_layernorm_scope == "projection":
+            qk_norm = q + kv
+        per_layer = attn + mlp + bias + 2 * norm + qk_norm
         embeddings = V * d + (self.max_position_embeddings * d if self.position_embedding == "learned" else 0)
         head = 0 if self.tie_embeddings else V * d
         return L * per_layer + embeddings + norm + head

@@ -91,5 +91,8 @@ def build_model_spec(
         rotary_interpolation=m.rotary_seq_len_interpolation_factor or 1.0,
         parallel_residual=m.use_parallel_residual,
         openai_gelu=m.openai_gelu,
+        qk_layernorm=m.qk_layernorm,
+        qk_layernorm_scope=m.qk_layernorm_scope,
+        norm_placement=m.norm_placement,
         sequence_parallel=cfg.parallel.sequence_parallel,
     )

@@ -150,6 +150,7 @@ class HFSource:
         self.architecture = self.family.architecture
         self.hf_class = self.family.hf_class
         flags = self.family.flags(cfg)
+        self._limits = cfg.limits
         self._files = [config_path]
         self._tokenizer, size = self._find_tokenizer()
         rows = int(cfg.need("vocab_size"))
@@ -235,6 +236,14 @@ class HFSource:
     def optimizer_states(self) -> Iterator[tuple[str, str, TensorLoader]]:
         """None: Hugging Face directories hold no optimizer state."""
         return iter(())
+
+    def optimizer_step(self) -> None:
+        """None: no optimizer state, so no step."""
+        return None
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Bounds from the config (a sliding window limits ``--seq-length``; ``ImportSource``)."""
+        return dict(self._limits)
 
     def tokenizer(self) -> TokenizerSource:
         """The directory's tokenizer file, if any."""

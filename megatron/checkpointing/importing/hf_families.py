@@ -76,6 +76,8 @@ class Config:
 
     def __init__(self, values: dict[str, Any], path: str):
         self.values, self.path = values, path
+        self.limits: dict[str, dict[str, Any]] = {}
+        """Flag -> ``{"max", "why"}``: bounds a run on the import must keep (``ImportSource.limits``)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` (``default`` when absent or null)."""

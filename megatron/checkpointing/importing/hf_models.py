@@ -1,4 +1,4 @@
-"""The registered Hugging Face families: Llama, Mistral, Qwen2, GPT-NeoX (Pythia) and GPT-2.
+"""The registered Hugging Face families: Llama, Mistral, Qwen2, Qwen3, OLMo-2, GPT-NeoX (Pythia) and GPT-2.
 
 See ``hf_families`` for the schema handling and the tensor layouts; ``docs/import.md`` for the
 table of supported options. A tensor name ``"a|b"`` means "a, or b when the file has no a".
@@ -36,13 +36,23 @@ def _refuse_moe(cfg: Config) -> None:
 
 
 def _window(cfg: Config, positions: int, used: bool) -> int:
-    """Positions a run may use: a sliding window shorter than the context caps them."""
+    """Positions a run may use: a sliding window shorter than the context caps them.
+
+    We implement full attention only, which is the windowed model's function for sequences no
+    longer than the window: the import's positions stop there, and ``--seq-length`` is limited
+    to the window with a reason naming the config key (checked when a run loads the import).
+    """
     window = cfg.get("sliding_window")
     if not used or window is None or window >= positions:
         return positions
     log.warning("%s: sliding_window=%d < max_position_embeddings=%d: the import allows sequences of "
                 "at most %d tokens (within the window, full attention is the same function)",
                 cfg.path, window, positions, window)
+    cfg.limits["--seq-length"] = {
+        "max": int(window),
+        "why": f"sliding_window={window} in {cfg.path}: we implement full attention, which equals that "
+               f"model's windowed attention only for sequences of at most {window} tokens",
+    }
     return int(window)
 
 
@@ -125,6 +135,53 @@ register_family(HFFamily(model_type="mistral", hf_class="MistralForCausalLM", ar
                          flags=mistral_flags, tensors=llama_tensors))
 register_family(HFFamily(model_type="qwen2", hf_class="Qwen2ForCausalLM", architecture="qwen2",
                          flags=qwen2_flags, tensors=llama_tensors))
+
+
+def qwen3_flags(cfg: Config) -> dict[str, Any]:
+    """Qwen3: Llama without biases, with a per-head query/key RMSNorm (``--qk-layernorm``)."""
+    cfg.expect("attention_bias", (False,), False, "has no mapping: Qwen3's biases are on q/k/v/o but not "
+               "the MLP, and our linear biases are all on or all off")
+    flags = llama_like_flags(cfg, bias=False, qkv_bias=False, window=bool(cfg.get("use_sliding_window", False)))
+    return {**flags, "--qk-layernorm": True}
+
+
+def qwen3_tensors(flags: dict[str, Any]) -> list[Recipe]:
+    """Llama's recipes plus each layer's ``q_norm``/``k_norm``."""
+    recipes = llama_tensors(flags)
+    for i in range(flags["--num-layers"]):
+        for ours, hf in (("q_layernorm", "q_norm"), ("k_layernorm", "k_norm")):
+            recipes += norm_recipes(f"layers.{i}.self_attention.{ours}", f"model.layers.{i}.self_attn.{hf}", False)
+    return recipes
+
+
+register_family(HFFamily(model_type="qwen3", hf_class="Qwen3ForCausalLM", architecture="qwen3",
+                         flags=qwen3_flags, tensors=qwen3_tensors))
+
+
+def olmo2_flags(cfg: Config) -> dict[str, Any]:
+    """OLMo-2: Llama without biases, an RMSNorm over the whole q and k projections, and the
+    block's norms on the attention and MLP outputs."""
+    cfg.expect("attention_bias", (False,), False, "has no mapping: OLMo-2's biases are on q/k/v/o but not "
+               "the MLP, and our linear biases are all on or all off")
+    flags = llama_like_flags(cfg, bias=False, qkv_bias=False, window=False)
+    return {**flags, "--qk-layernorm": True, "--qk-layernorm-scope": "projection", "--norm-placement": "output"}
+
+
+def olmo2_tensors(flags: dict[str, Any]) -> list[Recipe]:
+    """Llama's recipes with OLMo-2's norm names: our first norm (on the attention output) is its
+    ``post_attention_layernorm``, our second (on the MLP output) its ``post_feedforward_layernorm``."""
+    rename = {"input_layernorm": "post_attention_layernorm", "post_attention_layernorm": "post_feedforward_layernorm"}
+    recipes = []
+    for r in qwen3_tensors(flags):
+        parts = r.name.split(".")
+        if len(parts) == 4 and parts[2] in rename:
+            r = Recipe(r.name, (r.hf_names[0].replace(f".{parts[2]}.", f".{rename[parts[2]]}."),), r.combine)
+        recipes.append(r)
+    return recipes
+
+
+register_family(HFFamily(model_type="olmo2", hf_class="Olmo2ForCausalLM", architecture="olmo2",
+                         flags=olmo2_flags, tensors=olmo2_tensors))
 
 
 # ---- GPT-NeoX (Pythia) -------------------------------------------------------------------------

@@ -199,6 +199,10 @@ class MegatronDeepSpeedSource:
 
     # ---- ImportSource -------------------------------------------------------------------------
 
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """None: the fork's models run at any length their positions allow (``ImportSource``)."""
+        return {}
+
     def model_flags(self) -> dict[str, Any]:
         """Our flat config of the model (shape, vocabulary padding, tokenizer type), with
         ``--vocab-size``: the local tokenizer's vocabulary when one is given (checked to pad to

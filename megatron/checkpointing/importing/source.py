@@ -10,6 +10,11 @@ A source reads one checkpoint written by another framework and presents it in *o
   is called once, so at most one tensor is in memory at a time);
 - ``optimizer_states()``: optional per-parameter optimizer state (``exp_avg``, ``exp_avg_sq``) in
   the same form, or an empty iterator;
+- ``optimizer_step()``: the optimizer's step count of those states (Adam's bias correction), or
+  None when the source records none (then no ``step`` is written);
+- ``limits()``: ``{flag: {"max": value, "why": reason}}``, bounds a run on the import must keep
+  (a sliding window limits ``--seq-length``), recorded in ``run_metadata.json`` and checked
+  when a run loads it (``megatron.config.layers.checkpoint_layer``);
 - ``tokenizer()``: where the tokenizer is (a bundled file, or only a name to report);
 - ``input_files()``: the files read, for the sha256 recorded in the import's metadata.
 
@@ -56,6 +61,10 @@ class ImportSource(Protocol):
     def tensors(self) -> Iterator[tuple[str, TensorLoader]]: ...
 
     def optimizer_states(self) -> Iterator[tuple[str, str, TensorLoader]]: ...
+
+    def optimizer_step(self) -> int | None: ...
+
+    def limits(self) -> dict[str, dict[str, Any]]: ...
 
     def tokenizer(self) -> TokenizerSource: ...
 

@@ -196,7 +196,7 @@ def import_checkpoint(source: ImportSource, output: str, *, dtype: str = "float3
                         progress(done, total, name)
                 keys = sorted({k for _, k, f in states if f.result() is not None})
                 # Adam's step with its moments (bias correction), when the source records it.
-                step = getattr(source, "optimizer_step", lambda: None)() if keys else None
+                step = source.optimizer_step() if keys else None
                 if step is not None:
                     for name in sorted({n for n, _, _ in states}):
                         write(name, "step", lambda step=step: torch.tensor(float(step)))
@@ -232,6 +232,7 @@ def _metadata(source: ImportSource, output: str, spec: GPTSpec, config: dict[str
         "config": config,
         "model": asdict(spec),
         "tokenizer": {**identity, "vocab_size": spec.original_vocab_size},
+        "limits": source.limits(),
         "import": {
             "format": source.format,
             "source": os.path.abspath(source.path),

@@ -62,3 +62,68 @@ def test_partial_rotary_leaves_the_other_dimensions_alone():
     assert torch.equal(y[..., :4], apply_rope(x[..., :4].contiguous(), cos[:5], sin[:5]))
     cos2, _ = rope_tables(8, 4, 10000.0, x.device, x.dtype, interpolation=2.0)
     assert torch.allclose(cos2[2], cos[1])  # linear scaling: position 2 acts as 1
+
+
+@pytest.mark.parametrize("norm, scope", [("rmsnorm", "head"), ("layernorm", "head"), ("rmsnorm", "projection")])
+def test_qk_layernorm_normalizes_each_head_before_rope(dist_world1, norm, scope):
+    from megatron.checkpointing.layout import full_shapes
+    from megatron.model.gpt import GPTModel
+    spec = tiny_plan("--train-iters", "1", "--qk-layernorm", "--normalization", norm,
+                     "--num-key-value-heads", "2", "--qk-layernorm-scope", scope).model
+    shapes = full_shapes(spec)
+    width = spec.head_dim * (2 if scope == "projection" else 1)  # 2 key/value heads
+    assert shapes["layers.1.self_attention.k_layernorm.weight"] == (width,)
+    assert spec.num_parameters() == sum(math.prod(s) for s in shapes.values())
+    model = GPTModel(spec)
+    attn = model.layers[0].self_attention
+    with torch.no_grad():
+        attn.q_layernorm.weight.uniform_(0.5, 2.0)
+        attn.k_layernorm.weight.uniform_(0.5, 2.0)
+    seen = {}
+
+    def record(q, k, v):
+        seen["q"], seen["k"] = q, k
+        return torch.zeros_like(q)
+
+    attn.core = record
+    x = torch.randn(2, 8, spec.hidden_size)
+    attn(x)
+    qkv = attn.query_key_value(x)[0].reshape(2, 8, attn.kv_heads, attn.group + 2, spec.head_dim)
+    q = qkv[:, :, :, : attn.group].reshape(2, 8, attn.heads, spec.head_dim)
+    k = qkv[:, :, :, attn.group]
+
+    def normed(t, layer):
+        if scope == "projection":  # OLMo-2: one statistic over all heads of a position
+            rms = t.pow(2).mean(dim=(-2, -1), keepdim=True)
+            return t * torch.rsqrt(rms + spec.norm_epsilon) * layer.weight.view(t.shape[-2:])
+        if norm == "rmsnorm":
+            return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + spec.norm_epsilon) * layer.weight
+        mean, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True, unbiased=False)
+        return (t - mean) * torch.rsqrt(var + spec.norm_epsilon) * layer.weight + layer.bias
+
+    cos, sin = rope_tables(spec.max_position_embeddings, spec.rotary_dim, spec.rotary_base, x.device, x.dtype)
+    want_q = apply_rope(normed(q, attn.q_layernorm), cos[:8], sin[:8]).transpose(1, 2)
+    want_k = apply_rope(normed(k, attn.k_layernorm), cos[:8], sin[:8]).transpose(1, 2)
+    torch.testing.assert_close(seen["q"], want_q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["k"], want_k, rtol=1e-5, atol=1e-6)
+
+
+def test_output_norm_placement_normalizes_the_branch_outputs(dist_world1):
+    from megatron.model.gpt import GPTModel
+
+    spec = tiny_plan("--train-iters", "1", "--norm-placement", "output", "--normalization", "rmsnorm").model
+    layer = GPTModel(spec).layers[0].eval()
+    x = torch.randn(2, 8, spec.hidden_size)
+    h = x + layer.input_layernorm(layer.self_attention(x))
+    want = h + layer.post_attention_layernorm(layer.mlp(h))
+    torch.testing.assert_close(layer(x), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--qk-layernorm-scope", "projection"], "--qk-layernorm-scope: projection needs --qk-layernorm"),
+    (["--qk-layernorm", "--qk-layernorm-scope", "projection"], "--qk-layernorm-scope: projection is an RMSNorm"),
+    (["--norm-placement", "output", "--use-parallel-residual"], "--norm-placement: output has no meaning"),
+])
+def test_bad_qk_and_placement_combinations_are_refused(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_plan(*flags)

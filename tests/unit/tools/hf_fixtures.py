@@ -39,6 +39,16 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    # Per-head q/k RMSNorm, explicit head_dim 16 != 32 / 4, GQA, tied.
+    "qwen3-qknorm-tied": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    # q/k RMSNorm over the whole projections, norms on the branch outputs, GQA, untied.
+    "olmo2-gqa": ("Olmo2Config", "Olmo2ForCausalLM", dict(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 5e5})),
     # Pythia: parallel residual, rotary 0.25 of 16 dims, biases, untied embed_out.
     "pythia": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -252,9 +252,34 @@ def test_refuses_existing_output_and_missing_tensor(llama_dir, tmp_path):
 
 
 def test_mistral_sliding_window_caps_the_sequence(tmp_path):
+    from megatron.config import parse_args
+
     src = save_model(build_model("mistral-gqa", sliding_window=32), str(tmp_path / "hf"))
-    uc = UniversalCheckpoint(_import(src, str(tmp_path / "ours")))
-    assert uc.spec.max_position_embeddings == 32
+    out = _import(src, str(tmp_path / "ours"))
+    assert UniversalCheckpoint(out).spec.max_position_embeddings == 32
+    load = ["--load", out, "--universal-checkpoint", "--finetune"]
+    assert parse_args([*load, "--seq-length", "32"]).config.model.seq_length == 32
+    # Longer than the window: refused naming the config key, its value and the file, and the fix.
+    with pytest.raises(ConfigError) as info:
+        parse_args([*load, "--seq-length", "64"])
+    config = os.path.join(src, "config.json")
+    assert str(info.value).startswith(f"--seq-length: 64 (from --seq-length) is longer than the 32 the checkpoint")
+    assert f"sliding_window=32 in {config}" in str(info.value) and str(info.value).endswith("--seq-length 32 or less")
+
+
+def test_hf_source_has_no_optimizer_state(llama_dir, tmp_path):
+    from megatron.checkpointing.importing.megatron_ds import MegatronDeepSpeedSource
+    from megatron.checkpointing.importing.source import ImportSource
+
+    members = [m for m in vars(ImportSource) if not m.startswith("_")]
+    assert {"optimizer_step", "optimizer_states", "limits"} <= set(members)
+    for cls in (type(open_source(llama_dir)), MegatronDeepSpeedSource):
+        assert all(callable(getattr(cls, m, None)) or m in ("format", "path") for m in members), cls
+    source = open_source(llama_dir)
+    assert list(source.optimizer_states()) == [] and source.optimizer_step() is None
+    meta = json.load(open(os.path.join(_import(llama_dir, str(tmp_path / "ours")), "run_metadata.json")))
+    assert meta["import"]["optimizer_states"] == [] and meta["limits"] == {}
+    assert not glob.glob(os.path.join(tmp_path, "ours", "zero", "*", "step.pt"))
 
 
 def test_tensor_disagreeing_with_config_stops_the_import_and_leaves_nothing(llama_dir, tmp_path):

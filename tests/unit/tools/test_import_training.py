@@ -48,6 +48,8 @@ def _import(tmp_path, family: str) -> str:
     pytest.param("pythia", marks=pytest.mark.slow),
     pytest.param("qwen2-gqa-tied", marks=pytest.mark.slow),
     pytest.param("gpt2", marks=pytest.mark.slow),
+    pytest.param("qwen3-qknorm-tied", marks=pytest.mark.slow),
+    pytest.param("olmo2-gqa", marks=pytest.mark.slow),
 ])
 def test_first_step_loss_is_the_same_at_tp2_and_pp2(tmp_path, family):
     out = _import(tmp_path, family)
