@@ -15,6 +15,11 @@
    the first exporter did); ours streams tensor by tensor into ``--max-shard-size 100MB`` shards
    (fp32, and bf16). Time and peak RSS, ratios ours / baseline; the shards are compared with
    the single file tensor for tensor.
+4. The training stall of a save (``--only-stall`` runs just this): a ~110M-parameter GPT on one
+   process trains with a save every ``--stall-every`` steps, once synchronously and once with
+   ``--async-save``; the time the step loop is blocked per save (the synchronous save's wall
+   time against the async save's snapshot, plus any wait for the previous write), the ratio,
+   and the whole loop's time (the background write competes with training for the CPU).
 """
 
 from __future__ import annotations
@@ -103,6 +108,75 @@ def _save_and_load(env, flags: list[str]) -> tuple[float, float]:  # noqa: ANN00
         destroy_distributed()
 
 
+def _stall_run(env, flags: list[str], steps: int, every: int) -> dict[str, object]:  # noqa: ANN001
+    """Train ``steps`` steps, saving every ``every``: each step's and each save's wall time."""
+    from megatron.checkpointing.async_save import finish_async_save
+    from megatron.config import parse_args, resolve
+    from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.trainer.loop import Trainer
+    from megatron.trainer.state import TrainState
+
+    plan = resolve(parse_args(flags).config, env)
+    ctx = init_distributed(plan, env)
+    try:
+        trainer = Trainer(plan, ctx)
+        state, step_s, save_s = TrainState(), [], []
+        trainer.train_step(state)  # warm-up, not timed
+        started = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            trainer.train_step(state)
+            step_s.append(time.perf_counter() - t0)
+            if state.iteration % every == 0:
+                t0 = time.perf_counter()
+                trainer.save(state)
+                save_s.append(time.perf_counter() - t0)
+        loop_s = time.perf_counter() - started
+        t0 = time.perf_counter()
+        finish_async_save(trainer.engine.engine, abandon=False)  # the last write (async only)
+        drain_s = time.perf_counter() - t0
+        trainer.reporter.close()
+        trainer.stop.close()
+        params = sum(p.numel() for p in trainer.engine.module.parameters())
+        return {"step": step_s, "save": save_s, "loop": loop_s, "drain": drain_s, "params": params}
+    finally:
+        destroy_distributed()
+
+
+def _bench_stall(args: argparse.Namespace, work: str) -> None:
+    """Part 4: how long a save blocks the step loop, synchronous against --async-save."""
+    import statistics
+
+    from tests.helpers import run_distributed
+
+    flags = ["--num-layers", str(args.stall_layers), "--hidden-size", str(args.stall_hidden),
+             "--num-attention-heads", str(args.stall_hidden // 64), "--seq-length", "128", "--micro-batch-size", "1", "--mock-data",
+             "--vocab-size", str(args.vocab), "--zero-stage", "0", "--train-iters", "100", "--eval-iters", "0",
+             "--log-interval", "1000", "--lr-decay-style", "constant"]
+    runs = {}
+    for mode, extra in (("sync", []), ("async", ["--async-save"])):
+        save = os.path.join(work, f"stall_{mode}")
+        runs[mode] = run_distributed(_stall_run, [*flags, "--save", save, *extra], args.stall_steps,
+                                     args.stall_every, world_size=1, timeout_s=1800)[0]
+        size = _du(os.path.join(save, f"global_step{args.stall_every}"))
+        shutil.rmtree(save, ignore_errors=True)
+    sync, bg = runs["sync"], runs["async"]
+    params = bg["params"]
+    print(f"training stall per save (hidden {args.stall_hidden}, {args.stall_layers} layers, ~{params / 1e6:.0f}M "
+          f"params, checkpoint {size / 2**20:.0f} MiB, 1 process, save every {args.stall_every} of "
+          f"{args.stall_steps} steps)")
+    sync_s, first_s = statistics.median(sync["save"]), bg["save"][0]
+    later_s = statistics.median(bg["save"][1:]) if len(bg["save"]) > 1 else first_s
+    print(f"{'save':<40} {'seconds':>8}")
+    print(f"{'synchronous save (wall)':<40} {sync_s:>8.2f}")
+    print(f"{'--async-save, first (buffers allocated)':<40} {first_s:>8.2f}")
+    print(f"{'--async-save, later saves (median)':<40} {later_s:>8.2f}")
+    print(f"stall ratio async/sync: {later_s / sync_s:.3f} (first save {first_s / sync_s:.3f}); goal <= 0.2")
+    print(f"step loop: sync {sync['loop']:.1f}s, async {bg['loop']:.1f}s (+{bg['drain']:.1f}s for the last "
+          f"write at the end); median step {statistics.median(sync['step']):.2f}s sync, "
+          f"{statistics.median(bg['step']):.2f}s async (the write competes for the CPU)")
+
+
 def _du(path: str) -> int:
     total = 0
     for d, _, files in os.walk(path):
@@ -173,6 +247,11 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--stall-hidden", type=int, default=768, help="part 4's model (768, 12 layers: ~110M)")
+    p.add_argument("--stall-layers", type=int, default=12)
+    p.add_argument("--stall-steps", type=int, default=8)
+    p.add_argument("--stall-every", type=int, default=2)
+    p.add_argument("--only-stall", action="store_true", help="run part 4 only")
     args = p.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import logging
@@ -183,6 +262,9 @@ def main() -> None:
     try:
         save = os.path.join(work, "ckpt")
         logging.disable(logging.INFO)
+        if args.only_stall:
+            _bench_stall(args, work)
+            return
         save_s, load_s = run_distributed(_save_and_load, _flags(args, save), timeout_s=900)[0]
         step = os.path.join(save, "global_step1")
         size = _du(step)
@@ -208,6 +290,7 @@ def main() -> None:
         same = all(torch.equal(a.full(n, k), b.full(n, k)) for n in a.dirs for k in ("fp32", "exp_avg", "exp_avg_sq"))
         print(f"outputs identical: {same} ({len(a.dirs)} parameters)")
         _bench_export(step, work)
+        _bench_stall(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

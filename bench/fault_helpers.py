@@ -95,3 +95,24 @@ def make_data(root: str) -> str:
     with open(path, "w") as f:
         f.write(f"1.0 {stats.prefixes['text']} plays\n")
     return path
+
+
+def loss_mismatches(ref: str, cut: str) -> list[int]:
+    """Iterations whose training loss in ``cut``'s event log (every launch, killed ones too)
+    differs from ``ref``'s; a line cut short by a kill is skipped."""
+    import json
+
+    def losses(save: str) -> list[tuple[int, float]]:
+        found = []
+        with open(os.path.join(save, "events.jsonl")) as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("event") == "train":
+                    found.append((event["iteration"], event["loss"]))
+        return found
+
+    expected = dict(losses(ref))
+    return [it for it, loss in losses(cut) if expected.get(it) != loss]

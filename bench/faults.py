@@ -13,8 +13,9 @@ on a tiny GPT (byte tokens; Shakespeare from the bundled corpus where data files
 
 The kill -9 loop trains with a save every step and kills the trainer ``--kills`` times at random
 moments (mid-step, mid-save), relaunching each time; it is GOOD when every ``latest`` stayed
-loadable and the final weights equal an uninterrupted run's bit for bit. Prints one line per case
-and the counts.
+loadable and the final weights equal an uninterrupted run's bit for bit; ``--async-kills`` runs
+the same loop with ``--async-save`` (kills land during background writes). Prints one line per
+case and the counts.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bench.fault_helpers import (  # noqa: E402
     ENV,
     PY,
     Result,
+    loss_mismatches,
     _Payload,
     make_data,
     refused,
@@ -277,23 +279,25 @@ class Battery:
             return "BAD", "a partial step directory stayed"
         return refused(p, "full", save)
 
-    def kill9_loop(self, kills: int = 30, seed: int = 0) -> Result:
+    def kill9_loop(self, kills: int = 30, seed: int = 0, *extra: str) -> Result:
         """``kills`` kill -9s at random moments of save-every-step training; nothing lost."""
         import torch
 
         rng = random.Random(seed)
         iters = str(max(12, 3 * kills))
-        flags = ["--train-iters", iters, "--save-interval", "1", "--lr-decay-style", "constant"]
+        flags = ["--train-iters", iters, "--save-interval", "1", "--lr-decay-style", "constant", *extra]
         ref = os.path.join(self.tmp, "ref")
         assert train(*flags, "--save", ref).returncode == 0
         cut = os.path.join(self.tmp, "cut")
         args = [PY, "-W", "ignore", "pretrain_gpt.py", *TINY, "--mock-data", "--vocab-size", "64", *flags,
                 "--save", cut, "--load", cut]
-        done = killed = 0
+        done = killed = interrupted = 0
         for _ in range(kills):
             proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             started = None
             for line in proc.stdout:  # kill a random moment after training (and saving) began
+                if "writing in the background" in line and rng.random() < 0.3:
+                    break  # --async-save: the thread has just started writing
                 if "] iter " in line or "saved checkpoint" in line:
                     started = started or time.monotonic()
                     if time.monotonic() - started > rng.uniform(0.0, 0.6):
@@ -302,6 +306,8 @@ class Battery:
             proc.communicate()
             done += 1
             killed += proc.returncode == -signal.SIGKILL  # not when it had already finished
+            interrupted += any(not os.path.isfile(os.path.join(cut, d, "run_metadata.json"))
+                               for d in os.listdir(cut) if d.startswith("global_step"))
             latest = os.path.join(cut, "latest")
             if os.path.exists(latest):
                 with open(latest) as f:
@@ -314,13 +320,20 @@ class Battery:
         a = torch.load(os.path.join(ref, f"global_step{iters}", "mp_rank_00_model_states.pt"), weights_only=False)
         b = torch.load(os.path.join(cut, f"global_step{iters}", "mp_rank_00_model_states.pt"), weights_only=False)
         same = all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
-        note = f"{killed} of {kills} launches killed by -9 mid-run, {iters} steps"
-        return ("GOOD", f"{note}; final weights bit-identical") if same else ("BAD", f"{note}; weights differ")
+        note = (f"{killed} of {kills} launches killed by -9 mid-run ({interrupted} left an interrupted save behind), {iters} steps")
+        if not same:
+            return "BAD", f"{note}; weights differ"
+        mismatched = loss_mismatches(ref, cut)  # every launch's losses equal the uninterrupted run's
+        if mismatched:
+            return "BAD", f"{note}; losses differ at iterations {mismatched[:5]}"
+        return "GOOD", f"{note}; every resumed loss and the final weights bit-identical"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kills", type=int, default=30, help="kill -9s in the save-every-step loop (0: skip it)")
+    p.add_argument("--async-kills", type=int, default=3,
+                   help="kill -9s in the same loop with --async-save (0: skip it)")
     p.add_argument("--only", default=None, help="run only the cases whose name contains this")
     args = p.parse_args()
     os.chdir(ROOT)
@@ -331,6 +344,8 @@ def main() -> int:
         if not name.startswith("_") and callable(getattr(Battery, name)) and name != "kill9_loop"]
     if args.kills:
         cases.append(("kill9_loop", lambda: battery.kill9_loop(args.kills)))
+    if args.async_kills:  # kills during background writes: `latest` must still name a complete step
+        cases.append(("kill9_async_loop", lambda: battery.kill9_loop(args.async_kills, 1, "--async-save")))
     counts = {"GOOD": 0, "POOR": 0, "BAD": 0}
     for name, case in cases:
         if args.only and args.only not in name:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.async_save import async_engine
 from megatron.checkpointing.lifecycle import prepare_step_dir, refuse_committed, save_failed
 from megatron.checkpointing.lock import DirectoryLock
 from megatron.checkpointing.metadata import CheckpointError, read_metadata  # noqa: F401  (re-exported for callers)
@@ -136,9 +137,18 @@ def save_checkpoint(
         side_files: Writes extra files into the step directory (every rank, before the
             completion marker).
 
+    With ``--async-save`` (an ``AsyncCheckpointEngine`` on the engine) this first waits for the
+    previous save, then returns once the states are copied to host buffers; the files are
+    written and committed (same protocol) by background threads.
+
     Returns:
         The checkpoint directory.
     """
+    background = async_engine(engine)  # --async-save: DeepSpeed's writes are snapshots
+    if background is not None:
+        background.wait(engine.device)  # the previous save is written and committed first
+        background.discard()  # copies left by a save that raised before its write started
+        dist.barrier()  # rank 0's commit of it is visible to every rank
     tag = checkpoint_tag(iteration)
     path = os.path.join(save_dir, tag)
     latest = _latest_name(save_dir)
@@ -147,21 +157,32 @@ def save_checkpoint(
     if dist.get_rank() == 0:
         prepare_step_dir(path, latest)
     dist.barrier()
+    text = json.dumps(metadata, indent=1, default=str)
     try:
         engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
         if side_files is not None:
             side_files(path)
+        if background is not None:  # every rank's thread writes; rank 0's commits after all
+            background.start(path, lambda: _commit(save_dir, path, iteration, text))
+            log.info("checkpoint %s: snapshot taken, writing in the background", path)
+            return path
         dist.barrier()
         if dist.get_rank() == 0:
-            # Written once every rank's files are complete: its presence marks a complete checkpoint.
-            _write_atomic(os.path.join(path, METADATA_FILE), json.dumps(metadata, indent=1, default=str))
-            _write_atomic(os.path.join(save_dir, LATEST_FILE), tag)
-            _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
+            _commit(save_dir, path, iteration, text)
     except OSError as e:  # disk full, quota, I/O error: no partial step directory stays
+        if background is not None:
+            background.discard()
         raise save_failed(path, e) from None
     dist.barrier()
     log.info("saved checkpoint %s", path)
     return path
+
+
+def _commit(save_dir: str, path: str, iteration: int, metadata: str) -> None:
+    """Rank 0, once every rank's files are complete: the completion marker, then ``latest``."""
+    _write_atomic(os.path.join(path, METADATA_FILE), metadata)
+    _write_atomic(os.path.join(save_dir, LATEST_FILE), checkpoint_tag(iteration))
+    _write_atomic(os.path.join(save_dir, LATEST_ITERATION_FILE), str(iteration))
 
 
 def lock_save_dir(save_dir: str | None, device: torch.device) -> DirectoryLock | None:

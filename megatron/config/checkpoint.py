@@ -31,6 +31,9 @@ class CheckpointConfig:
     """On resume, follow this command line's LR schedule even if the checkpoint's differs."""
     use_checkpoint_opt_param_scheduler: bool = False
     """On resume, follow the checkpoint's LR schedule (its lr, warmup, decay) and ignore this one's."""
+    async_save: bool = False
+    """Write checkpoints from a background thread: a save stalls training only to copy the states
+    to host memory; `latest` moves once every rank's files are on disk (docs/checkpoints.md)."""
     reset_data_state: bool = False
     """On load, keep iteration, optimizer and LR schedule but restart the data stream at sample 0
     of this run's --data-file-list (a continual stage on new data: AuroraGPT / MeCo)."""
@@ -40,6 +43,8 @@ class CheckpointConfig:
         require_positive(self, "keep_last_n_checkpoints")
         if self.universal_checkpoint and self.load is None:
             raise ConfigError("--universal-checkpoint: needs --load (the converted checkpoint)")
+        if self.async_save and self.save is None:
+            raise ConfigError("--async-save: needs --save (a directory to write to)")
         if self.save_interval is not None and self.save is None:
             raise ConfigError("--save-interval: needs --save (a directory to write to)")
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:

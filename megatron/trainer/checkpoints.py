@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from megatron.checkpointing.async_save import finish_async_save
 from megatron.checkpointing.checkpoint import (
     checkpoint_tag,
     lock_save_dir,
@@ -138,7 +139,7 @@ class CheckpointManager:
         finally:
             engine.train_mode()
         self.saved_iteration = state.iteration
-        self._after_commit(state.iteration)
+        self._after_commit(run, state.iteration)
         seconds = time.perf_counter() - started
         run.reporter.events.write("save", iteration=state.iteration, directory=self.cfg.save,
                                   tag=checkpoint_tag(state.iteration), seconds=round(seconds, 3))
@@ -161,9 +162,10 @@ class CheckpointManager:
         """The seam to the writer: every rank writes, then the checkpoint is committed."""
         return save_checkpoint(run.engine.engine, self.cfg.save, iteration, metadata, client, side_files)
 
-    def _after_commit(self, iteration: int) -> None:
+    def _after_commit(self, run: RunView, iteration: int) -> None:
         """The pre-cooldown mark and retention, once the checkpoint is committed."""
         if iteration == self.cooldown_start:
+            finish_async_save(run.engine.engine, abandon=False)  # the mark names a committed step
             mark_pre_cooldown(self.cfg.save, iteration)
         if self.cfg.keep_last_n_checkpoints:
             prune_checkpoints(self.cfg.save, self.cfg.keep_last_n_checkpoints)

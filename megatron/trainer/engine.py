@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron.checkpointing.async_save import use_async_save
 from megatron.checkpointing.safe_load import safe_checkpoint_engine
 from megatron.data.loader import Batch
 from megatron.distributed import ParallelContext, deepspeed_mpu
@@ -115,6 +116,8 @@ class TrainEngine:
         ):
             _record_grad_norm_at_zero0(self.engine)
         safe_checkpoint_engine(self.engine)  # --load unpickles with weights_only=True
+        if cfg.checkpoint.async_save:
+            use_async_save(self.engine)  # saves copy the states; a background thread writes them
         if self.optimizer_spec.after_initialize is not None:
             self.optimizer_spec.after_initialize(self)  # e.g. Muon binds to the TP/ZeRO layout
         self.guard = (  # skips the update of a non-finite step (fp16: DeepSpeed's own skipping)

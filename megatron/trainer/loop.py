@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.async_save import finish_async_save
 from megatron.checkpointing.checkpoint import read_latest_tag
 from megatron.checkpointing.universal import load_weights
 from megatron.config.env import DistEnv
@@ -144,8 +146,11 @@ class Trainer:
                 stop_reason=stop_reason, valid_loss=self.valid_loss, test_loss=self.test_loss)
             return self.callbacks.on_run_end(self, state, self._result(state, stop_reason))
         finally:
-            self.reporter.close()
-            self.stop.close()
+            try:  # --async-save: the save in flight is committed (or abandoned on an error)
+                finish_async_save(self.engine.engine, abandon=sys.exc_info()[0] is not None)
+            finally:
+                self.reporter.close()
+                self.stop.close()
 
     def _loop(self, state: TrainState, probe: bool) -> str | None:
         """Steps, evaluations and saves until the last iteration; the stop reason, or None."""
@@ -258,6 +263,7 @@ class Trainer:
     def finish(self, state: TrainState) -> None:
         """Final checkpoint, then final validation and test loss (a crash there loses nothing)."""
         self.save(state)
+        finish_async_save(self.engine.engine, abandon=False)  # committed before the evaluation
         self.evaluate(state, "valid")
         self.test_loss = self.evaluate(state, "test")
 

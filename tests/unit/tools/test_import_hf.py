@@ -263,7 +263,7 @@ def test_mistral_sliding_window_caps_the_sequence(tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_args([*load, "--seq-length", "64"])
     config = os.path.join(src, "config.json")
-    assert str(info.value).startswith(f"--seq-length: 64 (from --seq-length) is longer than the 32 the checkpoint")
+    assert str(info.value).startswith("--seq-length: 64 (from --seq-length) is longer than the 32 the checkpoint")
     assert f"sliding_window=32 in {config}" in str(info.value) and str(info.value).endswith("--seq-length 32 or less")
 
 
