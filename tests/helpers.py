@@ -118,3 +118,56 @@ def assert_resume_is_bit_exact(run: Callable, flags: list[str], save: str, *, st
     second = run_distributed(run, [*flags, "--load", save])[0]
     assert first[0] + second[0] == full[0]
     assert second[1] == full[1]
+
+
+def tp_full_weights(module: torch.nn.Module, plan: RunPlan) -> dict[str, Any]:
+    """Every parameter merged over the TP group, by canonical name (numpy copies)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron.checkpointing.layout import canonical_name, merge, tp_layout
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    size = dist.get_world_size(group)
+    out = {}
+    for name, p in module.named_parameters():
+        full = canonical_name(name, plan.model.num_layers)
+        parts = [torch.empty_like(p.data) for _ in range(size)]
+        dist.all_gather(parts, p.data.contiguous(), group=group)
+        out[full] = merge(parts, tp_layout(full, plan.model)).numpy().copy()
+    return out
+
+
+def local_weights(module: torch.nn.Module, plan: RunPlan) -> dict[str, Any]:
+    """This rank's parameters as they are (numpy copies)."""
+    return {n: p.detach().numpy().copy() for n, p in module.named_parameters()}
+
+
+def train_recording(
+    plan: RunPlan, env: DistEnv, weights: Callable[[torch.nn.Module, RunPlan], dict[str, Any]]
+) -> tuple[list[float], list[float], dict[str, Any]]:
+    """Train ``plan`` in this process (group): (losses + final validation loss, per-step grad
+    norms, ``weights(module, plan)`` after the run)."""
+    from megatron.distributed import destroy_distributed, init_distributed
+    from megatron.trainer.loop import Trainer
+
+    ctx = init_distributed(plan, env)
+    try:
+        trainer = Trainer(plan, ctx)
+        norms: list[float] = []
+        step = trainer.engine.train_step
+
+        def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            result = step(*args, **kwargs)
+            norms.append(float(result.grad_norm))
+            return result
+
+        trainer.engine.train_step = recording
+        try:
+            result = trainer.run()
+        finally:
+            del trainer.engine.train_step  # no engine -> closure -> engine cycle outlives the run
+        out = weights(trainer.engine.module, plan)
+    finally:
+        destroy_distributed()
+    return [*result.losses, result.valid_loss], norms, out

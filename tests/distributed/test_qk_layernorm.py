@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.distributed as dist
 
-from megatron.checkpointing.layout import canonical_name, merge, tp_layout
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import run_distributed, tiny_plan
+from tests.helpers import run_distributed, tiny_plan, tp_full_weights, train_recording
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.compat("--qk-layernorm")]
 
@@ -31,38 +28,7 @@ QWEN3 = ["--qk-layernorm", "--swiglu", "--num-key-value-heads", "2", "--untie-em
 
 def _trained(env: DistEnv, flags: list[str]) -> tuple[list[float], list[float], dict[str, np.ndarray]]:
     """(losses + final validation loss, per-step grad norms, this rank's full weights)."""
-    from megatron.core import parallel_state
-
-    from megatron.distributed import destroy_distributed, init_distributed
-    from megatron.trainer.loop import Trainer
-
-    plan = tiny_plan(*STEPS, *QWEN3, *flags, env=env)
-    ctx = init_distributed(plan, env)
-    try:
-        trainer = Trainer(plan, ctx)
-        norms: list[float] = []
-        step = trainer.engine.train_step
-
-        def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            result = step(*args, **kwargs)
-            norms.append(float(result.grad_norm))
-            return result
-
-        trainer.engine.train_step = recording
-        try:
-            result = trainer.run()
-        finally:
-            del trainer.engine.train_step
-        group = parallel_state.get_tensor_model_parallel_group()
-        weights = {}
-        for name, p in trainer.engine.module.named_parameters():
-            full = canonical_name(name, plan.model.num_layers)
-            parts = [torch.empty_like(p.data) for _ in range(dist.get_world_size(group))]
-            dist.all_gather(parts, p.data.contiguous(), group=group)
-            weights[full] = merge(parts, tp_layout(full, plan.model)).numpy().copy()
-    finally:
-        destroy_distributed()
-    return [*result.losses, result.valid_loss], norms, weights
+    return train_recording(tiny_plan(*STEPS, *QWEN3, *flags, env=env), env, tp_full_weights)
 
 
 def _compared(env: DistEnv, flags: list[str], reference) -> tuple[list[float], list[float], list[str], list[str]]:  # noqa: ANN001

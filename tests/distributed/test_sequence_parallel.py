@@ -12,12 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
-from megatron.checkpointing.layout import canonical_name, merge, tp_layout
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import assert_resume_is_bit_exact, run_distributed, tiny_plan
+from tests.helpers import (
+    assert_resume_is_bit_exact,
+    run_distributed,
+    tiny_plan,
+    tp_full_weights,
+    train_recording,
+)
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.compat("--sequence-parallel")]
 
@@ -27,46 +31,9 @@ LLAMA = ["--swiglu", "--num-key-value-heads", "2", "--untie-embeddings-and-outpu
          "--normalization", "rmsnorm"]  # fmt: skip
 
 
-def _full_weights(module: torch.nn.Module, spec) -> dict[str, np.ndarray]:  # noqa: ANN001
-    from megatron.core import parallel_state
-
-    group = parallel_state.get_tensor_model_parallel_group()
-    size = dist.get_world_size(group)
-    out = {}
-    for name, p in module.named_parameters():
-        full = canonical_name(name, spec.num_layers)
-        parts = [torch.empty_like(p.data) for _ in range(size)]
-        dist.all_gather(parts, p.data.contiguous(), group=group)
-        out[full] = merge(parts, tp_layout(full, spec)).numpy().copy()
-    return out
-
-
 def _trained(env: DistEnv, flags: list[str]) -> tuple[list[float], list[float], dict[str, np.ndarray]]:
     """(losses + final validation loss, per-step grad norms, full weights after the run)."""
-    from megatron.distributed import destroy_distributed, init_distributed
-    from megatron.trainer.loop import Trainer
-
-    plan = tiny_plan(*STEPS, *flags, env=env)
-    ctx = init_distributed(plan, env)
-    try:
-        trainer = Trainer(plan, ctx)
-        norms: list[float] = []
-        step = trainer.engine.train_step
-
-        def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            result = step(*args, **kwargs)
-            norms.append(float(result.grad_norm))
-            return result
-
-        trainer.engine.train_step = recording
-        try:
-            result = trainer.run()
-        finally:
-            del trainer.engine.train_step  # no engine -> closure -> engine cycle outlives the run
-        weights = _full_weights(trainer.engine.module, plan.model)
-    finally:
-        destroy_distributed()
-    return [*result.losses, result.valid_loss], norms, weights
+    return train_recording(tiny_plan(*STEPS, *flags, env=env), env, tp_full_weights)
 
 
 def _relative_error(got: np.ndarray, want: np.ndarray) -> float:

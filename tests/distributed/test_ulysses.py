@@ -15,7 +15,13 @@ import torch
 
 from megatron.config import DistEnv
 from megatron.trainer.loop import train
-from tests.helpers import assert_resume_is_bit_exact, run_distributed, tiny_plan
+from tests.helpers import (
+    assert_resume_is_bit_exact,
+    local_weights,
+    run_distributed,
+    tiny_plan,
+    train_recording,
+)
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.compat("--ds-sequence-parallel-size")]
 
@@ -33,30 +39,7 @@ CASES = {
 
 def _trained(env: DistEnv, flags: list[str]) -> tuple[list[float], list[float], dict[str, np.ndarray]]:
     """(losses + final validation loss, per-step grad norms, weights after the run)."""
-    from megatron.distributed import destroy_distributed, init_distributed
-    from megatron.trainer.loop import Trainer
-
-    plan = tiny_plan(*STEPS, *flags, env=env)
-    ctx = init_distributed(plan, env)
-    try:
-        trainer = Trainer(plan, ctx)
-        norms: list[float] = []
-        step = trainer.engine.train_step
-
-        def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            result = step(*args, **kwargs)
-            norms.append(float(result.grad_norm))
-            return result
-
-        trainer.engine.train_step = recording
-        try:
-            result = trainer.run()
-        finally:
-            del trainer.engine.train_step  # no engine -> closure -> engine cycle outlives the run
-        weights = {n: p.detach().numpy().copy() for n, p in trainer.engine.module.named_parameters()}
-    finally:
-        destroy_distributed()
-    return [*result.losses, result.valid_loss], norms, weights
+    return train_recording(tiny_plan(*STEPS, *flags, env=env), env, local_weights)
 
 
 def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
