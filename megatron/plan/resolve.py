@@ -17,7 +17,7 @@ from typing import Any, Literal
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.root import Config
-from megatron.plan.ulysses import check_ulysses
+from megatron.plan.ulysses_checks import check_ulysses
 from megatron.optimizer import get_optimizer_spec
 from megatron.plan.checks import check_fused_loss, check_optimizer, check_regularizers
 from megatron.plan.deepspeed import to_deepspeed_config
