@@ -73,4 +73,6 @@ def test_sequence_parallel_dropout_masks_take_one_byte_per_shard_element(sp):
     with_masks = run_distributed(_saved, [*TP2, "--sequence-parallel", "--hidden-dropout", "0.1"])
     masks = (2 * LAYERS + 1) * (SEQ // 2) * HIDDEN  # two per layer and the embedding's, in bytes
     for (saved, _), (base, _) in zip(with_masks, sp):
-        assert saved - base == masks
+        # The meter keys storages by address; a small temporary can land on a freed address and
+        # shift either run by one allocation (128 bytes seen in CI). fp32 masks would add 4x.
+        assert abs((saved - base) - masks) <= 256, (saved - base, masks)
