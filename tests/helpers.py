@@ -171,3 +171,32 @@ def train_recording(
     finally:
         destroy_distributed()
     return [*result.losses, result.valid_loss], norms, out
+
+
+class _FixedLosses:
+    """Stand-in for the DeepSpeed engine's forward: fixed per-token losses."""
+
+    module = None
+
+    def __init__(self, losses: torch.Tensor):
+        self.losses = losses
+
+    def __call__(self, tokens, labels):  # noqa: ANN001, ANN204, ARG002
+        return self.losses
+
+
+def engine_train_loss(
+    objective: Any, losses: torch.Tensor, batch: Any, callbacks: list, *, ctx: Any = None, meter: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TrainEngine._train_loss`` (the objective's reduction plus the callbacks' extra terms) of
+    an engine whose forward returns ``losses``: (loss to differentiate, loss to report)."""
+    from types import SimpleNamespace
+
+    from megatron.trainer.callbacks import Callbacks
+    from megatron.trainer.engine import TrainEngine
+
+    engine = TrainEngine.__new__(TrainEngine)
+    engine.engine, engine.objective = _FixedLosses(losses), objective
+    engine.ctx = ctx if ctx is not None else SimpleNamespace(tp_size=1)
+    engine.callbacks = Callbacks(callbacks)
+    return engine._train_loss(batch, meter)

@@ -12,8 +12,7 @@ import torch
 
 from megatron.continual.regularizers import Regularizers
 from megatron.objectives.registry import OBJECTIVES
-from megatron.trainer.callbacks import Callbacks
-from megatron.trainer.engine import TrainEngine
+from tests.helpers import engine_train_loss
 
 
 class _Penalty:
@@ -24,26 +23,11 @@ class _Penalty:
         return self.value
 
 
-class _Forward:
-    """The DeepSpeed engine's place: fixed per-token losses."""
-
-    module = None
-
-    def __init__(self, losses: torch.Tensor):
-        self.losses = losses
-
-    def __call__(self, tokens, labels):  # noqa: ANN001, ANN204, ARG002
-        return self.losses
-
-
 class _Regularized(Regularizers):
     """The regularizers callback plus ``loss(batch, meter)``: the engine's training loss."""
 
     def loss(self, batch, meter):  # noqa: ANN001, ANN201
-        engine = TrainEngine.__new__(TrainEngine)
-        engine.engine, engine.objective, engine.ctx = self.forward, self.engine.objective, self.ctx
-        engine.callbacks = Callbacks([self])
-        return engine._train_loss(batch, meter)
+        return engine_train_loss(self.engine.objective, self.losses, batch, [self], ctx=self.ctx, meter=meter)
 
 
 def _regularizers(objective: str, losses: torch.Tensor) -> Regularizers:
@@ -52,7 +36,7 @@ def _regularizers(objective: str, losses: torch.Tensor) -> Regularizers:
     engine = SimpleNamespace(objective=OBJECTIVES[objective])
     run = SimpleNamespace(plan=plan, ctx=SimpleNamespace(tp_size=1), engine=engine)
     reg = _Regularized(run)
-    reg.forward = _Forward(losses)
+    reg.losses = losses
     return reg
 
 

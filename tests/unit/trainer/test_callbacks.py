@@ -15,10 +15,9 @@ from megatron.continual.regularizers import Regularizers
 from megatron.distributed import destroy_distributed, init_distributed
 from megatron.objectives.registry import OBJECTIVES
 from megatron.trainer.callbacks import Callback, Callbacks, LossTerm, StepEnd
-from megatron.trainer.engine import TrainEngine
 from megatron.trainer.loop import Trainer
 from megatron.trainer.state import TrainResult, TrainState
-from tests.helpers import tiny_plan
+from tests.helpers import engine_train_loss, tiny_plan
 
 
 class _Recorder(Callback):
@@ -77,22 +76,9 @@ def test_hooks_run_in_list_order_and_the_first_stop_reason_wins():
         Callbacks([_Recorder("a", log), _Recorder("a", log)])
 
 
-class _Forward:
-    module = None
-
-    def __init__(self, losses: torch.Tensor):
-        self.losses = losses
-
-    def __call__(self, tokens, labels):  # noqa: ANN001, ANN204, ARG002
-        return self.losses
-
-
 def _engine_loss(objective: str, losses: torch.Tensor, mask: torch.Tensor, *callbacks: Callback):
-    engine = TrainEngine.__new__(TrainEngine)
-    engine.engine, engine.objective = _Forward(losses), OBJECTIVES[objective]
-    engine.ctx, engine.callbacks = SimpleNamespace(tp_size=1), Callbacks(callbacks)
     batch = SimpleNamespace(tokens=None, labels=None, loss_mask=mask, dataset_ids=None)
-    return engine._train_loss(batch, None)
+    return engine_train_loss(OBJECTIVES[objective], losses, batch, list(callbacks))
 
 
 @pytest.mark.parametrize("objective", ["ar", "mdm"])
