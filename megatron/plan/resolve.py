@@ -17,19 +17,20 @@ from typing import Any, Literal
 from megatron.config.env import DistEnv
 from megatron.config.fields import ConfigError
 from megatron.config.root import Config
-from megatron.plan.ulysses_checks import check_ulysses
 from megatron.optimizer import get_optimizer_spec
+from megatron.optimizer.registry import OptimizerSpec
 from megatron.plan.checks import check_fused_loss, check_optimizer, check_regularizers
 from megatron.plan.deepspeed import to_deepspeed_config
 from megatron.plan.model_spec import build_model_spec, lookup_objective, tokenizer_vocab_size
 from megatron.plan.paths import resolve_auto_paths
 from megatron.plan.run import RunPlan
+from megatron.plan.ulysses_checks import check_ulysses
 from megatron.scaling.groups import check_optimizer as check_scaled_optimizer
 from megatron.scaling.recipes import derive_scaling
 from megatron.schedules.registry import SCHEDULES, schedule_name, schedule_state
 
 
-def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int, int]:
+def _parallel_sizes(cfg: Config, env: DistEnv, optimizer: OptimizerSpec) -> tuple[int, int, int, int]:
     tp = cfg.parallel.tensor_model_parallel_size
     pp = cfg.parallel.pipeline_model_parallel_size
     if env.world_size % (tp * pp):
@@ -58,7 +59,7 @@ def _parallel_sizes(cfg: Config, env: DistEnv) -> tuple[int, int, int, int]:
             f"--pipeline-model-parallel-size: {pp} stages for --num-layers {m.num_layers}; "
             "every stage needs at least one layer"
         )
-    sp = check_ulysses(cfg, env.world_size)
+    sp = check_ulysses(cfg, env.world_size, optimizer)
     return tp, pp, sp, env.world_size // (tp * pp * sp)
 
 
@@ -196,7 +197,7 @@ def resolve(cfg: Config, env: DistEnv, sources: dict[str, Any] | None = None) ->
     check_optimizer(cfg, optimizer, schedule)
     scaling = derive_scaling(cfg.scaling, cfg.model.hidden_size, cfg.model.num_layers)
     check_scaled_optimizer(scaling.recipe, cfg.optim.optimizer)
-    tp, pp, sp, dp = _parallel_sizes(cfg, env)
+    tp, pp, sp, dp = _parallel_sizes(cfg, env, optimizer)
     check_regularizers(cfg, pp)
     check_fused_loss(cfg, pp)
     accum, global_batch = _batch(cfg, dp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from megatron.config.fields import ConfigError
 from megatron.config.root import Config
-from megatron.optimizer.registry import OPTIMIZERS
+from megatron.optimizer.registry import OptimizerSpec
 
 FLAG = "--ds-sequence-parallel-size"
 
@@ -36,7 +36,7 @@ def _refuse_layout(cfg: Config, world_size: int, sp: int) -> None:
         )
 
 
-def _refuse_combinations(cfg: Config, sp: int) -> None:
+def _refuse_combinations(cfg: Config, sp: int, spec: OptimizerSpec) -> None:
     par = cfg.parallel
     refused = (
         (par.pipeline_model_parallel_size > 1, "--pipeline-model-parallel-size",
@@ -53,7 +53,6 @@ def _refuse_combinations(cfg: Config, sp: int) -> None:
     for bad, flag, why in refused:
         if bad:
             raise ConfigError(f"{FLAG} {sp}: cannot be combined with {flag} {why}")
-    spec = OPTIMIZERS.get(cfg.optim.optimizer)
     if spec.param_policy == "matrix" or spec.before_step is not None or spec.after_initialize is not None:
         raise ConfigError(
             f"{FLAG} {sp}: cannot be combined with --optimizer {spec.name} (its extra passes or "
@@ -62,8 +61,9 @@ def _refuse_combinations(cfg: Config, sp: int) -> None:
         )
 
 
-def check_ulysses(cfg: Config, world_size: int) -> int:
-    """The Ulysses size of this run (1 = off), after refusing what it cannot run.
+def check_ulysses(cfg: Config, world_size: int, optimizer: OptimizerSpec) -> int:
+    """The Ulysses size of this run (1 = off), after refusing what it cannot run
+    (``optimizer``: the plan's ``--optimizer`` entry).
 
     Raises:
         ConfigError: Sizes that do not divide, or an unsupported combination, naming the flags.
@@ -72,5 +72,5 @@ def check_ulysses(cfg: Config, world_size: int) -> int:
     if sp == 1:
         return 1
     _refuse_layout(cfg, world_size, sp)
-    _refuse_combinations(cfg, sp)
+    _refuse_combinations(cfg, sp, optimizer)
     return sp
